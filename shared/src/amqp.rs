@@ -1,0 +1,365 @@
+//! RabbitMQ: the topology names, idempotent declarations, and a connection that heals itself.
+//!
+//! ```text
+//! anika.events  (direct, rk = topic id)        ──► anika.sub.<subscription>
+//! anika.deliver (direct, rk = subscription id) ──► anika.sub.<subscription>
+//! anika.retry.<delay> (fanout) ──► queue anika.retry.<delay> (TTL, dead-letters into anika.deliver)
+//! anika.dead    (direct, rk = subscription id) ──► anika.dlq.<subscription>
+//! ```
+//!
+//! The exchanges are direct rather than topic: routing keys are exact ids, and
+//! a direct exchange routes them with a hash lookup instead of a trie walk.
+
+use std::{sync::Arc, time::Duration};
+
+use backon::{ExponentialBuilder, Retryable};
+use lapin::{
+    Channel, Connection, ConnectionProperties, ExchangeKind,
+    options::{
+        ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{QueueType, RetrySchedule, format_delay},
+    domain::{SubscriptionId, TopicId},
+};
+
+/// Events from ingest, routed by topic id.
+pub const EVENTS_EXCHANGE: &str = "anika.events";
+/// Direct delivery to one subscription, routed by subscription id (retries, replays).
+pub const DELIVER_EXCHANGE: &str = "anika.deliver";
+/// Dead letters, routed by subscription id.
+pub const DEAD_EXCHANGE: &str = "anika.dead";
+/// Header carrying the number of attempts already made for a message.
+pub const ATTEMPT_HEADER: &str = "x-anika-attempts";
+/// Header carrying the last error of a dead-lettered message.
+pub const LAST_ERROR_HEADER: &str = "x-anika-last-error";
+
+/// The queue a subscription consumes: `anika.sub.<id>`.
+pub fn subscription_queue(id: SubscriptionId) -> String {
+    format!("anika.sub.{id}")
+}
+
+/// The dead-letter queue of a subscription: `anika.dlq.<id>`.
+pub fn dead_letter_queue(id: SubscriptionId) -> String {
+    format!("anika.dlq.{id}")
+}
+
+/// The exchange and queue of one retry tier: `anika.retry.<delay>`.
+pub fn retry_name(delay: Duration) -> String {
+    format!("anika.retry.{}", format_delay(delay))
+}
+
+/// How the static part of the topology looks for this installation.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    /// Queue type of subscription, dead-letter and retry queues.
+    pub queue_type: QueueType,
+    /// One delay queue per tier.
+    pub retry_schedule: RetrySchedule,
+}
+
+impl Topology {
+    fn queue_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        let kind = match self.queue_type {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        };
+        args.insert("x-queue-type".into(), long_string(kind));
+        args
+    }
+
+    /// Declares the exchanges and retry queues; idempotent, run after every (re)connect.
+    pub async fn declare_static(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        for name in [EVENTS_EXCHANGE, DELIVER_EXCHANGE, DEAD_EXCHANGE] {
+            channel
+                .exchange_declare(
+                    name.into(),
+                    ExchangeKind::Direct,
+                    // durable: the exchanges must outlive a broker restart.
+                    ExchangeDeclareOptions { durable: true, ..Default::default() },
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        for delay in self.retry_schedule.delays() {
+            let name = retry_name(*delay);
+            channel
+                .exchange_declare(
+                    name.as_str().into(),
+                    // fanout: the routing key (the subscription id) passes through untouched
+                    // and is reused when the message dead-letters into anika.deliver.
+                    ExchangeKind::Fanout,
+                    ExchangeDeclareOptions { durable: true, ..Default::default() },
+                    FieldTable::default(),
+                )
+                .await?;
+            let mut args = self.queue_args();
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay.as_millis() as i64));
+            args.insert("x-dead-letter-exchange".into(), long_string(DELIVER_EXCHANGE));
+            if self.queue_type == QueueType::Quorum {
+                // at-least-once dead-lettering: an expiring retry is never dropped in transit
+                // (it needs reject-publish overflow on RabbitMQ 3.10+).
+                args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+                args.insert("x-overflow".into(), long_string("reject-publish"));
+            }
+            channel
+                .queue_declare(
+                    name.as_str().into(),
+                    // durable: a retry waiting for hours must survive a broker restart.
+                    QueueDeclareOptions { durable: true, ..Default::default() },
+                    args,
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    name.as_str().into(),
+                    name.as_str().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Declares a subscription's queue and dead-letter queue and binds them.
+    ///
+    /// `receive_topic` is false when the subscriber currently has no grant: the
+    /// queue exists (replays may target it) but gets nothing from the topic.
+    pub async fn declare_subscription(
+        &self,
+        channel: &Channel,
+        id: SubscriptionId,
+        topic: TopicId,
+        ordered: bool,
+        receive_topic: bool,
+    ) -> Result<(), lapin::Error> {
+        let queue = subscription_queue(id);
+        let mut args = self.queue_args();
+        if ordered {
+            // One consumer at a time across all dispatchers keeps publish order.
+            args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        }
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                // durable: queued events survive a broker restart (messages are persistent too).
+                QueueDeclareOptions { durable: true, ..Default::default() },
+                args,
+            )
+            .await?;
+        if receive_topic {
+            bind(channel, &queue, EVENTS_EXCHANGE, &topic.to_string()).await?;
+        }
+        bind(channel, &queue, DELIVER_EXCHANGE, &id.to_string()).await?;
+        let dlq = dead_letter_queue(id);
+        channel
+            .queue_declare(
+                dlq.as_str().into(),
+                // durable: dead letters wait for an operator, possibly for days.
+                QueueDeclareOptions { durable: true, ..Default::default() },
+                self.queue_args(),
+            )
+            .await?;
+        bind(channel, &dlq, DEAD_EXCHANGE, &id.to_string()).await
+    }
+
+    /// Binds a subscription's queue to its topic (a grant was given back).
+    pub async fn bind_to_topic(&self, channel: &Channel, id: SubscriptionId, topic: TopicId) -> Result<(), lapin::Error> {
+        bind(channel, &subscription_queue(id), EVENTS_EXCHANGE, &topic.to_string()).await
+    }
+
+    /// Unbinds a subscription's queue from its topic: nothing more is routed to it.
+    pub async fn unbind_from_topic(&self, channel: &Channel, id: SubscriptionId, topic: TopicId) -> Result<(), lapin::Error> {
+        channel
+            .queue_unbind(
+                subscription_queue(id).into(),
+                EVENTS_EXCHANGE.into(),
+                topic.to_string().into(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Deletes a subscription's queue and dead-letter queue with whatever they hold.
+    pub async fn delete_subscription(&self, channel: &Channel, id: SubscriptionId) -> Result<(), lapin::Error> {
+        for queue in [subscription_queue(id), dead_letter_queue(id)] {
+            channel
+                // default options: delete even if consumed or non-empty; the subscription is gone.
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), lapin::Error> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// An AMQP long string value, the type RabbitMQ expects for string arguments.
+pub fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// One RabbitMQ connection per process, reopened with backoff when it breaks.
+///
+/// Callers ask for a channel; if the connection died, the first caller
+/// reconnects (and redeclares the static topology) while the others wait.
+pub struct Broker {
+    url: lapin::uri::AMQPUri,
+    name: String,
+    topology: Topology,
+    current: Mutex<Option<Arc<Connection>>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// A broker problem: the URL is wrong or RabbitMQ refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// `ANIKA_AMQP_URL` does not parse.
+    #[error("ANIKA_AMQP_URL is not a valid AMQP URL: {0}")]
+    BadUrl(String),
+    /// RabbitMQ is unreachable or refused an operation.
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// A publish was not confirmed by the broker.
+    #[error("RabbitMQ did not confirm the publish ({0})")]
+    NotConfirmed(&'static str),
+}
+
+impl Broker {
+    /// A broker handle; nothing is opened until the first channel is asked for.
+    pub fn new(url: &str, name: impl Into<String>, topology: Topology) -> Result<Arc<Self>, BrokerError> {
+        let mut uri: lapin::uri::AMQPUri = url.parse().map_err(BrokerError::BadUrl)?;
+        // A dead peer is noticed within ~20 s instead of the 60 s server default.
+        uri.query.heartbeat.get_or_insert(10);
+        uri.query.connection_timeout.get_or_insert(5_000);
+        Ok(Arc::new(Self {
+            url: uri,
+            name: name.into(),
+            topology,
+            current: Mutex::new(None),
+        }))
+    }
+
+    /// The static topology this broker declares.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The vhost this installation lives in.
+    pub fn vhost(&self) -> &str {
+        &self.url.vhost
+    }
+
+    /// A live connection, opening a new one (once) if the last one broke.
+    pub async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
+        let mut current = self.current.lock().await;
+        if let Some(conn) = current.as_ref()
+            && conn.status().connected()
+        {
+            return Ok(Arc::clone(conn));
+        }
+        let properties = ConnectionProperties::default().with_connection_name(self.name.as_str().into());
+        let conn = Arc::new(Connection::connect_uri(self.url.clone(), properties).await?);
+        let channel = conn.create_channel().await?;
+        self.topology.declare_static(&channel).await?;
+        let _ = channel.close(200, "topology declared".into()).await;
+        tracing::info!(connection = %self.name, vhost = %self.url.vhost, "connected to RabbitMQ");
+        *current = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// Like [`Broker::connection`], retrying with exponential backoff until it works or `cancel` fires.
+    pub async fn connection_with_retry(&self, cancel: &CancellationToken) -> Option<Arc<Connection>> {
+        let attempt = || self.connection();
+        let retrying = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_jitter()
+                    .without_max_times(),
+            )
+            .notify(|err, wait| tracing::warn!(error = %err, ?wait, "RabbitMQ unavailable; retrying"));
+        tokio::select! {
+            conn = retrying => conn.ok(),
+            () = cancel.cancelled() => None,
+        }
+    }
+
+    /// A fresh channel on the live connection.
+    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+        let conn = self.connection().await?;
+        Ok(conn.create_channel().await?)
+    }
+
+    /// A fresh channel in publisher-confirm mode.
+    pub async fn confirm_channel(&self) -> Result<Channel, BrokerError> {
+        let channel = self.channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(channel)
+    }
+
+    /// Whether RabbitMQ answers right now (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), BrokerError> {
+        let channel = self.channel().await?;
+        let _ = channel.close(200, "ping".into()).await;
+        Ok(())
+    }
+
+    /// Closes the connection politely (at shutdown).
+    pub async fn close(&self) {
+        if let Some(conn) = self.current.lock().await.take() {
+            let _ = conn.close(200, "shutting down".into()).await;
+        }
+    }
+}
+
+/// Reads an integer header such as [`ATTEMPT_HEADER`] from message properties.
+pub fn header_u32(properties: &lapin::BasicProperties, name: &str) -> Option<u32> {
+    let headers = properties.headers().as_ref()?;
+    let key: ShortString = name.into();
+    match headers.inner().get(&key)? {
+        AMQPValue::LongInt(v) => u32::try_from(*v).ok(),
+        AMQPValue::LongUInt(v) => Some(*v),
+        AMQPValue::LongLongInt(v) => u32::try_from(*v).ok(),
+        AMQPValue::ShortInt(v) => u32::try_from(*v).ok(),
+        AMQPValue::ShortUInt(v) => Some(u32::from(*v)),
+        AMQPValue::ShortShortInt(v) => u32::try_from(*v).ok(),
+        AMQPValue::ShortShortUInt(v) => Some(u32::from(*v)),
+        _ => None,
+    }
+}
+
+/// Reads a string header from message properties.
+pub fn header_str(properties: &lapin::BasicProperties, name: &str) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    let key: ShortString = name.into();
+    match headers.inner().get(&key)? {
+        AMQPValue::LongString(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
+        _ => None,
+    }
+}

@@ -1,0 +1,280 @@
+//! Access-token verification and the `Principal` extractor every `/v1` route uses.
+//!
+//! Tokens are EdDSA (Ed25519) JWTs. The verifier accepts only that algorithm,
+//! picks the key by `kid` from the keys in PostgreSQL (reloading when it meets an
+//! unknown one, so a key rotated in by another process is picked up), and checks
+//! `iss`, `aud`, `exp` and `nbf`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{FromRef, FromRequestParts},
+    http::{header, request::Parts},
+};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    domain::{ApiKeyId, PartnerId, Role},
+    problem::Problem,
+};
+
+/// The claims of an access token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// The API key the token was obtained with.
+    pub sub: String,
+    /// The partner, absent for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<String>,
+    /// `operator`, `admin` or `publisher`.
+    pub role: Role,
+    /// Issuer (`ANIKA_TOKEN_ISSUER`).
+    pub iss: String,
+    /// Audience (`ANIKA_TOKEN_AUDIENCE`).
+    pub aud: String,
+    /// Issued at (unix seconds).
+    pub iat: i64,
+    /// Not before (unix seconds).
+    pub nbf: i64,
+    /// Expires (unix seconds).
+    pub exp: i64,
+    /// Unique token id.
+    pub jti: String,
+}
+
+/// Who is calling: built only from a verified token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    key_id: ApiKeyId,
+    partner: Option<PartnerId>,
+    role: Role,
+}
+
+impl Principal {
+    /// The API key behind the token.
+    pub fn key_id(&self) -> ApiKeyId {
+        self.key_id
+    }
+
+    /// The caller's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The caller's partner; `None` for operators.
+    pub fn partner(&self) -> Option<PartnerId> {
+        self.partner
+    }
+
+    /// Whether the caller runs the platform.
+    pub fn is_operator(&self) -> bool {
+        self.role == Role::Operator
+    }
+
+    /// Whether the caller belongs to `partner` (any role) or is an operator.
+    pub fn sees_partner(&self, partner: PartnerId) -> bool {
+        self.is_operator() || self.partner == Some(partner)
+    }
+
+    /// Whether the caller may manage `partner`'s resources (its admin, or an operator).
+    pub fn administers(&self, partner: PartnerId) -> bool {
+        self.is_operator() || (self.role == Role::Admin && self.partner == Some(partner))
+    }
+
+    fn from_claims(claims: &Claims) -> Result<Self, AuthError> {
+        let key_id = ApiKeyId::parse(&claims.sub).map_err(|_| AuthError::Invalid("malformed `sub` claim".into()))?;
+        let partner = match &claims.pid {
+            Some(pid) => {
+                Some(PartnerId::parse(pid).map_err(|_| AuthError::Invalid("malformed `pid` claim".into()))?)
+            }
+            None => None,
+        };
+        if (claims.role == Role::Operator) != partner.is_none() {
+            return Err(AuthError::Invalid("`pid` does not fit the role".into()));
+        }
+        Ok(Self {
+            key_id,
+            partner,
+            role: claims.role,
+        })
+    }
+}
+
+/// Why a token was refused (always a 401).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    #[error("missing bearer token: send `Authorization: Bearer <access token>` (get one at POST /v1/auth/token)")]
+    Missing,
+    /// The token is malformed, forged, expired or for someone else.
+    #[error("invalid access token: {0}")]
+    Invalid(String),
+    /// The key set could not be loaded.
+    #[error("cannot load signing keys")]
+    Keys(#[source] sqlx::Error),
+}
+
+impl From<AuthError> for Problem {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Keys(e) => crate::problem::problem_from_db(&e).unwrap_or_else(|| crate::problem::internal_error(&e)),
+            other => Problem::unauthorized(other.to_string()),
+        }
+    }
+}
+
+/// Verified tokens kept so a hot path pays one hash, not one signature check, per request.
+const CACHE_CAPACITY: usize = 65_536;
+
+/// Checks access tokens against the signing keys stored in PostgreSQL.
+pub struct Verifier {
+    pool: PgPool,
+    issuer: String,
+    audience: String,
+    keys: RwLock<HashMap<String, Arc<DecodingKey>>>,
+    last_reload: tokio::sync::Mutex<Option<Instant>>,
+    cache: Mutex<HashMap<[u8; 32], (Principal, i64)>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("issuer", &self.issuer).finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier for tokens of `issuer` meant for `audience`.
+    pub fn new(pool: PgPool, issuer: impl Into<String>, audience: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            issuer: issuer.into(),
+            audience: audience.into(),
+            keys: RwLock::new(HashMap::new()),
+            last_reload: tokio::sync::Mutex::new(None),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Verifies a bearer token and returns who it speaks for.
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = chrono::Utc::now().timestamp();
+        if let Some((principal, exp)) = self.cache.lock().expect("cache lock").get(&digest)
+            && *exp > now
+        {
+            return Ok(principal.clone());
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(format!("malformed token ({e})")))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::Invalid(format!("algorithm {:?} is not accepted", header.alg)));
+        }
+        let kid = header.kid.ok_or_else(|| AuthError::Invalid("the token has no `kid`".into()))?;
+        let key = self.key(&kid).await?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = 30;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            AuthError::Invalid(match e.kind() {
+                ErrorKind::ExpiredSignature => "the token has expired".to_owned(),
+                ErrorKind::ImmatureSignature => "the token is not valid yet".to_owned(),
+                ErrorKind::InvalidAudience => "the token is for another audience".to_owned(),
+                ErrorKind::InvalidIssuer => "the token is from another issuer".to_owned(),
+                ErrorKind::InvalidSignature => "the signature does not verify".to_owned(),
+                _ => format!("{e}"),
+            })
+        })?;
+        let principal = Principal::from_claims(&data.claims)?;
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.len() >= CACHE_CAPACITY {
+            cache.retain(|_, (_, exp)| *exp > now);
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, (principal.clone(), data.claims.exp));
+        Ok(principal)
+    }
+
+    async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, AuthError> {
+        if let Some(key) = self.keys.read().expect("keys lock").get(kid) {
+            return Ok(Arc::clone(key));
+        }
+        {
+            // Reload at most once a second, so a flood of forged kids cannot hammer the database.
+            let mut last = self.last_reload.lock().await;
+            let due = last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+            if due {
+                self.reload().await?;
+                *last = Some(Instant::now());
+            }
+        }
+        self.keys
+            .read()
+            .expect("keys lock")
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| AuthError::Invalid("the token's `kid` names no known signing key".into()))
+    }
+
+    /// Loads every key that may still verify tokens (retired ones until their tokens expired).
+    pub async fn reload(&self) -> Result<(), AuthError> {
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT kid, public_key FROM signing_keys \
+             WHERE retired_at IS NULL OR retired_at > now() - interval '1 day'",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(AuthError::Keys)?;
+        let keys = rows
+            .into_iter()
+            .map(|(kid, public)| (kid, Arc::new(DecodingKey::from_ed_der(&public))))
+            .collect();
+        *self.keys.write().expect("keys lock") = keys;
+        Ok(())
+    }
+
+    /// Forgets cached verifications (after an API key is revoked).
+    pub fn forget_cached(&self) {
+        self.cache.lock().expect("cache lock").clear();
+    }
+}
+
+impl<S> FromRequestParts<S> for Principal
+where
+    Arc<Verifier>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let verifier = Arc::<Verifier>::from_ref(state);
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Missing)?;
+        Ok(verifier.verify(token).await?)
+    }
+}
+
+/// A token's id claim: a random UUID.
+pub fn new_jti() -> String {
+    Uuid::new_v4().to_string()
+}

@@ -1,0 +1,411 @@
+//! The one typed configuration: defaults, then an optional `anika.toml`, then `ANIKA_*` variables.
+//!
+//! Everything is parsed once, here, into types that cannot hold a bad value;
+//! the rest of the program never re-checks a setting.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// A value that must never be printed (URLs with passwords, API keys).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where a connection URL points, without its password (for logs and banners).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparseable url>".to_owned(),
+    }
+}
+
+/// How RabbitMQ stores a subscription's queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueType {
+    /// Replicated Raft queues (RabbitMQ ≥ 3.8): the default, survives node loss in a cluster.
+    Quorum,
+    /// Classic mirrored-or-not queues, for brokers without quorum queues.
+    Classic,
+}
+
+impl FromStr for QueueType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "quorum" => Ok(Self::Quorum),
+            "classic" => Ok(Self::Classic),
+            other => Err(format!("`{other}` is not a queue type (quorum or classic)")),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human lines on a terminal, JSON otherwise.
+    Auto,
+    /// Always human-readable lines.
+    Text,
+    /// Always one JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("`{other}` is not a log format (auto, text or json)")),
+        }
+    }
+}
+
+/// The delays between delivery attempts: attempt n+1 waits `delays[n-1]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetrySchedule(Vec<Duration>);
+
+impl RetrySchedule {
+    /// The delays, shortest first.
+    pub fn delays(&self) -> &[Duration] {
+        &self.0
+    }
+
+    /// The delay before attempt `next_attempt` (2 for the first retry), clamped to the last tier.
+    pub fn delay_before(&self, next_attempt: u32) -> Duration {
+        let index = (next_attempt.saturating_sub(2) as usize).min(self.0.len() - 1);
+        self.0[index]
+    }
+
+    /// The smallest tier at least as long as `wanted` (the longest if none is).
+    pub fn tier_at_least(&self, wanted: Duration) -> Duration {
+        self.0
+            .iter()
+            .copied()
+            .find(|d| *d >= wanted)
+            .unwrap_or(self.0[self.0.len() - 1])
+    }
+
+    /// Default `max_attempts` for a subscription: one first try plus one per tier.
+    pub fn default_max_attempts(&self) -> u32 {
+        self.0.len() as u32 + 1
+    }
+}
+
+impl FromStr for RetrySchedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut delays = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let delay = parse_duration(part)?;
+            if delay.is_zero() {
+                return Err("retry delays must be longer than zero".into());
+            }
+            delays.push(delay);
+        }
+        if delays.is_empty() {
+            return Err("the retry schedule needs at least one delay".into());
+        }
+        let mut sorted = delays.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted != delays {
+            return Err("retry delays must grow strictly (e.g. 5s,30s,2m)".into());
+        }
+        Ok(Self(delays))
+    }
+}
+
+/// Formats a delay the way queue names carry it: `250ms`, `5s`, `2m`, `3h`.
+pub fn format_delay(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1_000 == 0 {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration ({e})"))
+}
+
+/// The whole configuration of an anika process.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `ANIKA_LISTEN`: the HTTP address of the API (all routes on one port in `anika up`).
+    pub listen: SocketAddr,
+    /// `ANIKA_DATABASE_URL`: PostgreSQL; the database is created if missing.
+    pub database_url: Secret,
+    /// `ANIKA_DATABASE_POOL`: connections per process.
+    pub database_pool: u32,
+    /// `ANIKA_AMQP_URL`: RabbitMQ; the vhost in the URL isolates an installation.
+    pub amqp_url: Secret,
+    /// `ANIKA_QUEUE_TYPE`: `quorum` (default) or `classic` for subscription queues.
+    pub queue_type: QueueType,
+    /// `ANIKA_BOOTSTRAP_OPERATOR_KEY`: an operator API key that exists after start-up.
+    pub bootstrap_operator_key: Option<Secret>,
+    /// `ANIKA_ALLOWED_TARGET_NETS`: CIDRs exempt from the private-address block for webhook URLs.
+    pub allowed_target_nets: Vec<IpNet>,
+    /// `ANIKA_RETRY_SCHEDULE`: delays between delivery attempts.
+    pub retry_schedule: RetrySchedule,
+    /// `ANIKA_MAX_EVENT_BYTES`: the largest accepted event body.
+    pub max_event_bytes: usize,
+    /// `ANIKA_MAX_BATCH_BYTES`: the largest accepted batch body.
+    pub max_batch_bytes: usize,
+    /// `ANIKA_TOKEN_ISSUER`: the `iss` of access tokens.
+    pub token_issuer: String,
+    /// `ANIKA_TOKEN_AUDIENCE`: the `aud` of access tokens.
+    pub token_audience: String,
+    /// `ANIKA_ACCESS_TOKEN_TTL`: lifetime of access tokens (at most 15 minutes).
+    pub access_token_ttl: Duration,
+    /// `ANIKA_REFRESH_TOKEN_TTL`: lifetime of refresh tokens.
+    pub refresh_token_ttl: Duration,
+    /// `ANIKA_HTTP_CONNECT_TIMEOUT`: connect timeout of webhook deliveries.
+    pub http_connect_timeout: Duration,
+    /// `ANIKA_HTTP_TIMEOUT`: total timeout of one webhook delivery.
+    pub http_timeout: Duration,
+    /// `ANIKA_DISPATCH_CONCURRENCY`: webhook requests in flight per dispatcher process.
+    pub dispatch_concurrency: usize,
+    /// `ANIKA_PREFETCH`: unacknowledged messages per unordered subscription consumer.
+    pub prefetch: u16,
+    /// `ANIKA_DISABLE_AFTER`: an endpoint failing continuously this long is disabled.
+    pub disable_after: Duration,
+    /// `ANIKA_RETENTION`: how long the event log and attempt records are kept.
+    pub retention: Duration,
+    /// `ANIKA_LOG_FORMAT`: `auto`, `text` or `json`.
+    pub log_format: LogFormat,
+    /// `ANIKA_PUBLIC_URL`: how clients reach the API (for the start-up banner).
+    pub public_url: Option<String>,
+}
+
+/// A setting that could not be understood; names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+/// What the sources give before parsing: every value as text.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Raw {
+    listen: Option<String>,
+    database_url: Option<String>,
+    database_pool: Option<String>,
+    amqp_url: Option<String>,
+    queue_type: Option<String>,
+    bootstrap_operator_key: Option<String>,
+    allowed_target_nets: Option<String>,
+    retry_schedule: Option<String>,
+    max_event_bytes: Option<String>,
+    max_batch_bytes: Option<String>,
+    token_issuer: Option<String>,
+    token_audience: Option<String>,
+    access_token_ttl: Option<String>,
+    refresh_token_ttl: Option<String>,
+    http_connect_timeout: Option<String>,
+    http_timeout: Option<String>,
+    dispatch_concurrency: Option<String>,
+    prefetch: Option<String>,
+    disable_after: Option<String>,
+    retention: Option<String>,
+    log_format: Option<String>,
+    public_url: Option<String>,
+}
+
+/// Parses one setting or says which variable is wrong.
+fn setting<T>(name: &str, value: Option<String>, default: &str) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let text = value.unwrap_or_else(|| default.to_owned());
+    text.trim()
+        .parse()
+        .map_err(|e| ConfigError(format!("ANIKA_{}: {e}", name.to_uppercase())))
+}
+
+fn duration_setting(name: &str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_owned());
+    parse_duration(text.trim()).map_err(|e| ConfigError(format!("ANIKA_{}: {e}", name.to_uppercase())))
+}
+
+impl Config {
+    /// Loads defaults, then `anika.toml` (or the file named by `ANIKA_CONFIG`), then `ANIKA_*`.
+    pub fn load() -> Result<Self, ConfigError> {
+        let file = std::env::var("ANIKA_CONFIG").unwrap_or_else(|_| "anika.toml".to_owned());
+        let raw: Raw = config::Config::builder()
+            .add_source(config::File::with_name(&file).required(false))
+            .add_source(
+                // ANIKA_DATABASE_URL becomes `database_url`; values stay text and are parsed below.
+                config::Environment::with_prefix("ANIKA").prefix_separator("_"),
+            )
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| ConfigError(e.to_string()))?;
+        Self::from_raw(raw)
+    }
+
+    /// The defaults alone, with the given overrides (`("retry_schedule", "10ms,20ms")`); for tests and tools.
+    pub fn with_overrides<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, ConfigError> {
+        let mut map = serde_json::Map::new();
+        for (key, value) in pairs {
+            map.insert(key.to_owned(), serde_json::Value::String(value.to_owned()));
+        }
+        let raw: Raw = serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| ConfigError(e.to_string()))?;
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: Raw) -> Result<Self, ConfigError> {
+        let allowed_target_nets = raw
+            .allowed_target_nets
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .map_err(|e| ConfigError(format!("ANIKA_ALLOWED_TARGET_NETS: `{s}` is not a CIDR ({e})")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let access_token_ttl = duration_setting("access_token_ttl", raw.access_token_ttl, "15m")?;
+        if access_token_ttl > Duration::from_secs(15 * 60) || access_token_ttl < Duration::from_secs(10) {
+            return Err(ConfigError(
+                "ANIKA_ACCESS_TOKEN_TTL: must be between 10s and 15m".into(),
+            ));
+        }
+        let config = Self {
+            listen: setting("listen", raw.listen, "127.0.0.1:8080")?,
+            database_url: Secret::new(raw.database_url.unwrap_or_else(|| "postgres://localhost/anika".into())),
+            database_pool: setting("database_pool", raw.database_pool, "16")?,
+            amqp_url: Secret::new(
+                raw.amqp_url
+                    .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            ),
+            queue_type: setting("queue_type", raw.queue_type, "quorum")?,
+            bootstrap_operator_key: raw.bootstrap_operator_key.filter(|k| !k.is_empty()).map(Secret::new),
+            allowed_target_nets,
+            retry_schedule: setting("retry_schedule", raw.retry_schedule, "5s,30s,2m,10m,30m,1h,3h,6h,12h")?,
+            max_event_bytes: setting("max_event_bytes", raw.max_event_bytes, "262144")?,
+            max_batch_bytes: setting("max_batch_bytes", raw.max_batch_bytes, "16777216")?,
+            token_issuer: raw.token_issuer.unwrap_or_else(|| "anika".into()),
+            token_audience: raw.token_audience.unwrap_or_else(|| "anika-api".into()),
+            access_token_ttl,
+            refresh_token_ttl: duration_setting("refresh_token_ttl", raw.refresh_token_ttl, "30days")?,
+            http_connect_timeout: duration_setting("http_connect_timeout", raw.http_connect_timeout, "5s")?,
+            http_timeout: duration_setting("http_timeout", raw.http_timeout, "15s")?,
+            dispatch_concurrency: setting("dispatch_concurrency", raw.dispatch_concurrency, "512")?,
+            prefetch: setting("prefetch", raw.prefetch, "200")?,
+            disable_after: duration_setting("disable_after", raw.disable_after, "5days")?,
+            retention: duration_setting("retention", raw.retention, "30days")?,
+            log_format: setting("log_format", raw.log_format, "auto")?,
+            public_url: raw.public_url.filter(|u| !u.is_empty()),
+        };
+        if config.max_event_bytes < 1024 {
+            return Err(ConfigError("ANIKA_MAX_EVENT_BYTES: must be at least 1024".into()));
+        }
+        if config.max_batch_bytes < config.max_event_bytes {
+            return Err(ConfigError(
+                "ANIKA_MAX_BATCH_BYTES: must be at least ANIKA_MAX_EVENT_BYTES".into(),
+            ));
+        }
+        if config.dispatch_concurrency == 0 || config.prefetch == 0 || config.database_pool == 0 {
+            return Err(ConfigError(
+                "ANIKA_DISPATCH_CONCURRENCY, ANIKA_PREFETCH and ANIKA_DATABASE_POOL must be positive".into(),
+            ));
+        }
+        if config.http_connect_timeout > config.http_timeout {
+            return Err(ConfigError(
+                "ANIKA_HTTP_CONNECT_TIMEOUT: must not exceed ANIKA_HTTP_TIMEOUT".into(),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The base URL clients use, for banners and examples.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_design() {
+        let c = Config::with_overrides([]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.retry_schedule.delays().len(), 9);
+        assert_eq!(c.retry_schedule.default_max_attempts(), 10);
+        assert_eq!(c.max_event_bytes, 262_144);
+        assert_eq!(c.queue_type, QueueType::Quorum);
+        assert!(c.allowed_target_nets.is_empty());
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let err = Config::with_overrides([("retry_schedule", "5s,soon")]).unwrap_err();
+        assert!(err.to_string().contains("ANIKA_RETRY_SCHEDULE"), "{err}");
+        let err = Config::with_overrides([("allowed_target_nets", "10.0.0.0/33")]).unwrap_err();
+        assert!(err.to_string().contains("ANIKA_ALLOWED_TARGET_NETS"), "{err}");
+        let err = Config::with_overrides([("access_token_ttl", "1h")]).unwrap_err();
+        assert!(err.to_string().contains("ANIKA_ACCESS_TOKEN_TTL"), "{err}");
+    }
+
+    #[test]
+    fn a_retry_schedule_must_grow() {
+        assert!("5s,5s".parse::<RetrySchedule>().is_err());
+        assert!("30s,5s".parse::<RetrySchedule>().is_err());
+        let s: RetrySchedule = "100ms,1s,1m".parse().unwrap();
+        assert_eq!(s.delay_before(2), Duration::from_millis(100));
+        assert_eq!(s.delay_before(9), Duration::from_secs(60));
+        assert_eq!(s.tier_at_least(Duration::from_millis(500)), Duration::from_secs(1));
+        assert_eq!(s.tier_at_least(Duration::from_secs(3600)), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let c = Config::with_overrides([("bootstrap_operator_key", "hunter2")]).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(redact_url("amqp://guest:pw@h:5672/%2f"), "amqp://guest:***@h:5672/%2f");
+    }
+
+    #[test]
+    fn delays_format_as_queue_suffixes() {
+        assert_eq!(format_delay(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_delay(Duration::from_secs(30)), "30s");
+        assert_eq!(format_delay(Duration::from_secs(120)), "2m");
+        assert_eq!(format_delay(Duration::from_secs(3 * 3600)), "3h");
+    }
+}

@@ -1,0 +1,404 @@
+//! Domain newtypes: ids, names, roles and secrets that cannot be built invalid.
+//!
+//! Each is made only through `parse`/`TryFrom` (serde goes through them too), so
+//! once a value exists nothing downstream checks it again.
+
+use std::{fmt, str::FromStr};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+macro_rules! id_type {
+    ($(#[$meta:meta])* $name:ident, $what:literal) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+        #[serde(try_from = "String", into = "String")]
+        #[schema(value_type = String, format = Uuid)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// A new, time-ordered id (UUIDv7).
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+
+            /// The UUID inside.
+            pub fn uuid(self) -> Uuid {
+                self.0
+            }
+
+            /// Parses an id given by a client; the error names what was expected.
+            pub fn parse(text: &str) -> Result<Self, String> {
+                Uuid::parse_str(text)
+                    .map(Self)
+                    .map_err(|_| format!("`{}` is not a valid {} (a UUID is expected)", truncate(text, 64), $what))
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl From<Uuid> for $name {
+            /// Trusted conversion for ids read back from our own database.
+            fn from(value: Uuid) -> Self {
+                Self(value)
+            }
+        }
+
+        impl From<$name> for Uuid {
+            fn from(value: $name) -> Self {
+                value.0
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> Self {
+                value.0.to_string()
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                Self::parse(&value)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A partner company.
+    PartnerId,
+    "partner id"
+);
+id_type!(
+    /// A topic.
+    TopicId,
+    "topic id"
+);
+id_type!(
+    /// A subscription.
+    SubscriptionId,
+    "subscription id"
+);
+id_type!(
+    /// An event (UUIDv7: sorts by time).
+    EventId,
+    "event id"
+);
+id_type!(
+    /// An API key.
+    ApiKeyId,
+    "API key id"
+);
+id_type!(
+    /// One delivery attempt.
+    AttemptId,
+    "attempt id"
+);
+
+impl EventId {
+    /// The moment embedded in a UUIDv7, to the millisecond: the event's `received_at`.
+    pub fn timestamp(self) -> chrono::DateTime<chrono::Utc> {
+        let (secs, nanos) = self
+            .0
+            .get_timestamp()
+            .map(|ts| ts.to_unix())
+            .unwrap_or((0, 0));
+        let millis = secs as i64 * 1000 + i64::from(nanos / 1_000_000);
+        chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default()
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let cut: String = text.chars().take(max).collect();
+        format!("{cut}…")
+    }
+}
+
+/// What a principal may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Runs the platform; may do everything, on behalf of any partner.
+    Operator,
+    /// Manages its partner's topics, grants, subscriptions and keys.
+    Admin,
+    /// Posts events to its partner's own topics and reads them.
+    Publisher,
+}
+
+impl Role {
+    /// The name used in tokens, the database and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+            Self::Publisher => "publisher",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "operator" => Ok(Self::Operator),
+            "admin" => Ok(Self::Admin),
+            "publisher" => Ok(Self::Publisher),
+            other => Err(format!("`{other}` is not a role (operator, admin or publisher)")),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A topic name: 1–128 characters of `[A-Za-z0-9._-]`, unique per owner.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,128}$", example = "car.chosen")]
+pub struct TopicName(String);
+
+impl TopicName {
+    /// Parses a topic name, saying which rule it breaks.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("a topic name must not be empty".into());
+        }
+        if text.len() > 128 {
+            return Err(format!("a topic name has at most 128 characters, this one has {}", text.chars().count()));
+        }
+        if let Some(bad) = text
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!("`{bad}` is not allowed in a topic name (only A-Z, a-z, 0-9, `.`, `_`, `-`)"));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TopicName {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<TopicName> for String {
+    fn from(value: TopicName) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A display name (partner, API key): 1–200 characters, no control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, min_length = 1, max_length = 200)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    /// Parses a display name; surrounding whitespace is trimmed.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if trimmed.chars().count() > 200 {
+            return Err("must have at most 200 characters".into());
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for DisplayName {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<DisplayName> for String {
+    fn from(value: DisplayName) -> Self {
+        value.0
+    }
+}
+
+/// A free-text description: at most 2,000 characters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, max_length = 2000)]
+pub struct Description(String);
+
+impl Description {
+    /// Parses a description.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.chars().count() > 2000 {
+            return Err("must have at most 2000 characters".into());
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Description {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<Description> for String {
+    fn from(value: Description) -> Self {
+        value.0
+    }
+}
+
+const WEBHOOK_SECRET_PREFIX: &str = "whsec_";
+
+/// A webhook signing secret: `whsec_` + base64 of 24–64 random bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret(Vec<u8>);
+
+impl WebhookSecret {
+    /// A fresh secret of 32 random bytes.
+    pub fn generate() -> Self {
+        let mut bytes = vec![0u8; 32];
+        rand::fill(&mut bytes[..]);
+        Self(bytes)
+    }
+
+    /// Parses `whsec_<base64>` as stored or shown.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let encoded = text
+            .strip_prefix(WEBHOOK_SECRET_PREFIX)
+            .ok_or_else(|| "a webhook secret starts with `whsec_`".to_owned())?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| "a webhook secret is `whsec_` followed by base64".to_owned())?;
+        if !(24..=64).contains(&bytes.len()) {
+            return Err("a webhook secret holds 24 to 64 bytes".into());
+        }
+        Ok(Self(bytes))
+    }
+
+    /// The key bytes the HMAC is computed with.
+    pub fn key_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The `whsec_…` form, to show once to the subscriber or store.
+    pub fn expose(&self) -> String {
+        format!(
+            "{WEBHOOK_SECRET_PREFIX}{}",
+            base64::engine::general_purpose::STANDARD.encode(&self.0)
+        )
+    }
+}
+
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookSecret(***)")
+    }
+}
+
+/// Fills a buffer from the operating system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    rand::fill(&mut bytes[..]);
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_only_uuids_and_say_what_they_are() {
+        let err = TopicId::parse("abc").unwrap_err();
+        assert!(err.contains("topic id"), "{err}");
+        let id = TopicId::new();
+        assert_eq!(TopicId::parse(&id.to_string()).unwrap(), id);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<TopicId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<TopicId>("\"nope\"").is_err());
+    }
+
+    #[test]
+    fn an_event_id_carries_its_receive_time() {
+        let before = chrono::Utc::now() - chrono::Duration::milliseconds(1);
+        let id = EventId::new();
+        let at = id.timestamp();
+        assert!(at >= before && at <= chrono::Utc::now(), "{at}");
+    }
+
+    #[test]
+    fn topic_names_follow_the_rules() {
+        assert!(TopicName::parse("car.chosen-v2_x").is_ok());
+        assert!(TopicName::parse("").is_err());
+        assert!(TopicName::parse("has space").unwrap_err().contains('`'));
+        assert!(TopicName::parse(&"a".repeat(128)).is_ok());
+        assert!(TopicName::parse(&"a".repeat(129)).is_err());
+        assert!(TopicName::parse("ünïcode").is_err());
+    }
+
+    #[test]
+    fn webhook_secrets_round_trip_and_hide() {
+        let s = WebhookSecret::generate();
+        let shown = s.expose();
+        assert!(shown.starts_with("whsec_"));
+        assert_eq!(WebhookSecret::parse(&shown).unwrap(), s);
+        assert_eq!(s.key_bytes().len(), 32);
+        assert!(!format!("{s:?}").contains(&shown[6..]));
+        assert!(WebhookSecret::parse("whsec_AAAA").is_err());
+        assert!(WebhookSecret::parse("nope").is_err());
+    }
+}

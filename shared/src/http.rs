@@ -1,0 +1,200 @@
+//! HTTP plumbing common to every role: service endpoints, problem fallbacks, middleware, serving.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Json, Router,
+    extract::{MatchedPath, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::{DefaultOnFailure, TraceLayer},
+};
+use utoipa::{
+    Modify,
+    openapi::{
+        OpenApi,
+        security::{Http, HttpAuthScheme, SecurityScheme},
+    },
+};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::{amqp::Broker, problem::Problem};
+
+/// What `/readyz` checks.
+#[derive(Clone, Debug)]
+pub struct Readiness {
+    /// PostgreSQL.
+    pub pool: PgPool,
+    /// RabbitMQ.
+    pub broker: Arc<Broker>,
+}
+
+#[derive(Serialize)]
+struct Check {
+    ok: bool,
+    latency_ms: u128,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ReadyReport {
+    status: &'static str,
+    checks: ReadyChecks,
+}
+
+#[derive(Serialize)]
+struct ReadyChecks {
+    postgres: Check,
+    rabbitmq: Check,
+}
+
+async fn timed<F, E>(check: F) -> Check
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let started = Instant::now();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(3), check).await;
+    let latency_ms = started.elapsed().as_millis();
+    match result {
+        Ok(Ok(())) => Check { ok: true, latency_ms, error: None },
+        Ok(Err(e)) => Check { ok: false, latency_ms, error: Some(e.to_string()) },
+        Err(_) => Check { ok: false, latency_ms, error: Some("timed out after 3 s".into()) },
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> Response {
+    let pool = readiness.pool.clone();
+    let (postgres, rabbitmq) = tokio::join!(
+        timed(async move { sqlx::query("SELECT 1").execute(&pool).await.map(|_| ()) }),
+        timed(readiness.broker.ping()),
+    );
+    let ready = postgres.ok && rabbitmq.ok;
+    let report = ReadyReport {
+        status: if ready { "ready" } else { "unavailable" },
+        checks: ReadyChecks { postgres, rabbitmq },
+    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(report)).into_response()
+}
+
+/// `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and `/docs`.
+pub fn service_router(readiness: Readiness, api: OpenApi, metrics: PrometheusHandle) -> Router {
+    let render = move || {
+        let metrics = metrics.clone();
+        async move {
+            (
+                [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
+                metrics.render(),
+            )
+        }
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz).with_state(readiness))
+        .route("/metrics", get(render))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+}
+
+/// The OpenAPI document's frame: title, version and the bearer scheme; routes are merged in.
+pub fn openapi_base() -> OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(
+        info(
+            title = "anika",
+            description = "Event broker for partner companies: publish events into topics, grant partners read access, deliver them to webhooks (signed, retried, dead-lettered).",
+            version = "1",
+        ),
+        modifiers(&BearerAuth),
+        components(schemas(crate::problem::Problem, crate::problem::FieldError)),
+    )]
+    struct Base;
+    <Base as utoipa::OpenApi>::openapi()
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::builder().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+async fn not_found(request: Request) -> Problem {
+    Problem::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request) -> Problem {
+    Problem::method_not_allowed(format!("{} is not allowed on {}", request.method(), request.uri().path()))
+}
+
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("anika_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("anika_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Wraps the composed routes with what every role needs: problem fallbacks, metrics,
+/// request ids, tracing, and a panic guard that answers a problem document.
+pub fn finish(router: Router) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(record_metrics))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a request handler panicked");
+            Problem::internal().into_response()
+        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let request_id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
+                })
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Serves `app` on an already-bound listener until `shutdown` fires, then drains open requests.
+pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

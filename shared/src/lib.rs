@@ -1,0 +1,18 @@
+//! What every anika role shares: configuration, errors, domain types, auth, PostgreSQL, RabbitMQ, HTTP plumbing.
+
+pub mod amqp;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod extract;
+pub mod http;
+pub mod metrics;
+pub mod net;
+pub mod page;
+pub mod problem;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use problem::{FieldError, Problem};
