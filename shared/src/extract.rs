@@ -26,8 +26,23 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         require_json_content_type(req.headers())?;
         let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
-        parse_json(&bytes).map(Json)
+        parse_json_object(&bytes).map(Json)
     }
+}
+
+/// Like [`parse_json`], for request bodies, which are always JSON objects: serde
+/// would otherwise read a struct from an array (`[]` as an empty PATCH).
+pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    {
+        return Err(Problem::validation(
+            "the body must be a JSON object",
+            vec![FieldError::new("", "expected a JSON object")],
+        ));
+    }
+    parse_json(bytes)
 }
 
 /// Refuses a body that does not say it is JSON (415), so a form post is not misread.

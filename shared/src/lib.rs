@@ -2,7 +2,9 @@
 
 pub mod amqp;
 pub mod auth;
+pub mod changes;
 pub mod config;
+pub mod context;
 pub mod db;
 pub mod domain;
 pub mod extract;
@@ -10,9 +12,11 @@ pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod page;
+pub mod patch;
 pub mod problem;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use context::Context;
 pub use problem::{FieldError, Problem};

@@ -130,7 +130,11 @@ impl WebhookUrl {
         if text.len() > 2048 {
             return Err("a URL has at most 2048 characters".into());
         }
-        let mut url = url::Url::parse(text.trim()).map_err(|e| format!("not a valid URL: {e}"))?;
+        // The WHATWG parser would silently drop these; a URL that needs them is a mistake.
+        if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("a URL must not contain whitespace or control characters".into());
+        }
+        let mut url = url::Url::parse(text).map_err(|e| format!("not a valid URL: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("the scheme must be http or https, not `{}`", url.scheme()));
         }
@@ -228,6 +232,8 @@ mod tests {
             "http://metadata.google.internal/",
             "http://printer.local/",
             "http://intranet/",
+            "https://example.com/\u{0}",
+            " https://example.com/",
         ] {
             let reason = refused(url);
             assert!(!reason.is_empty(), "{url}");

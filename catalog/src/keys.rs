@@ -1,0 +1,142 @@
+//! Key material: API keys and refresh tokens (random, stored hashed) and the Ed25519 token-signing keys.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use anika_shared::{
+    auth::{Claims, new_jti},
+    domain::{ApiKeyId, PartnerId, Role, random_bytes},
+};
+use aws_lc_rs::{
+    rand::SystemRandom,
+    signature::{Ed25519KeyPair, KeyPair},
+};
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+
+use crate::error::{Error, Result};
+
+/// A new API key: recognisable prefix, 256 random bits.
+pub fn new_api_key() -> String {
+    format!("anika_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+}
+
+/// A new opaque refresh token.
+pub fn new_refresh_token() -> String {
+    format!("anika_rt_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+}
+
+/// How secrets are stored: SHA-256. They carry 256 random bits, so a slow
+/// password hash would add latency and a DoS lever without adding safety.
+pub fn hash_secret(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+/// Creates an Ed25519 signing key if none is active (several processes may race: an advisory lock settles it).
+pub async fn ensure_signing_key(pool: &PgPool) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('anika_signing_keys'))")
+        .execute(&mut *tx)
+        .await?;
+    let active: Option<String> = sqlx::query_scalar("SELECT kid FROM signing_keys WHERE retired_at IS NULL LIMIT 1")
+        .fetch_optional(&mut *tx)
+        .await?;
+    if active.is_none() {
+        insert_signing_key(&mut tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Rotates in a new signing key; the previous ones stop signing but keep verifying for a day.
+pub async fn rotate_signing_key(pool: &PgPool) -> Result<String> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('anika_signing_keys'))")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL")
+        .execute(&mut *tx)
+        .await?;
+    let kid = insert_signing_key(&mut tx).await?;
+    tx.commit().await?;
+    Ok(kid)
+}
+
+async fn insert_signing_key(conn: &mut PgConnection) -> Result<String> {
+    let rng = SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| Error::Keys(format!("generate Ed25519 key: {e}")))?;
+    let pair =
+        Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| Error::Keys(format!("read Ed25519 key: {e}")))?;
+    let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<12>());
+    sqlx::query("INSERT INTO signing_keys (kid, algorithm, private_key, public_key) VALUES ($1, 'EdDSA', $2, $3)")
+        .bind(&kid)
+        .bind(pkcs8.as_ref())
+        .bind(pair.public_key().as_ref())
+        .execute(conn)
+        .await?;
+    tracing::info!(kid = %kid, "created a token signing key");
+    Ok(kid)
+}
+
+/// Signs access tokens with the newest active key.
+pub struct Signer {
+    pool: PgPool,
+    issuer: String,
+    audience: String,
+    ttl: std::time::Duration,
+    parsed: Mutex<HashMap<String, EncodingKey>>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("issuer", &self.issuer).finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// A signer for tokens of `issuer` meant for `audience`, valid for `ttl`.
+    pub fn new(pool: PgPool, issuer: String, audience: String, ttl: std::time::Duration) -> Self {
+        Self {
+            pool,
+            issuer,
+            audience,
+            ttl,
+            parsed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The lifetime of the tokens it signs.
+    pub fn ttl(&self) -> std::time::Duration {
+        self.ttl
+    }
+
+    /// Signs an access token for an API key's principal.
+    pub async fn issue(&self, key_id: ApiKeyId, partner: Option<PartnerId>, role: Role) -> Result<String> {
+        // Read the current key each time: another process may have rotated it in,
+        // and tokens are issued rarely next to the requests that use them.
+        let (kid, private): (String, Vec<u8>) = sqlx::query_as(
+            "SELECT kid, private_key FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::Keys("no active signing key".into()))?;
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: key_id.to_string(),
+            pid: partner.map(|p| p.to_string()),
+            role,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            iat: now,
+            nbf: now,
+            exp: now + self.ttl.as_secs() as i64,
+            jti: new_jti(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.clone());
+        let mut parsed = self.parsed.lock().expect("signer lock");
+        let key = parsed.entry(kid).or_insert_with(|| EncodingKey::from_ed_der(&private));
+        Ok(jsonwebtoken::encode(&header, &claims, key)?)
+    }
+}

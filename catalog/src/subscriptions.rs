@@ -1,0 +1,526 @@
+//! Subscriptions: a partner's webhook on a topic it owns or is granted, with its queue in RabbitMQ.
+
+use anika_shared::{
+    Problem,
+    auth::Principal,
+    changes::Change,
+    domain::{Description, PartnerId, SubscriptionId, TopicId, WebhookSecret},
+    extract::{Json, Path, Query},
+    net::WebhookUrl,
+    page::{Limit, Page, decode_cursor},
+    patch::Patch,
+};
+use axum::{extract::State as AxumState, http::StatusCode};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgConnection, types::Json as SqlJson};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{State, acting_partner, error::Result, require_admin};
+
+pub(crate) fn routes() -> OpenApiRouter<State> {
+    OpenApiRouter::new()
+        .routes(routes!(create_subscription, list_subscriptions))
+        .routes(routes!(get_subscription, update_subscription, delete_subscription))
+        .routes(routes!(rotate_secret))
+}
+
+/// Attempts per message before it is dead-lettered: 1–100.
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
+#[serde(try_from = "i64")]
+#[schema(value_type = u32, minimum = 1, maximum = 100)]
+pub(crate) struct MaxAttempts(i32);
+
+impl TryFrom<i64> for MaxAttempts {
+    type Error = String;
+    fn try_from(value: i64) -> Result<Self, Self::Error> {
+        if (1..=100).contains(&value) {
+            Ok(Self(value as i32))
+        } else {
+            Err(format!("max_attempts must be between 1 and 100, not {value}"))
+        }
+    }
+}
+
+/// Deliveries per second to one endpoint: 1–100,000.
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
+#[serde(try_from = "i64")]
+#[schema(value_type = u32, minimum = 1, maximum = 100000)]
+pub(crate) struct RateLimit(i32);
+
+impl TryFrom<i64> for RateLimit {
+    type Error = String;
+    fn try_from(value: i64) -> Result<Self, Self::Error> {
+        if (1..=100_000).contains(&value) {
+            Ok(Self(value as i32))
+        } else {
+            Err(format!("rate_limit_per_s must be between 1 and 100000, not {value}"))
+        }
+    }
+}
+
+/// The state of a subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Status {
+    /// Delivering.
+    Active,
+    /// Events queue up; nothing is sent.
+    Paused,
+    /// Set by the server for an endpoint that keeps failing (or answered 410).
+    Disabled,
+}
+
+/// The states a client may set.
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SettableStatus {
+    /// Deliver (also re-enables a disabled subscription).
+    Active,
+    /// Stop sending; events queue up.
+    Paused,
+}
+
+/// A filter: a JSON object the event's `data` must contain (like PostgreSQL's `@>`).
+fn check_filter(filter: &Value) -> Result<(), Problem> {
+    if !filter.is_object() {
+        return Err(Problem::invalid_field("/filter", "a filter is a JSON object that `data` must contain"));
+    }
+    if filter.to_string().len() > 16 * 1024 {
+        return Err(Problem::invalid_field("/filter", "a filter has at most 16 KiB"));
+    }
+    Ok(())
+}
+
+fn parse_url(state: &State, url: &str) -> Result<WebhookUrl, Problem> {
+    WebhookUrl::parse(url, &state.ctx.policy).map_err(|e| Problem::invalid_field("/url", e))
+}
+
+/// A subscription (never its secret).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SubscriptionOut {
+    id: SubscriptionId,
+    topic_id: TopicId,
+    partner_id: PartnerId,
+    url: String,
+    description: Option<String>,
+    filter: Option<Value>,
+    status: Status,
+    /// Why the server disabled it, when it did.
+    disabled_reason: Option<String>,
+    max_attempts: u32,
+    rate_limit_per_s: Option<u32>,
+    ordered: bool,
+    created_at: DateTime<Utc>,
+}
+
+/// A subscription as created: the only answer, with rotation, that carries the secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CreatedSubscription {
+    #[serde(flatten)]
+    subscription: SubscriptionOut,
+    /// `whsec_…`: verifies the `webhook-signature` header. Shown only now.
+    secret: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    topic_id: Uuid,
+    partner_id: Uuid,
+    url: String,
+    description: Option<String>,
+    filter: Option<SqlJson<Value>>,
+    status: String,
+    disabled_reason: Option<String>,
+    max_attempts: i32,
+    rate_limit_per_s: Option<i32>,
+    ordered: bool,
+    created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, topic_id, partner_id, url, description, filter, status, disabled_reason, \
+                       max_attempts, rate_limit_per_s, ordered, created_at";
+
+impl From<Row> for SubscriptionOut {
+    fn from(row: Row) -> Self {
+        Self {
+            id: row.id.into(),
+            topic_id: row.topic_id.into(),
+            partner_id: row.partner_id.into(),
+            url: row.url,
+            description: row.description,
+            filter: row.filter.map(|f| f.0),
+            status: match row.status.as_str() {
+                "paused" => Status::Paused,
+                "disabled" => Status::Disabled,
+                _ => Status::Active,
+            },
+            disabled_reason: row.disabled_reason,
+            max_attempts: row.max_attempts as u32,
+            rate_limit_per_s: row.rate_limit_per_s.map(|r| r as u32),
+            ordered: row.ordered,
+            created_at: row.created_at,
+        }
+    }
+}
+
+/// Loads one of the caller's partner's subscriptions: 404 for strangers, 403 for publishers.
+async fn own_subscription(conn: &mut PgConnection, principal: &Principal, id: SubscriptionId, lock: bool) -> Result<Row> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM subscriptions WHERE id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id.uuid()).fetch_optional(conn).await?;
+    let row = row
+        .filter(|r| principal.sees_partner(r.partner_id.into()))
+        .ok_or_else(|| Problem::not_found(format!("no subscription {id}")))?;
+    require_admin(principal)?;
+    Ok(row)
+}
+
+/// A new subscription.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateSubscription {
+    topic_id: TopicId,
+    /// http(s) endpoint; private and internal addresses are refused.
+    url: String,
+    #[serde(default)]
+    description: Option<Description>,
+    /// Deliver only events whose `data` contains this object.
+    #[serde(default)]
+    filter: Option<Value>,
+    /// Default: the retry schedule's length + 1.
+    #[serde(default)]
+    max_attempts: Option<MaxAttempts>,
+    #[serde(default)]
+    rate_limit_per_s: Option<RateLimit>,
+    /// Deliver one at a time in publish order.
+    #[serde(default)]
+    ordered: bool,
+    /// Operators only: the partner the subscription is for.
+    #[serde(default)]
+    partner_id: Option<PartnerId>,
+}
+
+/// Subscribe a webhook to a topic you own or are granted.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions",
+    tag = "subscriptions",
+    request_body = CreateSubscription,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created; the secret is shown only now", body = CreatedSubscription),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Topic not visible", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (URL refused, bad filter)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "RabbitMQ unreachable; nothing was created", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn create_subscription(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Json(body): Json<CreateSubscription>,
+) -> Result<(StatusCode, axum::Json<CreatedSubscription>)> {
+    require_admin(&principal)?;
+    let partner = acting_partner(&principal, body.partner_id, "/partner_id")?;
+    let url = parse_url(&state, &body.url)?;
+    if let Some(filter) = &body.filter {
+        check_filter(filter)?;
+    }
+    let mut tx = state.ctx.pool.begin().await?;
+    let topic: Option<(Uuid, bool)> = sqlx::query_as(
+        "SELECT owner_partner_id, EXISTS (SELECT 1 FROM grants g WHERE g.topic_id = t.id AND g.partner_id = $2) \
+         FROM topics t WHERE id = $1 FOR SHARE",
+    )
+    .bind(body.topic_id.uuid())
+    .bind(partner.uuid())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let allowed = topic.is_some_and(|(owner, granted)| owner == partner.uuid() || granted);
+    if !allowed {
+        return Err(if principal.is_operator() && topic.is_some() {
+            Problem::forbidden(format!("partner {partner} neither owns nor is granted this topic"))
+        } else {
+            Problem::not_found(format!("no topic {}", body.topic_id))
+        }
+        .into());
+    }
+    let id = SubscriptionId::new();
+    let secret = WebhookSecret::generate();
+    let max_attempts = body
+        .max_attempts
+        .map_or(state.ctx.config.retry_schedule.default_max_attempts() as i32, |m| m.0);
+    let sql = format!(
+        "INSERT INTO subscriptions (id, topic_id, partner_id, url, description, filter, max_attempts, \
+                                    rate_limit_per_s, ordered, secret) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
+    );
+    let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id.uuid())
+        .bind(body.topic_id.uuid())
+        .bind(partner.uuid())
+        .bind(url.as_str())
+        .bind(body.description.as_ref().map(Description::as_str))
+        .bind(body.filter.map(SqlJson))
+        .bind(max_attempts)
+        .bind(body.rate_limit_per_s.map(|r| r.0))
+        .bind(body.ordered)
+        .bind(secret.expose())
+        .fetch_one(&mut *tx)
+        .await?;
+    let channel = state.ctx.broker.channel().await?;
+    state
+        .ctx
+        .broker
+        .topology()
+        .declare_subscription(&channel, id, body.topic_id, body.ordered, true)
+        .await?;
+    let _ = channel.close(200, "done".into()).await;
+    Change::Subscription { subscription_id: id }.notify(&mut tx).await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedSubscription {
+            subscription: row.into(),
+            secret: secret.expose(),
+        }),
+    ))
+}
+
+/// Filters of the subscription list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// Page size (1–1000, default 50).
+    #[param(value_type = Option<u32>)]
+    limit: Option<Limit>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Only subscriptions to this topic.
+    #[param(value_type = Option<String>)]
+    topic_id: Option<TopicId>,
+    /// Only subscriptions in this state.
+    #[param(value_type = Option<Status>)]
+    status: Option<Status>,
+    /// Operators: only this partner's subscriptions.
+    #[param(value_type = Option<String>)]
+    partner_id: Option<PartnerId>,
+}
+
+/// List your partner's subscriptions (operators: all).
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions",
+    tag = "subscriptions",
+    params(ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of subscriptions", body = Page<SubscriptionOut>),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_subscriptions(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<Page<SubscriptionOut>>> {
+    require_admin(&principal)?;
+    let limit = query.limit.unwrap_or_default();
+    let after: Option<(DateTime<Utc>, Uuid)> = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let partner = principal.partner().or(query.partner_id);
+    let status = query.status.map(|s| serde_json::to_value(s).expect("status").as_str().unwrap_or_default().to_owned());
+    let sql = format!(
+        "SELECT {COLUMNS} FROM subscriptions \
+         WHERE ($1::uuid IS NULL OR partner_id = $1) AND ($2::uuid IS NULL OR topic_id = $2) \
+           AND ($3::text IS NULL OR status = $3) \
+           AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5)) \
+         ORDER BY created_at, id LIMIT $6"
+    );
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(partner.map(PartnerId::uuid))
+        .bind(query.topic_id.map(TopicId::uuid))
+        .bind(status)
+        .bind(after.map(|a| a.0))
+        .bind(after.map(|a| a.1))
+        .bind(limit.fetch())
+        .fetch_all(&state.ctx.pool)
+        .await?;
+    let items: Vec<SubscriptionOut> = rows.into_iter().map(Into::into).collect();
+    Ok(axum::Json(Page::from_rows(items, limit, |s| (s.created_at, s.id.uuid()))))
+}
+
+/// Read a subscription.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{id}",
+    tag = "subscriptions",
+    params(("id" = String, Path, description = "Subscription id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The subscription", body = SubscriptionOut),
+        (status = 404, description = "Not yours", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_subscription(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<SubscriptionId>,
+) -> Result<axum::Json<SubscriptionOut>> {
+    let mut conn = state.ctx.pool.acquire().await?;
+    Ok(axum::Json(own_subscription(&mut conn, &principal, id, false).await?.into()))
+}
+
+/// Changes to a subscription; absent fields stay, `null` clears.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateSubscription {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    filter: Patch<Value>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    description: Patch<Description>,
+    #[serde(default)]
+    max_attempts: Option<MaxAttempts>,
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    rate_limit_per_s: Patch<RateLimit>,
+    /// `active` or `paused`.
+    #[serde(default)]
+    status: Option<SettableStatus>,
+}
+
+/// Change a subscription (URL, filter, description, attempts, rate limit, active/paused).
+#[utoipa::path(
+    patch,
+    path = "/v1/subscriptions/{id}",
+    tag = "subscriptions",
+    params(("id" = String, Path, description = "Subscription id")),
+    request_body = UpdateSubscription,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The updated subscription", body = SubscriptionOut),
+        (status = 404, description = "Not yours", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn update_subscription(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<SubscriptionId>,
+    Json(body): Json<UpdateSubscription>,
+) -> Result<axum::Json<SubscriptionOut>> {
+    let url = body.url.as_deref().map(|u| parse_url(&state, u)).transpose()?;
+    if let Patch::Value(filter) = &body.filter {
+        check_filter(filter)?;
+    }
+    let mut tx = state.ctx.pool.begin().await?;
+    let row = own_subscription(&mut tx, &principal, id, true).await?;
+    let status = match body.status {
+        Some(SettableStatus::Active) => "active",
+        Some(SettableStatus::Paused) => "paused",
+        None => row.status.as_str(),
+    };
+    let reenabled = row.status == "disabled" && status == "active";
+    let sql = format!(
+        "UPDATE subscriptions SET url = $2, filter = $3, description = $4, max_attempts = $5, \
+             rate_limit_per_s = $6, status = $7, \
+             disabled_reason = CASE WHEN $7 = 'disabled' THEN disabled_reason END, \
+             failing_since = CASE WHEN $8 THEN NULL ELSE failing_since END, updated_at = now() \
+         WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    let updated: Row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id.uuid())
+        .bind(url.as_ref().map_or(row.url.as_str(), WebhookUrl::as_str))
+        .bind(body.filter.apply(row.filter.map(|f| f.0)).map(SqlJson))
+        .bind(body.description.map(String::from).apply(row.description))
+        .bind(body.max_attempts.map_or(row.max_attempts, |m| m.0))
+        .bind(body.rate_limit_per_s.map(|r| r.0).apply(row.rate_limit_per_s))
+        .bind(status)
+        .bind(reenabled)
+        .fetch_one(&mut *tx)
+        .await?;
+    Change::Subscription { subscription_id: id }.notify(&mut tx).await?;
+    tx.commit().await?;
+    Ok(axum::Json(updated.into()))
+}
+
+/// Delete a subscription and its queues (queued and dead-lettered messages go with them).
+#[utoipa::path(
+    delete,
+    path = "/v1/subscriptions/{id}",
+    tag = "subscriptions",
+    params(("id" = String, Path, description = "Subscription id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "Not yours", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn delete_subscription(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<SubscriptionId>,
+) -> Result<StatusCode> {
+    let mut tx = state.ctx.pool.begin().await?;
+    own_subscription(&mut tx, &principal, id, true).await?;
+    sqlx::query("DELETE FROM subscriptions WHERE id = $1").bind(id.uuid()).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM dead_letters WHERE subscription_id = $1")
+        .bind(id.uuid())
+        .execute(&mut *tx)
+        .await?;
+    let channel = state.ctx.broker.channel().await?;
+    state.ctx.broker.topology().delete_subscription(&channel, id).await?;
+    let _ = channel.close(200, "done".into()).await;
+    Change::Subscription { subscription_id: id }.notify(&mut tx).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A new signing secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RotatedSecret {
+    /// The new `whsec_…`; the previous one keeps signing alongside for 24 h.
+    secret: String,
+}
+
+/// Rotate the signing secret; for 24 h deliveries carry signatures with both.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{id}/rotate-secret",
+    tag = "subscriptions",
+    params(("id" = String, Path, description = "Subscription id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The new secret", body = RotatedSecret),
+        (status = 404, description = "Not yours", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn rotate_secret(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<SubscriptionId>,
+) -> Result<axum::Json<RotatedSecret>> {
+    let mut tx = state.ctx.pool.begin().await?;
+    own_subscription(&mut tx, &principal, id, true).await?;
+    let secret = WebhookSecret::generate();
+    sqlx::query(
+        "UPDATE subscriptions SET previous_secret = secret, previous_secret_expires_at = now() + interval '24 hours', \
+             secret = $2, updated_at = now() WHERE id = $1",
+    )
+    .bind(id.uuid())
+    .bind(secret.expose())
+    .execute(&mut *tx)
+    .await?;
+    Change::Subscription { subscription_id: id }.notify(&mut tx).await?;
+    tx.commit().await?;
+    Ok(axum::Json(RotatedSecret { secret: secret.expose() }))
+}

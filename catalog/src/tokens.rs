@@ -1,0 +1,450 @@
+//! API keys, the token endpoint (API key or refresh token in, access JWT out) and the JWKS.
+
+use anika_shared::{
+    Problem,
+    auth::Principal,
+    domain::{ApiKeyId, DisplayName, PartnerId, Role},
+    extract::{Json, Path, Query},
+    page::{Limit, Page, decode_cursor},
+};
+use axum::{
+    extract::State as AxumState,
+    http::{StatusCode, header},
+    response::IntoResponse,
+};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    State, acting_partner,
+    error::Result,
+    keys::{hash_secret, new_api_key, new_refresh_token},
+    require_admin,
+};
+
+pub(crate) fn routes() -> OpenApiRouter<State> {
+    OpenApiRouter::new()
+        .routes(routes!(token))
+        .routes(routes!(jwks))
+        .routes(routes!(create_key, list_keys))
+        .routes(routes!(revoke_key))
+}
+
+/// Ensures an operator key with exactly this value exists and is active (idempotent).
+pub(crate) async fn ensure_operator_key(pool: &PgPool, key: &str) -> Result<()> {
+    let revived: Option<bool> = sqlx::query_scalar(
+        "INSERT INTO api_keys (id, partner_id, role, name, key_hash) VALUES ($1, NULL, 'operator', 'bootstrap', $2) \
+         ON CONFLICT (key_hash) DO UPDATE SET revoked_at = NULL \
+         RETURNING (xmax <> 0)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(hash_secret(key))
+    .fetch_optional(pool)
+    .await?;
+    if revived == Some(false) {
+        tracing::info!("created the bootstrap operator API key");
+    }
+    Ok(())
+}
+
+/// Creates an API key directly in the database (the CLI's `anika api-keys create`).
+pub async fn create_api_key(pool: &PgPool, role: Role, partner: Option<PartnerId>, name: &str) -> Result<(ApiKeyId, String)> {
+    if (role == Role::Operator) != partner.is_none() {
+        return Err(Problem::bad_request("operator keys have no partner; admin and publisher keys need one").into());
+    }
+    let id = ApiKeyId::new();
+    let key = new_api_key();
+    sqlx::query("INSERT INTO api_keys (id, partner_id, role, name, key_hash) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id.uuid())
+        .bind(partner.map(PartnerId::uuid))
+        .bind(role.as_str())
+        .bind(name)
+        .bind(hash_secret(&key))
+        .execute(pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                Problem::invalid_field("/partner_id", "no partner with this id").into()
+            }
+            _ => crate::Error::Db(e),
+        })?;
+    Ok((id, key))
+}
+
+/// How to obtain a token.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(tag = "grant_type", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum TokenRequest {
+    /// Exchange an API key.
+    ApiKey {
+        /// The API key.
+        api_key: String,
+    },
+    /// Exchange (and spend) a refresh token.
+    RefreshToken {
+        /// The refresh token from the previous answer.
+        refresh_token: String,
+    },
+}
+
+/// A fresh access token and its refresh token.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TokenResponse {
+    /// The JWT to send as `Authorization: Bearer …`.
+    access_token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    /// Seconds until the access token expires.
+    expires_in: u64,
+    /// Spend once at this endpoint for the next pair.
+    refresh_token: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: Uuid,
+    role: String,
+    partner_id: Option<Uuid>,
+}
+
+/// Exchange an API key or a refresh token for an access token.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/token",
+    tag = "auth",
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "Tokens", body = TokenResponse),
+        (status = 401, description = "Wrong key or token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn token(AxumState(state): AxumState<State>, Json(request): Json<TokenRequest>) -> Result<impl IntoResponse> {
+    let pool = &state.ctx.pool;
+    let mut tx = pool.begin().await?;
+    let (key, family) = match request {
+        TokenRequest::ApiKey { api_key } => {
+            let key: Option<KeyRow> =
+                sqlx::query_as("SELECT id, role, partner_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+                    .bind(hash_secret(&api_key))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let key = key.ok_or_else(|| Problem::unauthorized("unknown or revoked API key"))?;
+            (key, Uuid::now_v7())
+        }
+        TokenRequest::RefreshToken { refresh_token } => {
+            #[derive(sqlx::FromRow)]
+            struct Refresh {
+                family_id: Uuid,
+                spent: bool,
+                expired: bool,
+                id: Uuid,
+                role: String,
+                partner_id: Option<Uuid>,
+                key_revoked: bool,
+            }
+            let row: Option<Refresh> = sqlx::query_as(
+                "SELECT r.family_id, (r.used_at IS NOT NULL OR r.revoked_at IS NOT NULL) AS spent, \
+                        r.expires_at <= now() AS expired, k.id, k.role, k.partner_id, \
+                        k.revoked_at IS NOT NULL AS key_revoked \
+                 FROM refresh_tokens r JOIN api_keys k ON k.id = r.api_key_id \
+                 WHERE r.token_hash = $1 FOR UPDATE OF r",
+            )
+            .bind(hash_secret(&refresh_token))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let row = row.ok_or_else(|| Problem::unauthorized("unknown refresh token"))?;
+            if row.spent {
+                // A spent token coming back means it leaked: end the whole login.
+                sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL")
+                    .bind(row.family_id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                tracing::warn!(family = %row.family_id, "a spent refresh token was reused; its login is revoked");
+                return Err(Problem::unauthorized(
+                    "this refresh token was already used; every token of this login is now revoked",
+                )
+                .into());
+            }
+            if row.expired || row.key_revoked {
+                return Err(Problem::unauthorized("the refresh token has expired or its API key was revoked").into());
+            }
+            sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1")
+                .bind(hash_secret(&refresh_token))
+                .execute(&mut *tx)
+                .await?;
+            (
+                KeyRow {
+                    id: row.id,
+                    role: row.role,
+                    partner_id: row.partner_id,
+                },
+                row.family_id,
+            )
+        }
+    };
+    let role: Role = key.role.parse().map_err(|e: String| crate::Error::Keys(e))?;
+    let refresh = new_refresh_token();
+    let refresh_ttl = chrono::Duration::from_std(state.ctx.config.refresh_token_ttl).unwrap_or(chrono::Duration::days(30));
+    sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, api_key_id, expires_at) VALUES ($1, $2, $3, $4)")
+        .bind(hash_secret(&refresh))
+        .bind(family)
+        .bind(key.id)
+        .bind(Utc::now() + refresh_ttl)
+        .execute(&mut *tx)
+        .await?;
+    let access = state
+        .signer
+        .issue(key.id.into(), key.partner_id.map(PartnerId::from), role)
+        .await?;
+    tx.commit().await?;
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(TokenResponse {
+            access_token: access,
+            token_type: "Bearer",
+            expires_in: state.signer.ttl().as_secs(),
+            refresh_token: refresh,
+        }),
+    ))
+}
+
+/// One public key in JWK form (RFC 8037 OKP).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Jwk {
+    kty: &'static str,
+    crv: &'static str,
+    /// The public key, base64url.
+    x: String,
+    kid: String,
+    alg: &'static str,
+    #[serde(rename = "use")]
+    use_: &'static str,
+}
+
+/// The key set.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+/// The public keys that verify access tokens, for gateways.
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "auth",
+    responses((status = 200, description = "The key set", body = Jwks))
+)]
+async fn jwks(AxumState(state): AxumState<State>) -> Result<impl IntoResponse> {
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT kid, public_key FROM signing_keys \
+         WHERE retired_at IS NULL OR retired_at > now() - interval '1 day' ORDER BY created_at DESC",
+    )
+    .fetch_all(&state.ctx.pool)
+    .await?;
+    let keys = rows
+        .into_iter()
+        .map(|(kid, public)| Jwk {
+            kty: "OKP",
+            crv: "Ed25519",
+            x: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public),
+            kid,
+            alg: "EdDSA",
+            use_: "sig",
+        })
+        .collect();
+    Ok(([(header::CACHE_CONTROL, "public, max-age=300")], axum::Json(Jwks { keys })))
+}
+
+/// A new API key.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateKey {
+    role: Role,
+    name: DisplayName,
+    /// The partner the key belongs to; operators must set it for admin and publisher keys.
+    #[serde(default)]
+    partner_id: Option<PartnerId>,
+}
+
+/// An API key as listed (never the key itself).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ApiKeyOut {
+    id: ApiKeyId,
+    role: Role,
+    name: String,
+    partner_id: Option<PartnerId>,
+    created_at: DateTime<Utc>,
+}
+
+/// An API key as created: the only time the key is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CreatedKey {
+    id: ApiKeyId,
+    role: Role,
+    name: String,
+    partner_id: Option<PartnerId>,
+    /// The key; store it now, it is never shown again.
+    api_key: String,
+    created_at: DateTime<Utc>,
+}
+
+/// Create an API key (admins for their partner, operators for anyone).
+#[utoipa::path(
+    post,
+    path = "/v1/api-keys",
+    tag = "auth",
+    request_body = CreateKey,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The key, shown this once", body = CreatedKey),
+        (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn create_key(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Json(body): Json<CreateKey>,
+) -> Result<impl IntoResponse> {
+    require_admin(&principal)?;
+    let partner = match body.role {
+        Role::Operator => {
+            if !principal.is_operator() {
+                return Err(Problem::forbidden("only operators create operator keys").into());
+            }
+            if body.partner_id.is_some() {
+                return Err(Problem::invalid_field("/partner_id", "operator keys belong to no partner").into());
+            }
+            None
+        }
+        Role::Admin | Role::Publisher => Some(acting_partner(&principal, body.partner_id, "/partner_id")?),
+    };
+    let (id, key) = create_api_key(&state.ctx.pool, body.role, partner, body.name.as_str()).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedKey {
+            id,
+            role: body.role,
+            name: body.name.as_str().to_owned(),
+            partner_id: partner,
+            api_key: key,
+            created_at: Utc::now(),
+        }),
+    ))
+}
+
+/// Filters of the key list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyQuery {
+    /// Page size (1–1000, default 50).
+    #[param(value_type = Option<u32>)]
+    limit: Option<Limit>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Operators: only this partner's keys.
+    #[param(value_type = Option<String>)]
+    partner_id: Option<PartnerId>,
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyListRow {
+    id: Uuid,
+    role: String,
+    name: String,
+    partner_id: Option<Uuid>,
+    created_at: DateTime<Utc>,
+}
+
+/// List active API keys (your partner's; operators: all).
+#[utoipa::path(
+    get,
+    path = "/v1/api-keys",
+    tag = "auth",
+    params(KeyQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of keys", body = Page<ApiKeyOut>),
+        (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_keys(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Query(query): Query<KeyQuery>,
+) -> Result<axum::Json<Page<ApiKeyOut>>> {
+    require_admin(&principal)?;
+    let limit = query.limit.unwrap_or_default();
+    let after: Option<(DateTime<Utc>, Uuid)> = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let partner = principal.partner().or(query.partner_id);
+    let rows: Vec<KeyListRow> = sqlx::query_as(
+        "SELECT id, role, name, partner_id, created_at FROM api_keys \
+         WHERE revoked_at IS NULL AND ($1::uuid IS NULL OR partner_id = $1) \
+           AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3)) \
+         ORDER BY created_at, id LIMIT $4",
+    )
+    .bind(partner.map(PartnerId::uuid))
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit.fetch())
+    .fetch_all(&state.ctx.pool)
+    .await?;
+    let items = rows
+        .into_iter()
+        .map(|r| {
+            Ok(ApiKeyOut {
+                id: r.id.into(),
+                role: r.role.parse().map_err(|e: String| crate::Error::Keys(e))?,
+                name: r.name,
+                partner_id: r.partner_id.map(PartnerId::from),
+                created_at: r.created_at,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(axum::Json(Page::from_rows(items, limit, |k| (k.created_at, k.id.uuid()))))
+}
+
+/// Revoke an API key; its refresh tokens stop working at once, its access tokens when they expire.
+#[utoipa::path(
+    delete,
+    path = "/v1/api-keys/{id}",
+    tag = "auth",
+    params(("id" = String, Path, description = "API key id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such key", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn revoke_key(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<ApiKeyId>,
+) -> Result<StatusCode> {
+    require_admin(&principal)?;
+    let mut tx = state.ctx.pool.begin().await?;
+    let revoked: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) \
+         WHERE id = $1 AND ($2::uuid IS NULL OR partner_id = $2) RETURNING id",
+    )
+    .bind(id.uuid())
+    .bind(principal.partner().map(PartnerId::uuid))
+    .fetch_optional(&mut *tx)
+    .await?;
+    if revoked.is_none() {
+        return Err(Problem::not_found(format!("no API key {id}")).into());
+    }
+    sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE api_key_id = $1 AND revoked_at IS NULL")
+        .bind(id.uuid())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,535 @@
+//! Topics and grants. A topic belongs to one partner; grants give other partners read access.
+//!
+//! Revoking a grant unbinds the partner's subscription queues from the topic
+//! before the answer, so nothing published afterwards is routed to them.
+
+use anika_shared::{
+    Problem,
+    auth::Principal,
+    changes::Change,
+    domain::{Description, PartnerId, SubscriptionId, TopicId, TopicName},
+    extract::{Json, Path, Query},
+    page::{Limit, Page, decode_cursor},
+    patch::Patch,
+};
+use axum::{extract::State as AxumState, http::StatusCode};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgConnection, types::Json as SqlJson};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    State, acting_partner,
+    error::{Result, conflict_on_unique},
+    require_admin,
+};
+
+pub(crate) fn routes() -> OpenApiRouter<State> {
+    OpenApiRouter::new()
+        .routes(routes!(create_topic, list_topics))
+        .routes(routes!(get_topic, update_topic, delete_topic))
+        .routes(routes!(list_grants))
+        .routes(routes!(put_grant, delete_grant))
+}
+
+/// A topic.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TopicOut {
+    id: TopicId,
+    name: String,
+    description: Option<String>,
+    owner_partner_id: PartnerId,
+    /// JSON Schema (2020-12) every event's `data` must satisfy.
+    schema: Option<Value>,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct TopicRow {
+    pub(crate) id: Uuid,
+    pub(crate) name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) owner_partner_id: Uuid,
+    pub(crate) schema: Option<SqlJson<Value>>,
+    pub(crate) created_at: DateTime<Utc>,
+    /// Whether the caller's partner holds a grant on it.
+    pub(crate) granted: bool,
+}
+
+impl From<TopicRow> for TopicOut {
+    fn from(row: TopicRow) -> Self {
+        Self {
+            id: row.id.into(),
+            name: row.name,
+            description: row.description,
+            owner_partner_id: row.owner_partner_id.into(),
+            schema: row.schema.map(|s| s.0),
+            created_at: row.created_at,
+        }
+    }
+}
+
+/// How a caller stands to a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// An operator, or a principal of the owner partner.
+    Owner,
+    /// A principal of a granted partner.
+    Reader,
+}
+
+const TOPIC_COLUMNS: &str = "t.id, t.name, t.description, t.owner_partner_id, t.schema, t.created_at, \
+     EXISTS (SELECT 1 FROM grants g WHERE g.topic_id = t.id AND g.partner_id = $2) AS granted";
+
+/// Loads a topic the caller may see, or 404 — strangers learn nothing.
+pub(crate) async fn visible_topic(
+    conn: &mut PgConnection,
+    principal: &Principal,
+    id: TopicId,
+    lock: bool,
+) -> Result<(TopicRow, Standing)> {
+    let sql = format!(
+        "SELECT {TOPIC_COLUMNS} FROM topics t WHERE t.id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row: Option<TopicRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id.uuid())
+        .bind(principal.partner().map(PartnerId::uuid))
+        .fetch_optional(conn)
+        .await?;
+    let not_found = || Problem::not_found(format!("no topic {id}"));
+    let row = row.ok_or_else(not_found)?;
+    let standing = if principal.sees_partner(row.owner_partner_id.into()) {
+        Standing::Owner
+    } else if row.granted {
+        Standing::Reader
+    } else {
+        return Err(not_found().into());
+    };
+    Ok((row, standing))
+}
+
+/// Loads a topic the caller may manage: 404 if invisible, 403 if only readable or not an admin.
+async fn managed_topic(conn: &mut PgConnection, principal: &Principal, id: TopicId) -> Result<TopicRow> {
+    let (row, standing) = visible_topic(conn, principal, id, true).await?;
+    if standing != Standing::Owner || !principal.administers(row.owner_partner_id.into()) {
+        return Err(Problem::forbidden("only the owner's admins (or operators) may change this topic").into());
+    }
+    Ok(row)
+}
+
+/// Checks a JSON Schema before it is stored: valid against the 2020-12 meta-schema and compilable.
+fn check_schema(schema: &Value) -> Result<(), Problem> {
+    if !(schema.is_object() || schema.is_boolean()) {
+        return Err(Problem::invalid_field("/schema", "a JSON Schema is an object (or a boolean)"));
+    }
+    if let Err(e) = jsonschema::meta::validate(schema) {
+        return Err(Problem::invalid_field(
+            "/schema",
+            format!("not a valid JSON Schema: {} at {}", e, e.instance_path()),
+        ));
+    }
+    jsonschema::draft202012::new(schema)
+        .map(|_| ())
+        .map_err(|e| Problem::invalid_field("/schema", format!("the schema cannot be used: {e}")))
+}
+
+/// A new topic.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateTopic {
+    name: TopicName,
+    #[serde(default)]
+    description: Option<Description>,
+    /// Optional JSON Schema (2020-12) for `data`.
+    #[serde(default)]
+    schema: Option<Value>,
+    /// Operators only: the partner that will own the topic.
+    #[serde(default)]
+    owner_partner_id: Option<PartnerId>,
+}
+
+/// Create a topic owned by your partner.
+#[utoipa::path(
+    post,
+    path = "/v1/topics",
+    tag = "topics",
+    request_body = CreateTopic,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = TopicOut),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Name taken for this owner", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn create_topic(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Json(body): Json<CreateTopic>,
+) -> Result<(StatusCode, axum::Json<TopicOut>)> {
+    require_admin(&principal)?;
+    let owner = acting_partner(&principal, body.owner_partner_id, "/owner_partner_id")?;
+    if let Some(schema) = &body.schema {
+        check_schema(schema)?;
+    }
+    let row: TopicRow = sqlx::query_as(
+        "INSERT INTO topics (id, owner_partner_id, name, description, schema) VALUES ($1, $2, $3, $4, $5) \
+         RETURNING id, name, description, owner_partner_id, schema, created_at, false AS granted",
+    )
+    .bind(TopicId::new().uuid())
+    .bind(owner.uuid())
+    .bind(body.name.as_str())
+    .bind(body.description.as_ref().map(Description::as_str))
+    .bind(body.schema.map(SqlJson))
+    .fetch_one(&state.ctx.pool)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            Problem::invalid_field("/owner_partner_id", "no partner with this id").into()
+        }
+        _ => conflict_on_unique(e, || format!("this partner already has a topic named `{}`", body.name)),
+    })?;
+    Ok((StatusCode::CREATED, axum::Json(row.into())))
+}
+
+/// Page through topics.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TopicQuery {
+    /// Page size (1–1000, default 50).
+    #[param(value_type = Option<u32>)]
+    limit: Option<Limit>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Only topics with this exact name.
+    name: Option<String>,
+}
+
+/// List the topics you own or are granted (operators: all).
+#[utoipa::path(
+    get,
+    path = "/v1/topics",
+    tag = "topics",
+    params(TopicQuery),
+    security(("bearer" = [])),
+    responses((status = 200, description = "A page of topics", body = Page<TopicOut>))
+)]
+async fn list_topics(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Query(query): Query<TopicQuery>,
+) -> Result<axum::Json<Page<TopicOut>>> {
+    let limit = query.limit.unwrap_or_default();
+    let after: Option<(DateTime<Utc>, Uuid)> = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let sql = format!(
+        "SELECT {TOPIC_COLUMNS} FROM topics t \
+         WHERE ($2::uuid IS NULL OR t.owner_partner_id = $2 \
+                OR EXISTS (SELECT 1 FROM grants g WHERE g.topic_id = t.id AND g.partner_id = $2)) \
+           AND ($1::text IS NULL OR t.name = $1) \
+           AND ($3::timestamptz IS NULL OR (t.created_at, t.id) > ($3, $4)) \
+         ORDER BY t.created_at, t.id LIMIT $5"
+    );
+    let rows: Vec<TopicRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(query.name)
+        .bind(principal.partner().map(PartnerId::uuid))
+        .bind(after.map(|a| a.0))
+        .bind(after.map(|a| a.1))
+        .bind(limit.fetch())
+        .fetch_all(&state.ctx.pool)
+        .await?;
+    let items: Vec<TopicOut> = rows.into_iter().map(Into::into).collect();
+    Ok(axum::Json(Page::from_rows(items, limit, |t| (t.created_at, t.id.uuid()))))
+}
+
+/// Read a topic you own or are granted.
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{id}",
+    tag = "topics",
+    params(("id" = String, Path, description = "Topic id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The topic", body = TopicOut),
+        (status = 404, description = "Not visible to you", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_topic(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<TopicId>,
+) -> Result<axum::Json<TopicOut>> {
+    let mut conn = state.ctx.pool.acquire().await?;
+    let (row, _) = visible_topic(&mut conn, &principal, id, false).await?;
+    Ok(axum::Json(row.into()))
+}
+
+/// Changes to a topic; absent fields stay, `null` clears.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateTopic {
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    name: Patch<TopicName>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    description: Patch<Description>,
+    /// A new JSON Schema, or `null` to stop validating.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    schema: Patch<Value>,
+}
+
+/// Change a topic's name, description or schema (owner admins).
+#[utoipa::path(
+    patch,
+    path = "/v1/topics/{id}",
+    tag = "topics",
+    params(("id" = String, Path, description = "Topic id")),
+    request_body = UpdateTopic,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The updated topic", body = TopicOut),
+        (status = 403, description = "Not the owner's admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not visible to you", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Name taken", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn update_topic(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<TopicId>,
+    Json(body): Json<UpdateTopic>,
+) -> Result<axum::Json<TopicOut>> {
+    if let Patch::Value(schema) = &body.schema {
+        check_schema(schema)?;
+    }
+    if matches!(body.name, Patch::Null) {
+        return Err(Problem::invalid_field("/name", "a topic always has a name").into());
+    }
+    let mut tx = state.ctx.pool.begin().await?;
+    let row = managed_topic(&mut tx, &principal, id).await?;
+    let name = match body.name {
+        Patch::Value(name) => name.as_str().to_owned(),
+        _ => row.name.clone(),
+    };
+    let description = body.description.map(String::from).apply(row.description.clone());
+    let schema = body.schema.apply(row.schema.clone().map(|s| s.0));
+    let sql = format!(
+        "UPDATE topics t SET name = $3, description = $4, schema = $5, updated_at = now() WHERE t.id = $1 \
+         RETURNING {TOPIC_COLUMNS}"
+    );
+    let updated: TopicRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id.uuid())
+        .bind(principal.partner().map(PartnerId::uuid))
+        .bind(&name)
+        .bind(description)
+        .bind(schema.map(SqlJson))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| conflict_on_unique(e, || format!("this partner already has a topic named `{name}`")))?;
+    Change::Topic { topic_id: id }.notify(&mut tx).await?;
+    tx.commit().await?;
+    Ok(axum::Json(updated.into()))
+}
+
+/// Delete a topic: its subscriptions and grants go with it; the event log is kept until retention.
+#[utoipa::path(
+    delete,
+    path = "/v1/topics/{id}",
+    tag = "topics",
+    params(("id" = String, Path, description = "Topic id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "Not the owner's admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not visible to you", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn delete_topic(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<TopicId>,
+) -> Result<StatusCode> {
+    let mut tx = state.ctx.pool.begin().await?;
+    managed_topic(&mut tx, &principal, id).await?;
+    let subscriptions: Vec<Uuid> = sqlx::query_scalar("DELETE FROM subscriptions WHERE topic_id = $1 RETURNING id")
+        .bind(id.uuid())
+        .fetch_all(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM topics WHERE id = $1").bind(id.uuid()).execute(&mut *tx).await?;
+    let channel = state.ctx.broker.channel().await?;
+    for sub in &subscriptions {
+        let sub = SubscriptionId::from(*sub);
+        state.ctx.broker.topology().delete_subscription(&channel, sub).await?;
+        Change::Subscription { subscription_id: sub }.notify(&mut tx).await?;
+    }
+    let _ = channel.close(200, "done".into()).await;
+    Change::Topic { topic_id: id }.notify(&mut tx).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A partner with read access.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub(crate) struct GrantOut {
+    #[schema(value_type = String, format = Uuid)]
+    partner_id: Uuid,
+    granted_at: DateTime<Utc>,
+}
+
+/// Page through grants.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GrantQuery {
+    /// Page size (1–1000, default 50).
+    #[param(value_type = Option<u32>)]
+    limit: Option<Limit>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// List who may read a topic (owner only).
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{id}/grants",
+    tag = "grants",
+    params(("id" = String, Path, description = "Topic id"), GrantQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of grants", body = Page<GrantOut>),
+        (status = 403, description = "Not the owner", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not visible to you", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_grants(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<TopicId>,
+    Query(query): Query<GrantQuery>,
+) -> Result<axum::Json<Page<GrantOut>>> {
+    let mut conn = state.ctx.pool.acquire().await?;
+    let (_, standing) = visible_topic(&mut conn, &principal, id, false).await?;
+    if standing != Standing::Owner {
+        return Err(Problem::forbidden("only the topic's owner sees its grants").into());
+    }
+    let limit = query.limit.unwrap_or_default();
+    let after: Option<(DateTime<Utc>, Uuid)> = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let rows: Vec<GrantOut> = sqlx::query_as(
+        "SELECT partner_id, granted_at FROM grants WHERE topic_id = $1 \
+         AND ($2::timestamptz IS NULL OR (granted_at, partner_id) > ($2, $3)) \
+         ORDER BY granted_at, partner_id LIMIT $4",
+    )
+    .bind(id.uuid())
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit.fetch())
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(axum::Json(Page::from_rows(rows, limit, |g| (g.granted_at, g.partner_id))))
+}
+
+/// The grantee's subscriptions on a topic: their queues are what a grant binds and a revoke unbinds.
+async fn grantee_subscriptions(conn: &mut PgConnection, topic: TopicId, partner: PartnerId) -> Result<Vec<SubscriptionId>> {
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM subscriptions WHERE topic_id = $1 AND partner_id = $2")
+        .bind(topic.uuid())
+        .bind(partner.uuid())
+        .fetch_all(conn)
+        .await?;
+    Ok(ids.into_iter().map(SubscriptionId::from).collect())
+}
+
+/// Give a partner read access (idempotent).
+#[utoipa::path(
+    put,
+    path = "/v1/topics/{id}/grants/{partner_id}",
+    tag = "grants",
+    params(("id" = String, Path, description = "Topic id"), ("partner_id" = String, Path, description = "Partner to grant")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Granted"),
+        (status = 403, description = "Not the owner's admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic or partner", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The owner cannot be granted", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn put_grant(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path((id, partner)): Path<(TopicId, PartnerId)>,
+) -> Result<StatusCode> {
+    let mut tx = state.ctx.pool.begin().await?;
+    let topic = managed_topic(&mut tx, &principal, id).await?;
+    if PartnerId::from(topic.owner_partner_id) == partner {
+        return Err(Problem::validation("the owner always reads its own topics; grant another partner", vec![]).into());
+    }
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM partners WHERE id = $1")
+        .bind(partner.uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+    if exists.is_none() {
+        return Err(Problem::not_found(format!("no partner {partner}")).into());
+    }
+    let inserted = sqlx::query("INSERT INTO grants (topic_id, partner_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(id.uuid())
+        .bind(partner.uuid())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if inserted > 0 {
+        let subscriptions = grantee_subscriptions(&mut tx, id, partner).await?;
+        if !subscriptions.is_empty() {
+            let channel = state.ctx.broker.channel().await?;
+            for sub in subscriptions {
+                state.ctx.broker.topology().bind_to_topic(&channel, sub, id).await?;
+            }
+            let _ = channel.close(200, "done".into()).await;
+        }
+        Change::Grant { topic_id: id, partner_id: partner }.notify(&mut tx).await?;
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Take read access away; from the answer on, nothing more reaches that partner.
+#[utoipa::path(
+    delete,
+    path = "/v1/topics/{id}/grants/{partner_id}",
+    tag = "grants",
+    params(("id" = String, Path, description = "Topic id"), ("partner_id" = String, Path, description = "Partner to revoke")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Revoked (or was not granted)"),
+        (status = 403, description = "Not the owner's admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn delete_grant(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path((id, partner)): Path<(TopicId, PartnerId)>,
+) -> Result<StatusCode> {
+    let mut tx = state.ctx.pool.begin().await?;
+    managed_topic(&mut tx, &principal, id).await?;
+    sqlx::query("DELETE FROM grants WHERE topic_id = $1 AND partner_id = $2")
+        .bind(id.uuid())
+        .bind(partner.uuid())
+        .execute(&mut *tx)
+        .await?;
+    // Unbind even if no grant row was found: a queue bound by drift is unbound too.
+    let subscriptions = grantee_subscriptions(&mut tx, id, partner).await?;
+    if !subscriptions.is_empty() {
+        let channel = state.ctx.broker.channel().await?;
+        for sub in subscriptions {
+            state.ctx.broker.topology().unbind_from_topic(&channel, sub, id).await?;
+        }
+        let _ = channel.close(200, "done".into()).await;
+    }
+    Change::Grant { topic_id: id, partner_id: partner }.notify(&mut tx).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

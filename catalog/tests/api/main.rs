@@ -1,0 +1,8 @@
+//! The catalog's HTTP API, against real PostgreSQL and RabbitMQ.
+
+mod auth;
+mod bad_input;
+mod helpers;
+mod partners;
+mod subscriptions;
+mod topics;

@@ -1,0 +1,53 @@
+//! Catalog changes announced over PostgreSQL `NOTIFY`, so caches in other processes follow at once.
+//!
+//! The catalog sends a change in the same transaction as the write, so a
+//! listener never hears of a change that was rolled back.
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+
+use crate::domain::{PartnerId, SubscriptionId, TopicId};
+
+/// The `LISTEN` channel.
+pub const CHANNEL: &str = "anika_catalog";
+
+/// What changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// A topic's name, schema or existence changed.
+    Topic {
+        /// The topic.
+        topic_id: TopicId,
+    },
+    /// A grant was given or taken.
+    Grant {
+        /// The topic.
+        topic_id: TopicId,
+        /// The partner.
+        partner_id: PartnerId,
+    },
+    /// A subscription was created, changed, or deleted.
+    Subscription {
+        /// The subscription.
+        subscription_id: SubscriptionId,
+    },
+}
+
+impl Change {
+    /// Sends the change inside the caller's transaction.
+    pub async fn notify(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let payload = serde_json::to_string(&self).expect("changes serialise");
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(payload)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Parses a notification payload; `None` for one this version does not know.
+    pub fn parse(payload: &str) -> Option<Self> {
+        serde_json::from_str(payload).ok()
+    }
+}

@@ -1,0 +1,76 @@
+//! The handles a role runs with, built once by the binary (or a test) and shared by every role in the process.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+
+use crate::{
+    amqp::{Broker, BrokerError, Topology},
+    auth::Verifier,
+    config::Config,
+    db::{self, DbError},
+    net::TargetPolicy,
+};
+
+/// PostgreSQL, RabbitMQ, the token verifier, the target policy and the metrics registry.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// PostgreSQL.
+    pub pool: PgPool,
+    /// RabbitMQ.
+    pub broker: Arc<Broker>,
+    /// Access-token verification.
+    pub verifier: Arc<Verifier>,
+    /// Which webhook targets are allowed.
+    pub policy: TargetPolicy,
+    /// The metrics registry behind `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+/// Why a role could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// PostgreSQL is unreachable or the schema could not be migrated.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// RabbitMQ is unreachable or the URL is wrong.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// A query at start-up failed.
+    #[error("database: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+impl Context {
+    /// Connects to PostgreSQL (creating the database and migrating it) and prepares the broker handle.
+    ///
+    /// `name` labels the RabbitMQ connection (visible in the management UI).
+    pub async fn connect(config: Config, name: &str) -> Result<Self, StartError> {
+        let pool = db::connect_and_migrate(config.database_url.expose(), config.database_pool).await?;
+        let topology = Topology {
+            queue_type: config.queue_type,
+            retry_schedule: config.retry_schedule.clone(),
+        };
+        let broker = Broker::new(config.amqp_url.expose(), name, topology)?;
+        let verifier = Verifier::new(pool.clone(), &config.token_issuer, &config.token_audience);
+        Ok(Self {
+            policy: TargetPolicy::new(config.allowed_target_nets.clone()),
+            config: Arc::new(config),
+            pool,
+            broker,
+            verifier,
+            metrics: crate::metrics::install(),
+        })
+    }
+
+    /// What `/readyz` checks.
+    pub fn readiness(&self) -> crate::http::Readiness {
+        crate::http::Readiness {
+            pool: self.pool.clone(),
+            broker: Arc::clone(&self.broker),
+        }
+    }
+}
