@@ -1,1 +1,26 @@
-fn main() {}
+//! The `anika` binary: every role and every operator tool behind one command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod admin;
+mod cli;
+mod serve;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            let mut source = std::error::Error::source(&*error);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -206,6 +206,18 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `ANIKA_PUBLIC_URL`: how clients reach the API (for the start-up banner).
     pub public_url: Option<String>,
+    /// `ANIKA_OUTBOX_RELAY_INTERVAL`: how often the relay looks for outbox rows left behind.
+    pub outbox_relay_interval: Duration,
+    /// `ANIKA_OUTBOX_RELAY_AFTER`: an outbox row older than this counts as left behind.
+    pub outbox_relay_after: Duration,
+    /// `ANIKA_MAINTENANCE_INTERVAL`: how often partitions are made ahead and retention runs.
+    pub maintenance_interval: Duration,
+    /// `ANIKA_RECONCILE_INTERVAL`: how often the dispatcher re-reads the whole catalog.
+    pub reconcile_interval: Duration,
+    /// `ANIKA_CIRCUIT_BREAKER_AFTER`: consecutive failures after which a subscription's consumer backs off.
+    pub circuit_breaker_after: u32,
+    /// `ANIKA_SHUTDOWN_GRACE`: how long in-flight deliveries may finish at shutdown.
+    pub shutdown_grace: Duration,
 }
 
 /// A setting that could not be understood; names the variable.
@@ -239,6 +251,12 @@ struct Raw {
     retention: Option<String>,
     log_format: Option<String>,
     public_url: Option<String>,
+    outbox_relay_interval: Option<String>,
+    outbox_relay_after: Option<String>,
+    maintenance_interval: Option<String>,
+    reconcile_interval: Option<String>,
+    circuit_breaker_after: Option<String>,
+    shutdown_grace: Option<String>,
 }
 
 /// Parses one setting or says which variable is wrong.
@@ -328,6 +346,12 @@ impl Config {
             retention: duration_setting("retention", raw.retention, "30days")?,
             log_format: setting("log_format", raw.log_format, "auto")?,
             public_url: raw.public_url.filter(|u| !u.is_empty()),
+            outbox_relay_interval: duration_setting("outbox_relay_interval", raw.outbox_relay_interval, "1s")?,
+            outbox_relay_after: duration_setting("outbox_relay_after", raw.outbox_relay_after, "5s")?,
+            maintenance_interval: duration_setting("maintenance_interval", raw.maintenance_interval, "1h")?,
+            reconcile_interval: duration_setting("reconcile_interval", raw.reconcile_interval, "30s")?,
+            circuit_breaker_after: setting("circuit_breaker_after", raw.circuit_breaker_after, "5")?,
+            shutdown_grace: duration_setting("shutdown_grace", raw.shutdown_grace, "10s")?,
         };
         if config.max_event_bytes < 1024 {
             return Err(ConfigError("ANIKA_MAX_EVENT_BYTES: must be at least 1024".into()));

@@ -1,0 +1,45 @@
+//! Administrative commands that talk to PostgreSQL directly.
+
+#![allow(clippy::print_stdout)] // printing is what these commands are for
+
+use anika_shared::{
+    config::{Config, redact_url},
+    db,
+    domain::{PartnerId, Role},
+};
+
+use crate::cli::CliError;
+
+/// `anika migrate`.
+pub async fn migrate(config: &Config) -> Result<(), CliError> {
+    let pool = db::connect_and_migrate(config.database_url.expose(), 2).await?;
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&pool).await?;
+    println!("database {} is at migration {applied}", redact_url(config.database_url.expose()));
+    Ok(())
+}
+
+/// `anika api-keys create`.
+pub async fn create_api_key(config: &Config, role: Role, partner: Option<PartnerId>, name: &str) -> Result<(), CliError> {
+    let pool = db::connect_and_migrate(config.database_url.expose(), 2).await?;
+    let (id, key) = anika_catalog::create_api_key(&pool, role, partner, name)
+        .await
+        .map_err(|e| format!("{e}: {}", explain(&e)))?;
+    eprintln!("created {role} API key {id}; it is shown only now:");
+    println!("{key}");
+    Ok(())
+}
+
+fn explain(error: &anika_catalog::Error) -> String {
+    match error {
+        anika_catalog::Error::Client(problem) => problem.detail.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `anika signing-keys rotate`.
+pub async fn rotate_signing_key(config: &Config) -> Result<(), CliError> {
+    let pool = db::connect_and_migrate(config.database_url.expose(), 2).await?;
+    let kid = anika_catalog::keys::rotate_signing_key(&pool).await?;
+    println!("new signing key {kid}; tokens signed by the previous key stay valid until they expire");
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! Command-line interface: what each subcommand is and which module runs it.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use anika_shared::{config::Config, domain::Role};
+
+/// A failure of a command, with its cause chain.
+pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+/// anika: an event broker for partner companies.
+#[derive(Debug, Parser)]
+#[command(name = "anika", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every role in one process, all routes on ANIKA_LISTEN.
+    Up,
+    /// Run one role alone (for deployments that scale roles separately).
+    Serve {
+        /// The role.
+        #[arg(value_enum)]
+        role: ServeRole,
+    },
+    /// Create the database if missing and apply the migrations, then exit.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand, name = "api-keys")]
+    ApiKeys(ApiKeysCommand),
+    /// Manage token signing keys.
+    #[command(subcommand, name = "signing-keys")]
+    SigningKeys(SigningKeysCommand),
+}
+
+/// A role of `anika serve`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ServeRole {
+    /// Partners, keys, tokens, topics, grants, subscriptions.
+    Catalog,
+    /// Event intake, the event log, the outbox relay.
+    Ingest,
+    /// Webhook delivery, retries, dead letters, replays.
+    Dispatcher,
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeysCommand {
+    /// Print a new API key (shown once).
+    Create {
+        /// operator, admin or publisher.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// The partner the key belongs to (admin and publisher keys).
+        #[arg(long)]
+        partner: Option<anika_shared::domain::PartnerId>,
+        /// A name to recognise the key by.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SigningKeysCommand {
+    /// Start signing tokens with a new key; tokens of the previous key stay valid until they expire.
+    Rotate,
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    text.parse()
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub async fn run(self) -> Result<(), CliError> {
+        let config = Config::load()?;
+        anika_shared::telemetry::init(config.log_format);
+        match self.command {
+            Command::Up => crate::serve::up(config).await,
+            Command::Serve { role } => crate::serve::serve(config, role).await,
+            Command::Migrate => crate::admin::migrate(&config).await,
+            Command::ApiKeys(ApiKeysCommand::Create { role, partner, name }) => {
+                crate::admin::create_api_key(&config, role, partner, &name).await
+            }
+            Command::SigningKeys(SigningKeysCommand::Rotate) => crate::admin::rotate_signing_key(&config).await,
+        }
+    }
+}
