@@ -13,13 +13,23 @@ use crate::cli::CliError;
 /// `anika migrate`.
 pub async fn migrate(config: &Config) -> Result<(), CliError> {
     let pool = db::connect_and_migrate(config.database_url.expose(), 2).await?;
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&pool).await?;
-    println!("database {} is at migration {applied}", redact_url(config.database_url.expose()));
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await?;
+    println!(
+        "database {} is at migration {applied}",
+        redact_url(config.database_url.expose())
+    );
     Ok(())
 }
 
 /// `anika api-keys create`.
-pub async fn create_api_key(config: &Config, role: Role, partner: Option<PartnerId>, name: &str) -> Result<(), CliError> {
+pub async fn create_api_key(
+    config: &Config,
+    role: Role,
+    partner: Option<PartnerId>,
+    name: &str,
+) -> Result<(), CliError> {
     let pool = db::connect_and_migrate(config.database_url.expose(), 2).await?;
     let (id, key) = anika_catalog::create_api_key(&pool, role, partner, name)
         .await
@@ -40,6 +50,8 @@ fn explain(error: &anika_catalog::Error) -> String {
 pub async fn rotate_signing_key(config: &Config) -> Result<(), CliError> {
     let pool = db::connect_and_migrate(config.database_url.expose(), 2).await?;
     let kid = anika_catalog::keys::rotate_signing_key(&pool).await?;
-    println!("new signing key {kid}; tokens signed by the previous key stay valid until they expire");
+    println!(
+        "new signing key {kid}; tokens signed by the previous key stay valid until they expire"
+    );
     Ok(())
 }

@@ -81,10 +81,14 @@ impl Cli {
             Command::Up => crate::serve::up(config).await,
             Command::Serve { role } => crate::serve::serve(config, role).await,
             Command::Migrate => crate::admin::migrate(&config).await,
-            Command::ApiKeys(ApiKeysCommand::Create { role, partner, name }) => {
-                crate::admin::create_api_key(&config, role, partner, &name).await
+            Command::ApiKeys(ApiKeysCommand::Create {
+                role,
+                partner,
+                name,
+            }) => crate::admin::create_api_key(&config, role, partner, &name).await,
+            Command::SigningKeys(SigningKeysCommand::Rotate) => {
+                crate::admin::rotate_signing_key(&config).await
             }
-            Command::SigningKeys(SigningKeysCommand::Rotate) => crate::admin::rotate_signing_key(&config).await,
         }
     }
 }

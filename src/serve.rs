@@ -68,7 +68,11 @@ pub async fn up(config: Config) -> Result<(), CliError> {
         anika_catalog::router(catalog)
             .merge(anika_ingest::router(ingest))
             .merge(anika_dispatcher::router(dispatcher))
-            .merge(http::service_router(ctx.readiness(), api, ctx.metrics.clone())),
+            .merge(http::service_router(
+                ctx.readiness(),
+                api,
+                ctx.metrics.clone(),
+            )),
     );
     banner(&ctx, listener.local_addr()?);
     http::serve(listener, app, shutdown.clone()).await?;
@@ -108,19 +112,31 @@ fn declare_topology(ctx: &Context, shutdown: &CancellationToken) {
 async fn drain(tasks: TaskTracker) {
     tasks.close();
     if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
-        tracing::warn!("background work did not finish within {DRAIN:?}; unacknowledged messages will be redelivered");
+        tracing::warn!(
+            "background work did not finish within {DRAIN:?}; unacknowledged messages will be redelivered"
+        );
     }
 }
 
 fn banner(ctx: &Context, addr: std::net::SocketAddr) {
-    let base = ctx.config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let base = ctx
+        .config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     println!("anika is up (catalog, ingest and dispatcher in one process)");
     println!("  API          {base}/v1");
     println!("  docs         {base}/docs");
     println!("  OpenAPI      {base}/openapi.json");
     println!("  readiness    {base}/readyz    metrics {base}/metrics");
-    println!("  PostgreSQL   {}", redact_url(ctx.config.database_url.expose()));
-    println!("  RabbitMQ     {}", redact_url(ctx.config.amqp_url.expose()));
+    println!(
+        "  PostgreSQL   {}",
+        redact_url(ctx.config.database_url.expose())
+    );
+    println!(
+        "  RabbitMQ     {}",
+        redact_url(ctx.config.amqp_url.expose())
+    );
     if ctx.config.bootstrap_operator_key.is_some() {
         println!("first token (operator key from ANIKA_BOOTSTRAP_OPERATOR_KEY):");
         println!(

@@ -37,10 +37,15 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         match self {
             Self::Client(problem) => problem.into_response(),
-            Self::Db(e) => problem_from_db(&e).unwrap_or_else(|| internal_error(&e)).into_response(),
+            Self::Db(e) => problem_from_db(&e)
+                .unwrap_or_else(|| internal_error(&e))
+                .into_response(),
             Self::Broker(e) => {
                 tracing::warn!(error = %e, "RabbitMQ refused a catalog change; rolled back");
-                Problem::unavailable("RabbitMQ is unreachable, so nothing was changed; retry shortly").into_response()
+                Problem::unavailable(
+                    "RabbitMQ is unreachable, so nothing was changed; retry shortly",
+                )
+                .into_response()
             }
             other => internal_error(&other).into_response(),
         }
@@ -53,7 +58,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A unique violation as a 409 that says what clashed; other errors pass through.
 pub fn conflict_on_unique(error: sqlx::Error, detail: impl FnOnce() -> String) -> Error {
     match &error {
-        sqlx::Error::Database(db) if db.is_unique_violation() => Error::Client(Problem::conflict(detail())),
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            Error::Client(Problem::conflict(detail()))
+        }
         _ => Error::Db(error),
     }
 }

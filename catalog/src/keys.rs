@@ -19,12 +19,18 @@ use crate::error::{Error, Result};
 
 /// A new API key: recognisable prefix, 256 random bits.
 pub fn new_api_key() -> String {
-    format!("anika_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+    format!(
+        "anika_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>())
+    )
 }
 
 /// A new opaque refresh token.
 pub fn new_refresh_token() -> String {
-    format!("anika_rt_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+    format!(
+        "anika_rt_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>())
+    )
 }
 
 /// How secrets are stored: SHA-256. They carry 256 random bits, so a slow
@@ -39,9 +45,10 @@ pub async fn ensure_signing_key(pool: &PgPool) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('anika_signing_keys'))")
         .execute(&mut *tx)
         .await?;
-    let active: Option<String> = sqlx::query_scalar("SELECT kid FROM signing_keys WHERE retired_at IS NULL LIMIT 1")
-        .fetch_optional(&mut *tx)
-        .await?;
+    let active: Option<String> =
+        sqlx::query_scalar("SELECT kid FROM signing_keys WHERE retired_at IS NULL LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
     if active.is_none() {
         insert_signing_key(&mut tx).await?;
     }
@@ -65,9 +72,10 @@ pub async fn rotate_signing_key(pool: &PgPool) -> Result<String> {
 
 async fn insert_signing_key(conn: &mut PgConnection) -> Result<String> {
     let rng = SystemRandom::new();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| Error::Keys(format!("generate Ed25519 key: {e}")))?;
-    let pair =
-        Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| Error::Keys(format!("read Ed25519 key: {e}")))?;
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|e| Error::Keys(format!("generate Ed25519 key: {e}")))?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|e| Error::Keys(format!("read Ed25519 key: {e}")))?;
     let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<12>());
     sqlx::query("INSERT INTO signing_keys (kid, algorithm, private_key, public_key) VALUES ($1, 'EdDSA', $2, $3)")
         .bind(&kid)
@@ -90,7 +98,9 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("issuer", &self.issuer).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -112,7 +122,12 @@ impl Signer {
     }
 
     /// Signs an access token for an API key's principal.
-    pub async fn issue(&self, key_id: ApiKeyId, partner: Option<PartnerId>, role: Role) -> Result<String> {
+    pub async fn issue(
+        &self,
+        key_id: ApiKeyId,
+        partner: Option<PartnerId>,
+        role: Role,
+    ) -> Result<String> {
         // Read the current key each time: another process may have rotated it in,
         // and tokens are issued rarely next to the requests that use them.
         let (kid, private): (String, Vec<u8>) = sqlx::query_as(
@@ -136,7 +151,9 @@ impl Signer {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(kid.clone());
         let mut parsed = self.parsed.lock().expect("signer lock");
-        let key = parsed.entry(kid).or_insert_with(|| EncodingKey::from_ed_der(&private));
+        let key = parsed
+            .entry(kid)
+            .or_insert_with(|| EncodingKey::from_ed_der(&private));
         Ok(jsonwebtoken::encode(&header, &claims, key)?)
     }
 }

@@ -89,15 +89,21 @@ pub fn openapi() -> OpenApi {
 }
 
 /// Runs the catalog role alone on `listener` until `shutdown` fires.
-pub async fn run(listener: TcpListener, ctx: Context, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    ctx: Context,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let state = State::new(ctx.clone())
         .await
         .map_err(|e| std::io::Error::other(format!("catalog start-up: {e}")))?;
     let mut api = anika_shared::http::openapi_base();
     api.merge(openapi());
-    let app = anika_shared::http::finish(
-        router(state).merge(anika_shared::http::service_router(ctx.readiness(), api, ctx.metrics.clone())),
-    );
+    let app = anika_shared::http::finish(router(state).merge(anika_shared::http::service_router(
+        ctx.readiness(),
+        api,
+        ctx.metrics.clone(),
+    )));
     anika_shared::http::serve(listener, app, shutdown).await
 }
 
@@ -105,12 +111,19 @@ pub async fn run(listener: TcpListener, ctx: Context, shutdown: CancellationToke
 fn require_admin(principal: &Principal) -> Result<()> {
     match principal.role() {
         Role::Operator | Role::Admin => Ok(()),
-        Role::Publisher => Err(anika_shared::Problem::forbidden("this needs an admin or operator key; publisher keys may only post and read events").into()),
+        Role::Publisher => Err(anika_shared::Problem::forbidden(
+            "this needs an admin or operator key; publisher keys may only post and read events",
+        )
+        .into()),
     }
 }
 
 /// The partner a write acts for: a partner principal's own, or the one an operator names.
-fn acting_partner(principal: &Principal, requested: Option<PartnerId>, pointer: &str) -> Result<PartnerId> {
+fn acting_partner(
+    principal: &Principal,
+    requested: Option<PartnerId>,
+    pointer: &str,
+) -> Result<PartnerId> {
     match (principal.partner(), requested) {
         (Some(own), None) => Ok(own),
         (Some(own), Some(asked)) if asked == own => Ok(own),

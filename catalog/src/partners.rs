@@ -119,7 +119,8 @@ async fn list_partners(
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<Page<PartnerOut>>> {
     let limit = query.limit.unwrap_or_default();
-    let after: Option<(DateTime<Utc>, Uuid)> = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> =
+        query.cursor.as_deref().map(decode_cursor).transpose()?;
     let sql = format!(
         "SELECT p.id, p.name, p.description, p.created_at FROM partners p WHERE {VISIBLE} \
          AND ($2::timestamptz IS NULL OR (p.created_at, p.id) > ($2, $3)) ORDER BY p.created_at, p.id LIMIT $4"
@@ -132,7 +133,9 @@ async fn list_partners(
         .fetch_all(&state.ctx.pool)
         .await?;
     let rows = rows.into_iter().map(|p| redact(p, &principal)).collect();
-    Ok(axum::Json(Page::from_rows(rows, limit, |p| (p.created_at, p.id))))
+    Ok(axum::Json(Page::from_rows(rows, limit, |p| {
+        (p.created_at, p.id)
+    })))
 }
 
 /// Read one partner.
@@ -152,7 +155,9 @@ async fn get_partner(
     principal: Principal,
     Path(id): Path<PartnerId>,
 ) -> Result<axum::Json<PartnerOut>> {
-    let sql = format!("SELECT p.id, p.name, p.description, p.created_at FROM partners p WHERE p.id = $2 AND {VISIBLE}");
+    let sql = format!(
+        "SELECT p.id, p.name, p.description, p.created_at FROM partners p WHERE p.id = $2 AND {VISIBLE}"
+    );
     let partner: Option<PartnerOut> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(principal.partner().map(PartnerId::uuid))
         .bind(id.uuid())

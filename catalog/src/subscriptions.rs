@@ -24,7 +24,11 @@ use crate::{State, acting_partner, error::Result, require_admin};
 pub(crate) fn routes() -> OpenApiRouter<State> {
     OpenApiRouter::new()
         .routes(routes!(create_subscription, list_subscriptions))
-        .routes(routes!(get_subscription, update_subscription, delete_subscription))
+        .routes(routes!(
+            get_subscription,
+            update_subscription,
+            delete_subscription
+        ))
         .routes(routes!(rotate_secret))
 }
 
@@ -40,7 +44,9 @@ impl TryFrom<i64> for MaxAttempts {
         if (1..=100).contains(&value) {
             Ok(Self(value as i32))
         } else {
-            Err(format!("max_attempts must be between 1 and 100, not {value}"))
+            Err(format!(
+                "max_attempts must be between 1 and 100, not {value}"
+            ))
         }
     }
 }
@@ -57,7 +63,9 @@ impl TryFrom<i64> for RateLimit {
         if (1..=100_000).contains(&value) {
             Ok(Self(value as i32))
         } else {
-            Err(format!("rate_limit_per_s must be between 1 and 100000, not {value}"))
+            Err(format!(
+                "rate_limit_per_s must be between 1 and 100000, not {value}"
+            ))
         }
     }
 }
@@ -87,10 +95,16 @@ pub(crate) enum SettableStatus {
 /// A filter: a JSON object the event's `data` must contain (like PostgreSQL's `@>`).
 fn check_filter(filter: &Value) -> Result<(), Problem> {
     if !filter.is_object() {
-        return Err(Problem::invalid_field("/filter", "a filter is a JSON object that `data` must contain"));
+        return Err(Problem::invalid_field(
+            "/filter",
+            "a filter is a JSON object that `data` must contain",
+        ));
     }
     if filter.to_string().len() > 16 * 1024 {
-        return Err(Problem::invalid_field("/filter", "a filter has at most 16 KiB"));
+        return Err(Problem::invalid_field(
+            "/filter",
+            "a filter has at most 16 KiB",
+        ));
     }
     Ok(())
 }
@@ -169,12 +183,20 @@ impl From<Row> for SubscriptionOut {
 }
 
 /// Loads one of the caller's partner's subscriptions: 404 for strangers, 403 for publishers.
-async fn own_subscription(conn: &mut PgConnection, principal: &Principal, id: SubscriptionId, lock: bool) -> Result<Row> {
+async fn own_subscription(
+    conn: &mut PgConnection,
+    principal: &Principal,
+    id: SubscriptionId,
+    lock: bool,
+) -> Result<Row> {
     let sql = format!(
         "SELECT {COLUMNS} FROM subscriptions WHERE id = $1{}",
         if lock { " FOR UPDATE" } else { "" }
     );
-    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id.uuid()).fetch_optional(conn).await?;
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id.uuid())
+        .fetch_optional(conn)
+        .await?;
     let row = row
         .filter(|r| principal.sees_partner(r.partner_id.into()))
         .ok_or_else(|| Problem::not_found(format!("no subscription {id}")))?;
@@ -245,7 +267,9 @@ async fn create_subscription(
     let allowed = topic.is_some_and(|(owner, granted)| owner == partner.uuid() || granted);
     if !allowed {
         return Err(if principal.is_operator() && topic.is_some() {
-            Problem::forbidden(format!("partner {partner} neither owns nor is granted this topic"))
+            Problem::forbidden(format!(
+                "partner {partner} neither owns nor is granted this topic"
+            ))
         } else {
             Problem::not_found(format!("no topic {}", body.topic_id))
         }
@@ -253,9 +277,10 @@ async fn create_subscription(
     }
     let id = SubscriptionId::new();
     let secret = WebhookSecret::generate();
-    let max_attempts = body
-        .max_attempts
-        .map_or(state.ctx.config.retry_schedule.default_max_attempts() as i32, |m| m.0);
+    let max_attempts = body.max_attempts.map_or(
+        state.ctx.config.retry_schedule.default_max_attempts() as i32,
+        |m| m.0,
+    );
     let sql = format!(
         "INSERT INTO subscriptions (id, topic_id, partner_id, url, description, filter, max_attempts, \
                                     rate_limit_per_s, ordered, secret) \
@@ -282,7 +307,11 @@ async fn create_subscription(
         .declare_subscription(&channel, id, body.topic_id, body.ordered, true)
         .await?;
     let _ = channel.close(200, "done".into()).await;
-    Change::Subscription { subscription_id: id }.notify(&mut tx).await?;
+    Change::Subscription {
+        subscription_id: id,
+    }
+    .notify(&mut tx)
+    .await?;
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
@@ -332,9 +361,16 @@ async fn list_subscriptions(
 ) -> Result<axum::Json<Page<SubscriptionOut>>> {
     require_admin(&principal)?;
     let limit = query.limit.unwrap_or_default();
-    let after: Option<(DateTime<Utc>, Uuid)> = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> =
+        query.cursor.as_deref().map(decode_cursor).transpose()?;
     let partner = principal.partner().or(query.partner_id);
-    let status = query.status.map(|s| serde_json::to_value(s).expect("status").as_str().unwrap_or_default().to_owned());
+    let status = query.status.map(|s| {
+        serde_json::to_value(s)
+            .expect("status")
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    });
     let sql = format!(
         "SELECT {COLUMNS} FROM subscriptions \
          WHERE ($1::uuid IS NULL OR partner_id = $1) AND ($2::uuid IS NULL OR topic_id = $2) \
@@ -352,7 +388,9 @@ async fn list_subscriptions(
         .fetch_all(&state.ctx.pool)
         .await?;
     let items: Vec<SubscriptionOut> = rows.into_iter().map(Into::into).collect();
-    Ok(axum::Json(Page::from_rows(items, limit, |s| (s.created_at, s.id.uuid()))))
+    Ok(axum::Json(Page::from_rows(items, limit, |s| {
+        (s.created_at, s.id.uuid())
+    })))
 }
 
 /// Read a subscription.
@@ -373,7 +411,11 @@ async fn get_subscription(
     Path(id): Path<SubscriptionId>,
 ) -> Result<axum::Json<SubscriptionOut>> {
     let mut conn = state.ctx.pool.acquire().await?;
-    Ok(axum::Json(own_subscription(&mut conn, &principal, id, false).await?.into()))
+    Ok(axum::Json(
+        own_subscription(&mut conn, &principal, id, false)
+            .await?
+            .into(),
+    ))
 }
 
 /// Changes to a subscription; absent fields stay, `null` clears.
@@ -418,7 +460,11 @@ async fn update_subscription(
     Path(id): Path<SubscriptionId>,
     Json(body): Json<UpdateSubscription>,
 ) -> Result<axum::Json<SubscriptionOut>> {
-    let url = body.url.as_deref().map(|u| parse_url(&state, u)).transpose()?;
+    let url = body
+        .url
+        .as_deref()
+        .map(|u| parse_url(&state, u))
+        .transpose()?;
     if let Patch::Value(filter) = &body.filter {
         check_filter(filter)?;
     }
@@ -443,12 +489,20 @@ async fn update_subscription(
         .bind(body.filter.apply(row.filter.map(|f| f.0)).map(SqlJson))
         .bind(body.description.map(String::from).apply(row.description))
         .bind(body.max_attempts.map_or(row.max_attempts, |m| m.0))
-        .bind(body.rate_limit_per_s.map(|r| r.0).apply(row.rate_limit_per_s))
+        .bind(
+            body.rate_limit_per_s
+                .map(|r| r.0)
+                .apply(row.rate_limit_per_s),
+        )
         .bind(status)
         .bind(reenabled)
         .fetch_one(&mut *tx)
         .await?;
-    Change::Subscription { subscription_id: id }.notify(&mut tx).await?;
+    Change::Subscription {
+        subscription_id: id,
+    }
+    .notify(&mut tx)
+    .await?;
     tx.commit().await?;
     Ok(axum::Json(updated.into()))
 }
@@ -472,15 +526,27 @@ async fn delete_subscription(
 ) -> Result<StatusCode> {
     let mut tx = state.ctx.pool.begin().await?;
     own_subscription(&mut tx, &principal, id, true).await?;
-    sqlx::query("DELETE FROM subscriptions WHERE id = $1").bind(id.uuid()).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM subscriptions WHERE id = $1")
+        .bind(id.uuid())
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM dead_letters WHERE subscription_id = $1")
         .bind(id.uuid())
         .execute(&mut *tx)
         .await?;
     let channel = state.ctx.broker.channel().await?;
-    state.ctx.broker.topology().delete_subscription(&channel, id).await?;
+    state
+        .ctx
+        .broker
+        .topology()
+        .delete_subscription(&channel, id)
+        .await?;
     let _ = channel.close(200, "done".into()).await;
-    Change::Subscription { subscription_id: id }.notify(&mut tx).await?;
+    Change::Subscription {
+        subscription_id: id,
+    }
+    .notify(&mut tx)
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -520,7 +586,13 @@ async fn rotate_secret(
     .bind(secret.expose())
     .execute(&mut *tx)
     .await?;
-    Change::Subscription { subscription_id: id }.notify(&mut tx).await?;
+    Change::Subscription {
+        subscription_id: id,
+    }
+    .notify(&mut tx)
+    .await?;
     tx.commit().await?;
-    Ok(axum::Json(RotatedSecret { secret: secret.expose() }))
+    Ok(axum::Json(RotatedSecret {
+        secret: secret.expose(),
+    }))
 }

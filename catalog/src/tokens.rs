@@ -53,26 +53,36 @@ pub(crate) async fn ensure_operator_key(pool: &PgPool, key: &str) -> Result<()> 
 }
 
 /// Creates an API key directly in the database (the CLI's `anika api-keys create`).
-pub async fn create_api_key(pool: &PgPool, role: Role, partner: Option<PartnerId>, name: &str) -> Result<(ApiKeyId, String)> {
+pub async fn create_api_key(
+    pool: &PgPool,
+    role: Role,
+    partner: Option<PartnerId>,
+    name: &str,
+) -> Result<(ApiKeyId, String)> {
     if (role == Role::Operator) != partner.is_none() {
-        return Err(Problem::bad_request("operator keys have no partner; admin and publisher keys need one").into());
+        return Err(Problem::bad_request(
+            "operator keys have no partner; admin and publisher keys need one",
+        )
+        .into());
     }
     let id = ApiKeyId::new();
     let key = new_api_key();
-    sqlx::query("INSERT INTO api_keys (id, partner_id, role, name, key_hash) VALUES ($1, $2, $3, $4, $5)")
-        .bind(id.uuid())
-        .bind(partner.map(PartnerId::uuid))
-        .bind(role.as_str())
-        .bind(name)
-        .bind(hash_secret(&key))
-        .execute(pool)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-                Problem::invalid_field("/partner_id", "no partner with this id").into()
-            }
-            _ => crate::Error::Db(e),
-        })?;
+    sqlx::query(
+        "INSERT INTO api_keys (id, partner_id, role, name, key_hash) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id.uuid())
+    .bind(partner.map(PartnerId::uuid))
+    .bind(role.as_str())
+    .bind(name)
+    .bind(hash_secret(&key))
+    .execute(pool)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            Problem::invalid_field("/partner_id", "no partner with this id").into()
+        }
+        _ => crate::Error::Db(e),
+    })?;
     Ok((id, key))
 }
 
@@ -124,7 +134,10 @@ struct KeyRow {
         (status = 422, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn token(AxumState(state): AxumState<State>, Json(request): Json<TokenRequest>) -> Result<impl IntoResponse> {
+async fn token(
+    AxumState(state): AxumState<State>,
+    Json(request): Json<TokenRequest>,
+) -> Result<impl IntoResponse> {
     let pool = &state.ctx.pool;
     let mut tx = pool.begin().await?;
     let (key, family) = match request {
@@ -173,7 +186,10 @@ async fn token(AxumState(state): AxumState<State>, Json(request): Json<TokenRequ
                 .into());
             }
             if row.expired || row.key_revoked {
-                return Err(Problem::unauthorized("the refresh token has expired or its API key was revoked").into());
+                return Err(Problem::unauthorized(
+                    "the refresh token has expired or its API key was revoked",
+                )
+                .into());
             }
             sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1")
                 .bind(hash_secret(&refresh_token))
@@ -189,9 +205,13 @@ async fn token(AxumState(state): AxumState<State>, Json(request): Json<TokenRequ
             )
         }
     };
-    let role: Role = key.role.parse().map_err(|e: String| crate::Error::Keys(e))?;
+    let role: Role = key
+        .role
+        .parse()
+        .map_err(|e: String| crate::Error::Keys(e))?;
     let refresh = new_refresh_token();
-    let refresh_ttl = chrono::Duration::from_std(state.ctx.config.refresh_token_ttl).unwrap_or(chrono::Duration::days(30));
+    let refresh_ttl = chrono::Duration::from_std(state.ctx.config.refresh_token_ttl)
+        .unwrap_or(chrono::Duration::days(30));
     sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, api_key_id, expires_at) VALUES ($1, $2, $3, $4)")
         .bind(hash_secret(&refresh))
         .bind(family)
@@ -259,7 +279,10 @@ async fn jwks(AxumState(state): AxumState<State>) -> Result<impl IntoResponse> {
             use_: "sig",
         })
         .collect();
-    Ok(([(header::CACHE_CONTROL, "public, max-age=300")], axum::Json(Jwks { keys })))
+    Ok((
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        axum::Json(Jwks { keys }),
+    ))
 }
 
 /// A new API key.
@@ -320,11 +343,17 @@ async fn create_key(
                 return Err(Problem::forbidden("only operators create operator keys").into());
             }
             if body.partner_id.is_some() {
-                return Err(Problem::invalid_field("/partner_id", "operator keys belong to no partner").into());
+                return Err(Problem::invalid_field(
+                    "/partner_id",
+                    "operator keys belong to no partner",
+                )
+                .into());
             }
             None
         }
-        Role::Admin | Role::Publisher => Some(acting_partner(&principal, body.partner_id, "/partner_id")?),
+        Role::Admin | Role::Publisher => {
+            Some(acting_partner(&principal, body.partner_id, "/partner_id")?)
+        }
     };
     let (id, key) = create_api_key(&state.ctx.pool, body.role, partner, body.name.as_str()).await?;
     Ok((
@@ -382,7 +411,8 @@ async fn list_keys(
 ) -> Result<axum::Json<Page<ApiKeyOut>>> {
     require_admin(&principal)?;
     let limit = query.limit.unwrap_or_default();
-    let after: Option<(DateTime<Utc>, Uuid)> = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> =
+        query.cursor.as_deref().map(decode_cursor).transpose()?;
     let partner = principal.partner().or(query.partner_id);
     let rows: Vec<KeyListRow> = sqlx::query_as(
         "SELECT id, role, name, partner_id, created_at FROM api_keys \
@@ -408,7 +438,9 @@ async fn list_keys(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(axum::Json(Page::from_rows(items, limit, |k| (k.created_at, k.id.uuid()))))
+    Ok(axum::Json(Page::from_rows(items, limit, |k| {
+        (k.created_at, k.id.uuid())
+    })))
 }
 
 /// Revoke an API key; its refresh tokens stop working at once, its access tokens when they expire.
@@ -441,10 +473,12 @@ async fn revoke_key(
     if revoked.is_none() {
         return Err(Problem::not_found(format!("no API key {id}")).into());
     }
-    sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE api_key_id = $1 AND revoked_at IS NULL")
-        .bind(id.uuid())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE api_key_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id.uuid())
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

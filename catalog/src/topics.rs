@@ -113,10 +113,17 @@ pub(crate) async fn visible_topic(
 }
 
 /// Loads a topic the caller may manage: 404 if invisible, 403 if only readable or not an admin.
-async fn managed_topic(conn: &mut PgConnection, principal: &Principal, id: TopicId) -> Result<TopicRow> {
+async fn managed_topic(
+    conn: &mut PgConnection,
+    principal: &Principal,
+    id: TopicId,
+) -> Result<TopicRow> {
     let (row, standing) = visible_topic(conn, principal, id, true).await?;
     if standing != Standing::Owner || !principal.administers(row.owner_partner_id.into()) {
-        return Err(Problem::forbidden("only the owner's admins (or operators) may change this topic").into());
+        return Err(Problem::forbidden(
+            "only the owner's admins (or operators) may change this topic",
+        )
+        .into());
     }
     Ok(row)
 }
@@ -124,7 +131,10 @@ async fn managed_topic(conn: &mut PgConnection, principal: &Principal, id: Topic
 /// Checks a JSON Schema before it is stored: valid against the 2020-12 meta-schema and compilable.
 fn check_schema(schema: &Value) -> Result<(), Problem> {
     if !(schema.is_object() || schema.is_boolean()) {
-        return Err(Problem::invalid_field("/schema", "a JSON Schema is an object (or a boolean)"));
+        return Err(Problem::invalid_field(
+            "/schema",
+            "a JSON Schema is an object (or a boolean)",
+        ));
     }
     if let Err(e) = jsonschema::meta::validate(schema) {
         return Err(Problem::invalid_field(
@@ -224,7 +234,8 @@ async fn list_topics(
     Query(query): Query<TopicQuery>,
 ) -> Result<axum::Json<Page<TopicOut>>> {
     let limit = query.limit.unwrap_or_default();
-    let after: Option<(DateTime<Utc>, Uuid)> = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> =
+        query.cursor.as_deref().map(decode_cursor).transpose()?;
     let sql = format!(
         "SELECT {TOPIC_COLUMNS} FROM topics t \
          WHERE ($2::uuid IS NULL OR t.owner_partner_id = $2 \
@@ -242,7 +253,9 @@ async fn list_topics(
         .fetch_all(&state.ctx.pool)
         .await?;
     let items: Vec<TopicOut> = rows.into_iter().map(Into::into).collect();
-    Ok(axum::Json(Page::from_rows(items, limit, |t| (t.created_at, t.id.uuid()))))
+    Ok(axum::Json(Page::from_rows(items, limit, |t| {
+        (t.created_at, t.id.uuid())
+    })))
 }
 
 /// Read a topic you own or are granted.
@@ -317,7 +330,10 @@ async fn update_topic(
         Patch::Value(name) => name.as_str().to_owned(),
         _ => row.name.clone(),
     };
-    let description = body.description.map(String::from).apply(row.description.clone());
+    let description = body
+        .description
+        .map(String::from)
+        .apply(row.description.clone());
     let schema = body.schema.apply(row.schema.clone().map(|s| s.0));
     let sql = format!(
         "UPDATE topics t SET name = $3, description = $4, schema = $5, updated_at = now() WHERE t.id = $1 \
@@ -331,7 +347,11 @@ async fn update_topic(
         .bind(schema.map(SqlJson))
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| conflict_on_unique(e, || format!("this partner already has a topic named `{name}`")))?;
+        .map_err(|e| {
+            conflict_on_unique(e, || {
+                format!("this partner already has a topic named `{name}`")
+            })
+        })?;
     Change::Topic { topic_id: id }.notify(&mut tx).await?;
     tx.commit().await?;
     Ok(axum::Json(updated.into()))
@@ -357,16 +377,29 @@ async fn delete_topic(
 ) -> Result<StatusCode> {
     let mut tx = state.ctx.pool.begin().await?;
     managed_topic(&mut tx, &principal, id).await?;
-    let subscriptions: Vec<Uuid> = sqlx::query_scalar("DELETE FROM subscriptions WHERE topic_id = $1 RETURNING id")
+    let subscriptions: Vec<Uuid> =
+        sqlx::query_scalar("DELETE FROM subscriptions WHERE topic_id = $1 RETURNING id")
+            .bind(id.uuid())
+            .fetch_all(&mut *tx)
+            .await?;
+    sqlx::query("DELETE FROM topics WHERE id = $1")
         .bind(id.uuid())
-        .fetch_all(&mut *tx)
+        .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM topics WHERE id = $1").bind(id.uuid()).execute(&mut *tx).await?;
     let channel = state.ctx.broker.channel().await?;
     for sub in &subscriptions {
         let sub = SubscriptionId::from(*sub);
-        state.ctx.broker.topology().delete_subscription(&channel, sub).await?;
-        Change::Subscription { subscription_id: sub }.notify(&mut tx).await?;
+        state
+            .ctx
+            .broker
+            .topology()
+            .delete_subscription(&channel, sub)
+            .await?;
+        Change::Subscription {
+            subscription_id: sub,
+        }
+        .notify(&mut tx)
+        .await?;
     }
     let _ = channel.close(200, "done".into()).await;
     Change::Topic { topic_id: id }.notify(&mut tx).await?;
@@ -418,7 +451,8 @@ async fn list_grants(
         return Err(Problem::forbidden("only the topic's owner sees its grants").into());
     }
     let limit = query.limit.unwrap_or_default();
-    let after: Option<(DateTime<Utc>, Uuid)> = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> =
+        query.cursor.as_deref().map(decode_cursor).transpose()?;
     let rows: Vec<GrantOut> = sqlx::query_as(
         "SELECT partner_id, granted_at FROM grants WHERE topic_id = $1 \
          AND ($2::timestamptz IS NULL OR (granted_at, partner_id) > ($2, $3)) \
@@ -430,16 +464,23 @@ async fn list_grants(
     .bind(limit.fetch())
     .fetch_all(&mut *conn)
     .await?;
-    Ok(axum::Json(Page::from_rows(rows, limit, |g| (g.granted_at, g.partner_id))))
+    Ok(axum::Json(Page::from_rows(rows, limit, |g| {
+        (g.granted_at, g.partner_id)
+    })))
 }
 
 /// The grantee's subscriptions on a topic: their queues are what a grant binds and a revoke unbinds.
-async fn grantee_subscriptions(conn: &mut PgConnection, topic: TopicId, partner: PartnerId) -> Result<Vec<SubscriptionId>> {
-    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM subscriptions WHERE topic_id = $1 AND partner_id = $2")
-        .bind(topic.uuid())
-        .bind(partner.uuid())
-        .fetch_all(conn)
-        .await?;
+async fn grantee_subscriptions(
+    conn: &mut PgConnection,
+    topic: TopicId,
+    partner: PartnerId,
+) -> Result<Vec<SubscriptionId>> {
+    let ids: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM subscriptions WHERE topic_id = $1 AND partner_id = $2")
+            .bind(topic.uuid())
+            .bind(partner.uuid())
+            .fetch_all(conn)
+            .await?;
     Ok(ids.into_iter().map(SubscriptionId::from).collect())
 }
 
@@ -465,7 +506,11 @@ async fn put_grant(
     let mut tx = state.ctx.pool.begin().await?;
     let topic = managed_topic(&mut tx, &principal, id).await?;
     if PartnerId::from(topic.owner_partner_id) == partner {
-        return Err(Problem::validation("the owner always reads its own topics; grant another partner", vec![]).into());
+        return Err(Problem::validation(
+            "the owner always reads its own topics; grant another partner",
+            vec![],
+        )
+        .into());
     }
     let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM partners WHERE id = $1")
         .bind(partner.uuid())
@@ -474,22 +519,34 @@ async fn put_grant(
     if exists.is_none() {
         return Err(Problem::not_found(format!("no partner {partner}")).into());
     }
-    let inserted = sqlx::query("INSERT INTO grants (topic_id, partner_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(id.uuid())
-        .bind(partner.uuid())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let inserted = sqlx::query(
+        "INSERT INTO grants (topic_id, partner_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(id.uuid())
+    .bind(partner.uuid())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     if inserted > 0 {
         let subscriptions = grantee_subscriptions(&mut tx, id, partner).await?;
         if !subscriptions.is_empty() {
             let channel = state.ctx.broker.channel().await?;
             for sub in subscriptions {
-                state.ctx.broker.topology().bind_to_topic(&channel, sub, id).await?;
+                state
+                    .ctx
+                    .broker
+                    .topology()
+                    .bind_to_topic(&channel, sub, id)
+                    .await?;
             }
             let _ = channel.close(200, "done".into()).await;
         }
-        Change::Grant { topic_id: id, partner_id: partner }.notify(&mut tx).await?;
+        Change::Grant {
+            topic_id: id,
+            partner_id: partner,
+        }
+        .notify(&mut tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -525,11 +582,21 @@ async fn delete_grant(
     if !subscriptions.is_empty() {
         let channel = state.ctx.broker.channel().await?;
         for sub in subscriptions {
-            state.ctx.broker.topology().unbind_from_topic(&channel, sub, id).await?;
+            state
+                .ctx
+                .broker
+                .topology()
+                .unbind_from_topic(&channel, sub, id)
+                .await?;
         }
         let _ = channel.close(200, "done".into()).await;
     }
-    Change::Grant { topic_id: id, partner_id: partner }.notify(&mut tx).await?;
+    Change::Grant {
+        topic_id: id,
+        partner_id: partner,
+    }
+    .notify(&mut tx)
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -16,7 +16,8 @@ use backon::{ExponentialBuilder, Retryable};
 use lapin::{
     Channel, Connection, ConnectionProperties, ExchangeKind,
     options::{
-        ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+        ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
@@ -82,7 +83,10 @@ impl Topology {
                     name.into(),
                     ExchangeKind::Direct,
                     // durable: the exchanges must outlive a broker restart.
-                    ExchangeDeclareOptions { durable: true, ..Default::default() },
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
                     FieldTable::default(),
                 )
                 .await?;
@@ -95,24 +99,39 @@ impl Topology {
                     // fanout: the routing key (the subscription id) passes through untouched
                     // and is reused when the message dead-letters into anika.deliver.
                     ExchangeKind::Fanout,
-                    ExchangeDeclareOptions { durable: true, ..Default::default() },
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
                     FieldTable::default(),
                 )
                 .await?;
             let mut args = self.queue_args();
-            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay.as_millis() as i64));
-            args.insert("x-dead-letter-exchange".into(), long_string(DELIVER_EXCHANGE));
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(delay.as_millis() as i64),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                long_string(DELIVER_EXCHANGE),
+            );
             if self.queue_type == QueueType::Quorum {
                 // at-least-once dead-lettering: an expiring retry is never dropped in transit
                 // (it needs reject-publish overflow on RabbitMQ 3.10+).
-                args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+                args.insert(
+                    "x-dead-letter-strategy".into(),
+                    long_string("at-least-once"),
+                );
                 args.insert("x-overflow".into(), long_string("reject-publish"));
             }
             channel
                 .queue_declare(
                     name.as_str().into(),
                     // durable: a retry waiting for hours must survive a broker restart.
-                    QueueDeclareOptions { durable: true, ..Default::default() },
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
                     args,
                 )
                 .await?;
@@ -151,7 +170,10 @@ impl Topology {
             .queue_declare(
                 queue.as_str().into(),
                 // durable: queued events survive a broker restart (messages are persistent too).
-                QueueDeclareOptions { durable: true, ..Default::default() },
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 args,
             )
             .await?;
@@ -164,7 +186,10 @@ impl Topology {
             .queue_declare(
                 dlq.as_str().into(),
                 // durable: dead letters wait for an operator, possibly for days.
-                QueueDeclareOptions { durable: true, ..Default::default() },
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 self.queue_args(),
             )
             .await?;
@@ -172,12 +197,28 @@ impl Topology {
     }
 
     /// Binds a subscription's queue to its topic (a grant was given back).
-    pub async fn bind_to_topic(&self, channel: &Channel, id: SubscriptionId, topic: TopicId) -> Result<(), lapin::Error> {
-        bind(channel, &subscription_queue(id), EVENTS_EXCHANGE, &topic.to_string()).await
+    pub async fn bind_to_topic(
+        &self,
+        channel: &Channel,
+        id: SubscriptionId,
+        topic: TopicId,
+    ) -> Result<(), lapin::Error> {
+        bind(
+            channel,
+            &subscription_queue(id),
+            EVENTS_EXCHANGE,
+            &topic.to_string(),
+        )
+        .await
     }
 
     /// Unbinds a subscription's queue from its topic: nothing more is routed to it.
-    pub async fn unbind_from_topic(&self, channel: &Channel, id: SubscriptionId, topic: TopicId) -> Result<(), lapin::Error> {
+    pub async fn unbind_from_topic(
+        &self,
+        channel: &Channel,
+        id: SubscriptionId,
+        topic: TopicId,
+    ) -> Result<(), lapin::Error> {
         channel
             .queue_unbind(
                 subscription_queue(id).into(),
@@ -189,7 +230,11 @@ impl Topology {
     }
 
     /// Deletes a subscription's queue and dead-letter queue with whatever they hold.
-    pub async fn delete_subscription(&self, channel: &Channel, id: SubscriptionId) -> Result<(), lapin::Error> {
+    pub async fn delete_subscription(
+        &self,
+        channel: &Channel,
+        id: SubscriptionId,
+    ) -> Result<(), lapin::Error> {
         for queue in [subscription_queue(id), dead_letter_queue(id)] {
             channel
                 // default options: delete even if consumed or non-empty; the subscription is gone.
@@ -200,7 +245,12 @@ impl Topology {
     }
 }
 
-async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), lapin::Error> {
+async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), lapin::Error> {
     channel
         .queue_bind(
             queue.into(),
@@ -230,7 +280,9 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -250,7 +302,11 @@ pub enum BrokerError {
 
 impl Broker {
     /// A broker handle; nothing is opened until the first channel is asked for.
-    pub fn new(url: &str, name: impl Into<String>, topology: Topology) -> Result<Arc<Self>, BrokerError> {
+    pub fn new(
+        url: &str,
+        name: impl Into<String>,
+        topology: Topology,
+    ) -> Result<Arc<Self>, BrokerError> {
         let mut uri: lapin::uri::AMQPUri = url.parse().map_err(BrokerError::BadUrl)?;
         // A dead peer is noticed within ~20 s instead of the 60 s server default.
         uri.query.heartbeat.get_or_insert(10);
@@ -281,7 +337,8 @@ impl Broker {
         {
             return Ok(Arc::clone(conn));
         }
-        let properties = ConnectionProperties::default().with_connection_name(self.name.as_str().into());
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.name.as_str().into());
         let conn = Arc::new(Connection::connect_uri(self.url.clone(), properties).await?);
         let channel = conn.create_channel().await?;
         self.topology.declare_static(&channel).await?;
@@ -292,7 +349,10 @@ impl Broker {
     }
 
     /// Like [`Broker::connection`], retrying with exponential backoff until it works or `cancel` fires.
-    pub async fn connection_with_retry(&self, cancel: &CancellationToken) -> Option<Arc<Connection>> {
+    pub async fn connection_with_retry(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Option<Arc<Connection>> {
         let attempt = || self.connection();
         let retrying = attempt
             .retry(
@@ -302,7 +362,9 @@ impl Broker {
                     .with_jitter()
                     .without_max_times(),
             )
-            .notify(|err, wait| tracing::warn!(error = %err, ?wait, "RabbitMQ unavailable; retrying"));
+            .notify(
+                |err, wait| tracing::warn!(error = %err, ?wait, "RabbitMQ unavailable; retrying"),
+            );
         tokio::select! {
             conn = retrying => conn.ok(),
             () = cancel.cancelled() => None,
@@ -318,7 +380,9 @@ impl Broker {
     /// A fresh channel in publisher-confirm mode.
     pub async fn confirm_channel(&self) -> Result<Channel, BrokerError> {
         let channel = self.channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(channel)
     }
 

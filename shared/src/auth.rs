@@ -90,11 +90,13 @@ impl Principal {
     }
 
     fn from_claims(claims: &Claims) -> Result<Self, AuthError> {
-        let key_id = ApiKeyId::parse(&claims.sub).map_err(|_| AuthError::Invalid("malformed `sub` claim".into()))?;
+        let key_id = ApiKeyId::parse(&claims.sub)
+            .map_err(|_| AuthError::Invalid("malformed `sub` claim".into()))?;
         let partner = match &claims.pid {
-            Some(pid) => {
-                Some(PartnerId::parse(pid).map_err(|_| AuthError::Invalid("malformed `pid` claim".into()))?)
-            }
+            Some(pid) => Some(
+                PartnerId::parse(pid)
+                    .map_err(|_| AuthError::Invalid("malformed `pid` claim".into()))?,
+            ),
             None => None,
         };
         if (claims.role == Role::Operator) != partner.is_none() {
@@ -112,7 +114,9 @@ impl Principal {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// No `Authorization: Bearer` header.
-    #[error("missing bearer token: send `Authorization: Bearer <access token>` (get one at POST /v1/auth/token)")]
+    #[error(
+        "missing bearer token: send `Authorization: Bearer <access token>` (get one at POST /v1/auth/token)"
+    )]
     Missing,
     /// The token is malformed, forged, expired or for someone else.
     #[error("invalid access token: {0}")]
@@ -125,7 +129,8 @@ pub enum AuthError {
 impl From<AuthError> for Problem {
     fn from(error: AuthError) -> Self {
         match error {
-            AuthError::Keys(e) => crate::problem::problem_from_db(&e).unwrap_or_else(|| crate::problem::internal_error(&e)),
+            AuthError::Keys(e) => crate::problem::problem_from_db(&e)
+                .unwrap_or_else(|| crate::problem::internal_error(&e)),
             other => Problem::unauthorized(other.to_string()),
         }
     }
@@ -146,7 +151,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("issuer", &self.issuer).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -172,11 +179,17 @@ impl Verifier {
         {
             return Ok(principal.clone());
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(format!("malformed token ({e})")))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Invalid(format!("malformed token ({e})")))?;
         if header.alg != Algorithm::EdDSA {
-            return Err(AuthError::Invalid(format!("algorithm {:?} is not accepted", header.alg)));
+            return Err(AuthError::Invalid(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
         }
-        let kid = header.kid.ok_or_else(|| AuthError::Invalid("the token has no `kid`".into()))?;
+        let kid = header
+            .kid
+            .ok_or_else(|| AuthError::Invalid("the token has no `kid`".into()))?;
         let key = self.key(&kid).await?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&self.issuer]);
@@ -225,7 +238,9 @@ impl Verifier {
             .expect("keys lock")
             .get(kid)
             .cloned()
-            .ok_or_else(|| AuthError::Invalid("the token's `kid` names no known signing key".into()))
+            .ok_or_else(|| {
+                AuthError::Invalid("the token's `kid` names no known signing key".into())
+            })
     }
 
     /// Loads every key that may still verify tokens (retired ones until their tokens expired).

@@ -49,7 +49,8 @@ impl Context {
     ///
     /// `name` labels the RabbitMQ connection (visible in the management UI).
     pub async fn connect(config: Config, name: &str) -> Result<Self, StartError> {
-        let pool = db::connect_and_migrate(config.database_url.expose(), config.database_pool).await?;
+        let pool =
+            db::connect_and_migrate(config.database_url.expose(), config.database_pool).await?;
         let topology = Topology {
             queue_type: config.queue_type,
             retry_schedule: config.retry_schedule.clone(),

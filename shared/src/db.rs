@@ -40,14 +40,20 @@ pub async fn connect(url: &str, size: u32) -> Result<PgPool, DbError> {
     let redacted = crate::config::redact_url(url);
     ensure_database(&options)
         .await
-        .map_err(|source| DbError::Connect { url: redacted.clone(), source })?;
+        .map_err(|source| DbError::Connect {
+            url: redacted.clone(),
+            source,
+        })?;
     PgPoolOptions::new()
         .max_connections(size)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await
-        .map_err(|source| DbError::Connect { url: redacted, source })
+        .map_err(|source| DbError::Connect {
+            url: redacted,
+            source,
+        })
 }
 
 /// Connects and applies every pending migration (safe from several processes at once).
@@ -66,9 +72,13 @@ async fn ensure_database(options: &PgConnectOptions) -> Result<(), sqlx::Error> 
         }
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
             let name = options.get_database().unwrap_or("anika").to_owned();
-            let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+            let mut admin =
+                PgConnection::connect_with(&options.clone().database("postgres")).await?;
             let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-            match sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await {
+            match sqlx::query(sqlx::AssertSqlSafe(create))
+                .execute(&mut admin)
+                .await
+            {
                 Ok(_) => tracing::info!(database = %name, "created the database"),
                 // Another process created it between our two connections.
                 Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}

@@ -167,7 +167,9 @@ impl FromStr for Role {
             "operator" => Ok(Self::Operator),
             "admin" => Ok(Self::Admin),
             "publisher" => Ok(Self::Publisher),
-            other => Err(format!("`{other}` is not a role (operator, admin or publisher)")),
+            other => Err(format!(
+                "`{other}` is not a role (operator, admin or publisher)"
+            )),
         }
     }
 }
@@ -191,13 +193,18 @@ impl TopicName {
             return Err("a topic name must not be empty".into());
         }
         if text.len() > 128 {
-            return Err(format!("a topic name has at most 128 characters, this one has {}", text.chars().count()));
+            return Err(format!(
+                "a topic name has at most 128 characters, this one has {}",
+                text.chars().count()
+            ));
         }
         if let Some(bad) = text
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
         {
-            return Err(format!("`{bad}` is not allowed in a topic name (only A-Z, a-z, 0-9, `.`, `_`, `-`)"));
+            return Err(format!(
+                "`{bad}` is not allowed in a topic name (only A-Z, a-z, 0-9, `.`, `_`, `-`)"
+            ));
         }
         Ok(Self(text.to_owned()))
     }

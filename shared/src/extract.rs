@@ -25,7 +25,9 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         require_json_content_type(req.headers())?;
-        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
         parse_json_object(&bytes).map(Json)
     }
 }
@@ -60,7 +62,9 @@ pub fn require_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), 
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
         Ok(())
     } else {
         Err(Problem::unsupported_media_type(format!(
@@ -72,9 +76,15 @@ pub fn require_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), 
 /// Maps a body that could not be read: over the size limit is 413.
 pub fn body_rejection(rejection: BytesRejection) -> Problem {
     if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        Problem::payload_too_large(format!("the body is larger than allowed ({})", rejection.body_text()))
+        Problem::payload_too_large(format!(
+            "the body is larger than allowed ({})",
+            rejection.body_text()
+        ))
     } else {
-        Problem::bad_request(format!("the body could not be read: {}", rejection.body_text()))
+        Problem::bad_request(format!(
+            "the body could not be read: {}",
+            rejection.body_text()
+        ))
     }
 }
 
@@ -88,7 +98,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
                 let pointer = pointer_of(err.path(), &inner.to_string());
                 let detail = strip_position(&inner.to_string());
                 Problem::validation(
-                    format!("{}: {detail}", if pointer.is_empty() { "body" } else { &pointer }),
+                    format!(
+                        "{}: {detail}",
+                        if pointer.is_empty() { "body" } else { &pointer }
+                    ),
                     vec![FieldError::new(pointer, detail)],
                 )
             }
@@ -187,15 +200,17 @@ where
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(de).map(Query).map_err(|err| {
-            let field = err.path().to_string();
-            let inner = err.into_inner();
-            if field.is_empty() || field == "." {
-                Problem::bad_request(format!("invalid query string: {inner}"))
-            } else {
-                Problem::bad_request(format!("invalid query parameter `{field}`: {inner}"))
-            }
-        })
+        serde_path_to_error::deserialize(de)
+            .map(Query)
+            .map_err(|err| {
+                let field = err.path().to_string();
+                let inner = err.into_inner();
+                if field.is_empty() || field == "." {
+                    Problem::bad_request(format!("invalid query string: {inner}"))
+                } else {
+                    Problem::bad_request(format!("invalid query parameter `{field}`: {inner}"))
+                }
+            })
     }
 }
 
@@ -220,7 +235,8 @@ mod tests {
 
     #[test]
     fn a_wrong_type_points_at_the_field() {
-        let p = parse_json::<Body>(br#"{"name":"a","items":[{"price":1},{"price":"x"}]}"#).unwrap_err();
+        let p =
+            parse_json::<Body>(br#"{"name":"a","items":[{"price":1},{"price":"x"}]}"#).unwrap_err();
         assert_eq!(p.status, 422);
         assert_eq!(p.errors[0].pointer, "/items/1/price");
     }
@@ -243,7 +259,12 @@ mod tests {
     fn broken_json_is_a_400() {
         assert_eq!(parse_json::<Body>(br#"{"name":"#).unwrap_err().status, 400);
         assert_eq!(parse_json::<Body>(b"").unwrap_err().status, 400);
-        assert_eq!(parse_json::<Body>(br#"{"name":"a","items":[]} trailing"#).unwrap_err().status, 400);
+        assert_eq!(
+            parse_json::<Body>(br#"{"name":"a","items":[]} trailing"#)
+                .unwrap_err()
+                .status,
+            400
+        );
     }
 
     #[test]

@@ -69,9 +69,21 @@ where
     let result = tokio::time::timeout(std::time::Duration::from_secs(3), check).await;
     let latency_ms = started.elapsed().as_millis();
     match result {
-        Ok(Ok(())) => Check { ok: true, latency_ms, error: None },
-        Ok(Err(e)) => Check { ok: false, latency_ms, error: Some(e.to_string()) },
-        Err(_) => Check { ok: false, latency_ms, error: Some("timed out after 3 s".into()) },
+        Ok(Ok(())) => Check {
+            ok: true,
+            latency_ms,
+            error: None,
+        },
+        Ok(Err(e)) => Check {
+            ok: false,
+            latency_ms,
+            error: Some(e.to_string()),
+        },
+        Err(_) => Check {
+            ok: false,
+            latency_ms,
+            error: Some("timed out after 3 s".into()),
+        },
     }
 }
 
@@ -90,7 +102,11 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
         status: if ready { "ready" } else { "unavailable" },
         checks: ReadyChecks { postgres, rabbitmq },
     };
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(report)).into_response()
 }
 
@@ -100,7 +116,10 @@ pub fn service_router(readiness: Readiness, api: OpenApi, metrics: PrometheusHan
         let metrics = metrics.clone();
         async move {
             (
-                [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                )],
                 metrics.render(),
             )
         }
@@ -135,17 +154,30 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(Http::builder().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
     }
 }
 
 async fn not_found(request: Request) -> Problem {
-    Problem::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
+    Problem::not_found(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 async fn method_not_allowed(request: Request) -> Problem {
-    Problem::method_not_allowed(format!("{} is not allowed on {}", request.method(), request.uri().path()))
+    Problem::method_not_allowed(format!(
+        "{} is not allowed on {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 async fn record_metrics(request: Request, next: Next) -> Response {
@@ -193,7 +225,11 @@ pub fn finish(router: Router) -> Router {
 }
 
 /// Serves `app` on an already-bound listener until `shutdown` fires, then drains open requests.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -27,7 +27,11 @@ impl TargetPolicy {
     /// `Err(reason)` when `ip` may not be contacted.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), String> {
         let canonical = ip.to_canonical();
-        if self.allowed.iter().any(|net| net.contains(&ip) || net.contains(&canonical)) {
+        if self
+            .allowed
+            .iter()
+            .any(|net| net.contains(&ip) || net.contains(&canonical))
+        {
             return Ok(());
         }
         match blocked_reason(ip) {
@@ -47,8 +51,16 @@ impl TargetPolicy {
                 Err(format!("`{host}` is a loopback name"))
             };
         }
-        let internal = ["metadata", "metadata.google.internal", "instance-data", "instance-data.ec2.internal"];
-        if internal.contains(&host.as_str()) || host.ends_with(".internal") || host.ends_with(".local") {
+        let internal = [
+            "metadata",
+            "metadata.google.internal",
+            "instance-data",
+            "instance-data.ec2.internal",
+        ];
+        if internal.contains(&host.as_str())
+            || host.ends_with(".internal")
+            || host.ends_with(".local")
+        {
             return Err(format!("`{host}` is an internal name"));
         }
         if !host.contains('.') {
@@ -74,9 +86,15 @@ fn blocked_v4(ip: Ipv4Addr) -> Option<&'static str> {
     let table: [(&str, &'static str); 16] = [
         ("0.0.0.0/8", "in 'this network' (0.0.0.0/8)"),
         ("10.0.0.0/8", "a private address (10.0.0.0/8)"),
-        ("100.64.0.0/10", "a carrier-grade NAT address (100.64.0.0/10)"),
+        (
+            "100.64.0.0/10",
+            "a carrier-grade NAT address (100.64.0.0/10)",
+        ),
         ("127.0.0.0/8", "a loopback address"),
-        ("169.254.0.0/16", "a link-local or cloud metadata address (169.254.0.0/16)"),
+        (
+            "169.254.0.0/16",
+            "a link-local or cloud metadata address (169.254.0.0/16)",
+        ),
         ("172.16.0.0/12", "a private address (172.16.0.0/12)"),
         ("192.0.0.0/24", "an IETF protocol address (192.0.0.0/24)"),
         ("192.0.2.0/24", "a documentation address"),
@@ -136,7 +154,10 @@ impl WebhookUrl {
         }
         let mut url = url::Url::parse(text).map_err(|e| format!("not a valid URL: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("the scheme must be http or https, not `{}`", url.scheme()));
+            return Err(format!(
+                "the scheme must be http or https, not `{}`",
+                url.scheme()
+            ));
         }
         match url.host() {
             None => return Err("the URL has no host".into()),
@@ -197,7 +218,10 @@ mod tests {
             "http://93.184.216.34:8080/x?y=1",
             "https://[2606:4700::1111]/",
         ] {
-            assert!(WebhookUrl::parse(url, &TargetPolicy::default()).is_ok(), "{url}");
+            assert!(
+                WebhookUrl::parse(url, &TargetPolicy::default()).is_ok(),
+                "{url}"
+            );
         }
     }
 

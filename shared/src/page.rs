@@ -20,7 +20,10 @@ impl Limit {
         if (1..=Self::MAX).contains(&value) {
             Ok(Self(value))
         } else {
-            Err(format!("limit must be between 1 and {}, not {value}", Self::MAX))
+            Err(format!(
+                "limit must be between 1 and {}, not {value}",
+                Self::MAX
+            ))
         }
     }
 
@@ -57,7 +60,8 @@ impl<'de> Deserialize<'de> for Limit {
                 .parse::<u64>()
                 .map_err(|_| serde::de::Error::custom(format!("`{t}` is not a whole number")))?,
         };
-        let value = u32::try_from(value).map_err(|_| serde::de::Error::custom("limit is too large"))?;
+        let value =
+            u32::try_from(value).map_err(|_| serde::de::Error::custom("limit is too large"))?;
         Limit::parse(value).map_err(serde::de::Error::custom)
     }
 }
@@ -76,8 +80,15 @@ impl<T> Page<T> {
     pub fn from_rows<K: Serialize>(mut rows: Vec<T>, limit: Limit, key: impl Fn(&T) -> K) -> Self {
         let more = rows.len() > limit.get() as usize;
         rows.truncate(limit.get() as usize);
-        let next_cursor = if more { rows.last().map(|last| encode_cursor(&key(last))) } else { None };
-        Self { items: rows, next_cursor }
+        let next_cursor = if more {
+            rows.last().map(|last| encode_cursor(&key(last)))
+        } else {
+            None
+        };
+        Self {
+            items: rows,
+            next_cursor,
+        }
     }
 }
 
@@ -93,7 +104,11 @@ pub fn decode_cursor<K: DeserializeOwned>(cursor: &str) -> Result<K, Problem> {
         .decode(cursor)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .ok_or_else(|| Problem::bad_request("invalid cursor: pass back the `next_cursor` of a previous page unchanged"))
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "invalid cursor: pass back the `next_cursor` of a previous page unchanged",
+            )
+        })
 }
 
 #[cfg(test)]
@@ -111,7 +126,10 @@ mod tests {
     fn a_page_knows_if_more_follow() {
         let page = Page::from_rows(vec![1, 2, 3], Limit::parse(2).unwrap(), |n| *n);
         assert_eq!(page.items, vec![1, 2]);
-        assert_eq!(decode_cursor::<i32>(page.next_cursor.as_deref().unwrap()).unwrap(), 2);
+        assert_eq!(
+            decode_cursor::<i32>(page.next_cursor.as_deref().unwrap()).unwrap(),
+            2
+        );
         let last = Page::from_rows(vec![1, 2], Limit::parse(2).unwrap(), |n| *n);
         assert!(last.next_cursor.is_none());
         assert!(decode_cursor::<i32>("!!").is_err());

@@ -52,7 +52,12 @@ pub struct Problem {
 
 impl Problem {
     /// A problem of kind `slug` with the given status, title and detail.
-    pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             kind: Cow::Owned(format!("urn:anika:problem:{slug}")),
             title: Cow::Borrowed(title),
@@ -65,12 +70,22 @@ impl Problem {
 
     /// 400: the request cannot be read at all (not JSON, bad parameter).
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
     }
 
     /// 401: no usable credentials.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            detail,
+        )
     }
 
     /// 403: authenticated, but this principal may not do this.
@@ -134,7 +149,10 @@ impl Problem {
     pub fn invalid_field(pointer: &str, detail: impl Into<String>) -> Self {
         let detail = detail.into();
         Self::validation(
-            format!("{}: {detail}", if pointer.is_empty() { "body" } else { pointer }),
+            format!(
+                "{}: {detail}",
+                if pointer.is_empty() { "body" } else { pointer }
+            ),
             vec![FieldError::new(pointer, detail)],
         )
     }
@@ -214,9 +232,9 @@ pub fn problem_from_db(error: &sqlx::Error) -> Option<Problem> {
         sqlx::Error::Database(db) if db.is_unique_violation() => Some(Problem::conflict(
             "a resource with these unique fields already exists",
         )),
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            Some(Problem::unavailable("the database is unreachable; retry shortly"))
-        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => Some(
+            Problem::unavailable("the database is unreachable; retry shortly"),
+        ),
         _ => None,
     }
 }

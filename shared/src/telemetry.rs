@@ -10,8 +10,9 @@ use crate::config::LogFormat;
 ///
 /// `RUST_LOG` overrides the default filter (`info`, with the chatty drivers at `warn`).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn,amq_protocol=warn,hyper=warn,reqwest=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,sqlx=warn,lapin=warn,amq_protocol=warn,hyper=warn,reqwest=warn")
+    });
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -20,10 +21,18 @@ pub fn init(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {
         registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     } else {
-        registry.with(fmt::layer().with_writer(std::io::stderr)).try_init()
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init()
     };
     // Already installed (several apps in one test process): keep the first.
     let _ = result;

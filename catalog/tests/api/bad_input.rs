@@ -11,35 +11,95 @@ async fn malformed_bodies_get_the_right_status_and_a_useful_detail() {
     let token = Some(app.operator.as_str());
     let json_type = Some("application/json");
 
-    let broken = app.api.send_raw(Method::POST, "/v1/partners", token, json_type, b"{\"name\":".to_vec()).await;
+    let broken = app
+        .api
+        .send_raw(
+            Method::POST,
+            "/v1/partners",
+            token,
+            json_type,
+            b"{\"name\":".to_vec(),
+        )
+        .await;
     assert_eq!(broken.status, 400);
-    assert!(broken.detail().contains("not valid JSON"), "{}", broken.detail());
+    assert!(
+        broken.detail().contains("not valid JSON"),
+        "{}",
+        broken.detail()
+    );
     broken.assert_problem();
 
-    let empty = app.api.send_raw(Method::POST, "/v1/partners", token, json_type, Vec::new()).await;
+    let empty = app
+        .api
+        .send_raw(Method::POST, "/v1/partners", token, json_type, Vec::new())
+        .await;
     assert_eq!(empty.status, 400);
 
-    let no_type = app.api.send_raw(Method::POST, "/v1/partners", token, None, b"{\"name\":\"x\"}".to_vec()).await;
+    let no_type = app
+        .api
+        .send_raw(
+            Method::POST,
+            "/v1/partners",
+            token,
+            None,
+            b"{\"name\":\"x\"}".to_vec(),
+        )
+        .await;
     assert_eq!(no_type.status, 415);
     no_type.assert_problem();
-    let form = app.api.send_raw(Method::POST, "/v1/partners", token, Some("application/x-www-form-urlencoded"), b"name=x".to_vec()).await;
+    let form = app
+        .api
+        .send_raw(
+            Method::POST,
+            "/v1/partners",
+            token,
+            Some("application/x-www-form-urlencoded"),
+            b"name=x".to_vec(),
+        )
+        .await;
     assert_eq!(form.status, 415);
 
-    let wrong_type = app.api.post("/v1/partners", &app.operator, json!({"name": 42})).await;
+    let wrong_type = app
+        .api
+        .post("/v1/partners", &app.operator, json!({"name": 42}))
+        .await;
     assert_eq!(wrong_type.status, 422);
     assert_eq!(wrong_type.pointers(), vec!["/name"]);
-    let array = app.api.post("/v1/partners", &app.operator, json!([1])).await;
+    let array = app
+        .api
+        .post("/v1/partners", &app.operator, json!([1]))
+        .await;
     assert_eq!(array.status, 422);
-    let unknown_field = app.api.post("/v1/partners", &app.operator, json!({"name": "x", "nmae": "y"})).await;
+    let unknown_field = app
+        .api
+        .post(
+            "/v1/partners",
+            &app.operator,
+            json!({"name": "x", "nmae": "y"}),
+        )
+        .await;
     assert_eq!(unknown_field.status, 422);
     assert_eq!(unknown_field.pointers(), vec!["/nmae"]);
-    let long_name = app.api.post("/v1/partners", &app.operator, json!({"name": "x".repeat(201)})).await;
+    let long_name = app
+        .api
+        .post(
+            "/v1/partners",
+            &app.operator,
+            json!({"name": "x".repeat(201)}),
+        )
+        .await;
     assert_eq!(long_name.status, 422);
     assert_eq!(long_name.pointers(), vec!["/name"]);
 
     let huge = app
         .api
-        .send_raw(Method::POST, "/v1/partners", token, json_type, format!("{{\"name\":\"{}\"}}", "x".repeat(3 << 20)).into_bytes())
+        .send_raw(
+            Method::POST,
+            "/v1/partners",
+            token,
+            json_type,
+            format!("{{\"name\":\"{}\"}}", "x".repeat(3 << 20)).into_bytes(),
+        )
         .await;
     assert_eq!(huge.status, 413);
     huge.assert_problem();
@@ -53,12 +113,30 @@ async fn bad_ids_unknown_ids_routes_and_methods_are_problems() {
     assert!(bad_id.detail().contains("topic id"), "{}", bad_id.detail());
     bad_id.assert_problem();
 
-    let bad_grant = app.api.put(&format!("/v1/topics/{}/grants/xyz", uuid::Uuid::now_v7()), &app.operator).await;
+    let bad_grant = app
+        .api
+        .put(
+            &format!("/v1/topics/{}/grants/xyz", uuid::Uuid::now_v7()),
+            &app.operator,
+        )
+        .await;
     assert_eq!(bad_grant.status, 400);
-    assert!(bad_grant.detail().contains("partner id"), "{}", bad_grant.detail());
+    assert!(
+        bad_grant.detail().contains("partner id"),
+        "{}",
+        bad_grant.detail()
+    );
 
-    for path in ["/v1/topics", "/v1/subscriptions", "/v1/partners", "/v1/api-keys"] {
-        let unknown = app.api.get(&format!("{path}/{}", uuid::Uuid::now_v7()), &app.operator).await;
+    for path in [
+        "/v1/topics",
+        "/v1/subscriptions",
+        "/v1/partners",
+        "/v1/api-keys",
+    ] {
+        let unknown = app
+            .api
+            .get(&format!("{path}/{}", uuid::Uuid::now_v7()), &app.operator)
+            .await;
         if path == "/v1/api-keys" {
             assert_eq!(unknown.status, 405, "{path}");
         } else {
@@ -70,17 +148,31 @@ async fn bad_ids_unknown_ids_routes_and_methods_are_problems() {
     let no_route = app.api.get("/v1/nothing-here", &app.operator).await;
     assert_eq!(no_route.status, 404);
     no_route.assert_problem();
-    let wrong_method = app.api.send(Method::PUT, "/v1/partners", Some(&app.operator), None).await;
+    let wrong_method = app
+        .api
+        .send(Method::PUT, "/v1/partners", Some(&app.operator), None)
+        .await;
     assert_eq!(wrong_method.status, 405);
     wrong_method.assert_problem();
 
     let bad_query = app.api.get("/v1/topics?limit=abc", &app.operator).await;
     assert_eq!(bad_query.status, 400);
-    assert!(bad_query.detail().contains("limit"), "{}", bad_query.detail());
+    assert!(
+        bad_query.detail().contains("limit"),
+        "{}",
+        bad_query.detail()
+    );
     let unknown_query = app.api.get("/v1/topics?colour=red", &app.operator).await;
     assert_eq!(unknown_query.status, 400);
-    assert!(unknown_query.detail().contains("colour"), "{}", unknown_query.detail());
-    let bad_filter = app.api.get("/v1/subscriptions?status=gone", &app.operator).await;
+    assert!(
+        unknown_query.detail().contains("colour"),
+        "{}",
+        unknown_query.detail()
+    );
+    let bad_filter = app
+        .api
+        .get("/v1/subscriptions?status=gone", &app.operator)
+        .await;
     assert_eq!(bad_filter.status, 400);
 }
 
@@ -89,7 +181,10 @@ async fn junk_sent_to_every_route_never_yields_a_server_error() {
     let app = App::spawn().await;
     let dealer = app.partner("dealer").await;
     let topic = app.topic(&dealer.admin, "t").await;
-    let sub = app.subscription(&dealer.admin, &topic).await["id"].as_str().unwrap().to_owned();
+    let sub = app.subscription(&dealer.admin, &topic).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let routes: Vec<(Method, String)> = vec![
         (Method::POST, "/v1/auth/token".into()),
         (Method::POST, "/v1/api-keys".into()),
@@ -118,8 +213,16 @@ async fn junk_sent_to_every_route_never_yields_a_server_error() {
                 continue; // an empty PATCH is a valid no-op
             }
             for token in [&app.operator, &dealer.admin, &dealer.publisher] {
-                let answer = app.api.send(method.clone(), path, Some(token), Some(body)).await;
-                assert!((400..500).contains(&answer.status), "{method} {path} {body} -> {} {}", answer.status, answer.body);
+                let answer = app
+                    .api
+                    .send(method.clone(), path, Some(token), Some(body))
+                    .await;
+                assert!(
+                    (400..500).contains(&answer.status),
+                    "{method} {path} {body} -> {} {}",
+                    answer.status,
+                    answer.body
+                );
                 answer.assert_problem();
             }
         }
@@ -129,21 +232,45 @@ async fn junk_sent_to_every_route_never_yields_a_server_error() {
 #[tokio::test]
 async fn service_endpoints_answer_without_auth() {
     let app = App::spawn().await;
-    assert_eq!(app.api.send(Method::GET, "/healthz", None, None).await.expect(200)["status"], "ok");
-    let ready = app.api.send(Method::GET, "/readyz", None, None).await.expect(200);
+    assert_eq!(
+        app.api
+            .send(Method::GET, "/healthz", None, None)
+            .await
+            .expect(200)["status"],
+        "ok"
+    );
+    let ready = app
+        .api
+        .send(Method::GET, "/readyz", None, None)
+        .await
+        .expect(200);
     assert_eq!(ready["checks"]["postgres"]["ok"], true);
     assert_eq!(ready["checks"]["rabbitmq"]["ok"], true);
-    let metrics = reqwest::get(format!("{}/metrics", app.api.base)).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{}/metrics", app.api.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("anika_http_requests_total"), "{metrics}");
-    let docs = reqwest::get(format!("{}/docs/", app.api.base)).await.unwrap();
+    let docs = reqwest::get(format!("{}/docs/", app.api.base))
+        .await
+        .unwrap();
     assert_eq!(docs.status(), 200);
-    assert!(docs.text().await.unwrap().contains("swagger"), "an interactive page");
+    assert!(
+        docs.text().await.unwrap().contains("swagger"),
+        "an interactive page"
+    );
 }
 
 #[tokio::test]
 async fn the_openapi_document_describes_exactly_the_catalog_routes() {
     let app = App::spawn().await;
-    let api = app.api.send(Method::GET, "/openapi.json", None, None).await.expect(200);
+    let api = app
+        .api
+        .send(Method::GET, "/openapi.json", None, None)
+        .await
+        .expect(200);
     let mut found: Vec<String> = Vec::new();
     for (path, item) in api["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {

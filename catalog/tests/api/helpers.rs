@@ -1,10 +1,10 @@
 //! A real catalog on a loopback port, with its own database and vhost.
 
+pub use anika_shared::testing::Answer;
 use anika_shared::{
     Context,
     testing::{Api, Partner, TestEnv},
 };
-pub use anika_shared::testing::Answer;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -29,14 +29,24 @@ impl App {
         all.extend_from_slice(overrides);
         let config = env.config(&all);
         anika_shared::telemetry::init(config.log_format);
-        let ctx = Context::connect(config, "catalog-test").await.expect("connect");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let ctx = Context::connect(config, "catalog-test")
+            .await
+            .expect("connect");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         tokio::spawn(anika_catalog::run(listener, ctx.clone(), shutdown.clone()));
         let api = Api::new(addr);
         let operator = wait_for_token(&api).await;
-        Self { api, env, ctx, operator, shutdown }
+        Self {
+            api,
+            env,
+            ctx,
+            operator,
+            shutdown,
+        }
     }
 
     pub async fn partner(&self, name: &str) -> Partner {
@@ -45,14 +55,22 @@ impl App {
 
     /// Creates a topic as `admin`, returns its id.
     pub async fn topic(&self, admin: &str, name: &str) -> String {
-        let topic = self.api.post("/v1/topics", admin, json!({"name": name})).await.expect(201);
+        let topic = self
+            .api
+            .post("/v1/topics", admin, json!({"name": name}))
+            .await
+            .expect(201);
         topic["id"].as_str().expect("topic id").to_owned()
     }
 
     /// Creates a subscription as `admin`, returns the whole answer.
     pub async fn subscription(&self, admin: &str, topic: &str) -> Value {
         self.api
-            .post("/v1/subscriptions", admin, json!({"topic_id": topic, "url": "https://bank.example.com/hooks"}))
+            .post(
+                "/v1/subscriptions",
+                admin,
+                json!({"topic_id": topic, "url": "https://bank.example.com/hooks"}),
+            )
             .await
             .expect(201)
     }

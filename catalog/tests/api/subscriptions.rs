@@ -11,7 +11,13 @@ async fn the_owner_and_a_grantee_subscribe_and_get_a_queue_bound_both_ways() {
     let dealer = app.partner("dealer").await;
     let bank = app.partner("bank").await;
     let topic = app.topic(&dealer.admin, "car.chosen").await;
-    app.api.put(&format!("/v1/topics/{topic}/grants/{}", bank.id), &dealer.admin).await.expect(204);
+    app.api
+        .put(
+            &format!("/v1/topics/{topic}/grants/{}", bank.id),
+            &dealer.admin,
+        )
+        .await
+        .expect(204);
 
     let created = app
         .api
@@ -30,23 +36,48 @@ async fn the_owner_and_a_grantee_subscribe_and_get_a_queue_bound_both_ways() {
     assert_eq!(bytes.len(), 32);
     assert_eq!(created["partner_id"], bank.id.as_str());
     assert_eq!(created["status"], "active");
-    assert_eq!(created["max_attempts"], 4, "default: the 3-tier test schedule + 1");
+    assert_eq!(
+        created["max_attempts"], 4,
+        "default: the 3-tier test schedule + 1"
+    );
     assert_eq!(created["filter"], json!({"country": "DE"}));
     assert_eq!(created["ordered"], false);
 
     let id = created["id"].as_str().unwrap();
-    let fetched = app.api.get(&format!("/v1/subscriptions/{id}"), &bank.admin).await.expect(200);
-    assert!(fetched.get("secret").is_none(), "the secret is shown only at creation");
+    let fetched = app
+        .api
+        .get(&format!("/v1/subscriptions/{id}"), &bank.admin)
+        .await
+        .expect(200);
+    assert!(
+        fetched.get("secret").is_none(),
+        "the secret is shown only at creation"
+    );
 
     let queue = format!("anika.sub.{id}");
-    let info = app.env.queue_info(&queue).await.expect("queue exists in RabbitMQ");
+    let info = app
+        .env
+        .queue_info(&queue)
+        .await
+        .expect("queue exists in RabbitMQ");
     assert_eq!(info["durable"], true);
     assert_eq!(info["arguments"]["x-queue-type"], "quorum");
     let bindings = app.env.bindings(&queue).await;
-    assert!(bindings.contains(&("anika.events".to_owned(), topic.clone())), "{bindings:?}");
-    assert!(bindings.contains(&("anika.deliver".to_owned(), id.to_owned())), "{bindings:?}");
+    assert!(
+        bindings.contains(&("anika.events".to_owned(), topic.clone())),
+        "{bindings:?}"
+    );
+    assert!(
+        bindings.contains(&("anika.deliver".to_owned(), id.to_owned())),
+        "{bindings:?}"
+    );
     let dlq = format!("anika.dlq.{id}");
-    assert!(app.env.bindings(&dlq).await.contains(&("anika.dead".to_owned(), id.to_owned())));
+    assert!(
+        app.env
+            .bindings(&dlq)
+            .await
+            .contains(&("anika.dead".to_owned(), id.to_owned()))
+    );
 
     app.subscription(&dealer.admin, &topic).await;
 }
@@ -58,11 +89,19 @@ async fn an_ordered_subscription_gets_a_single_active_consumer_queue() {
     let topic = app.topic(&dealer.admin, "t").await;
     let sub = app
         .api
-        .post("/v1/subscriptions", &dealer.admin, json!({"topic_id": topic, "url": "https://x.example.com/", "ordered": true}))
+        .post(
+            "/v1/subscriptions",
+            &dealer.admin,
+            json!({"topic_id": topic, "url": "https://x.example.com/", "ordered": true}),
+        )
         .await
         .expect(201);
     assert_eq!(sub["ordered"], true);
-    let info = app.env.queue_info(&format!("anika.sub.{}", sub["id"].as_str().unwrap())).await.unwrap();
+    let info = app
+        .env
+        .queue_info(&format!("anika.sub.{}", sub["id"].as_str().unwrap()))
+        .await
+        .unwrap();
     assert_eq!(info["arguments"]["x-single-active-consumer"], true);
 }
 
@@ -75,22 +114,59 @@ async fn who_may_subscribe() {
     let body = json!({"topic_id": topic, "url": "https://x.example.com/"});
 
     // A partner without a grant cannot even learn the topic exists.
-    assert_eq!(app.api.post("/v1/subscriptions", &bank.admin, body.clone()).await.expect(404)["status"], 404);
+    assert_eq!(
+        app.api
+            .post("/v1/subscriptions", &bank.admin, body.clone())
+            .await
+            .expect(404)["status"],
+        404
+    );
     // Publishers do not manage subscriptions.
-    assert_eq!(app.api.post("/v1/subscriptions", &dealer.publisher, body.clone()).await.status, 403);
+    assert_eq!(
+        app.api
+            .post("/v1/subscriptions", &dealer.publisher, body.clone())
+            .await
+            .status,
+        403
+    );
     // Operators name the partner; one without access is refused.
-    let unnamed = app.api.post("/v1/subscriptions", &app.operator, body.clone()).await;
+    let unnamed = app
+        .api
+        .post("/v1/subscriptions", &app.operator, body.clone())
+        .await;
     assert_eq!(unnamed.status, 422);
     assert_eq!(unnamed.pointers(), vec!["/partner_id"]);
     let mut for_bank = body.clone();
     for_bank["partner_id"] = json!(bank.id);
-    assert_eq!(app.api.post("/v1/subscriptions", &app.operator, for_bank.clone()).await.status, 403);
-    app.api.put(&format!("/v1/topics/{topic}/grants/{}", bank.id), &dealer.admin).await.expect(204);
-    let made = app.api.post("/v1/subscriptions", &app.operator, for_bank).await.expect(201);
+    assert_eq!(
+        app.api
+            .post("/v1/subscriptions", &app.operator, for_bank.clone())
+            .await
+            .status,
+        403
+    );
+    app.api
+        .put(
+            &format!("/v1/topics/{topic}/grants/{}", bank.id),
+            &dealer.admin,
+        )
+        .await
+        .expect(204);
+    let made = app
+        .api
+        .post("/v1/subscriptions", &app.operator, for_bank)
+        .await
+        .expect(201);
     assert_eq!(made["partner_id"], bank.id.as_str());
     // An unknown topic is a 404 too.
     let ghost = json!({"topic_id": uuid::Uuid::now_v7(), "url": "https://x.example.com/"});
-    assert_eq!(app.api.post("/v1/subscriptions", &dealer.admin, ghost).await.status, 404);
+    assert_eq!(
+        app.api
+            .post("/v1/subscriptions", &dealer.admin, ghost)
+            .await
+            .status,
+        404
+    );
 }
 
 #[tokio::test]
@@ -116,13 +192,24 @@ async fn webhook_urls_pointing_inside_are_refused() {
         "http://metadata.google.internal/",
         "http://224.0.0.251/",
     ] {
-        let answer = app.api.post("/v1/subscriptions", &dealer.admin, json!({"topic_id": topic, "url": url})).await;
+        let answer = app
+            .api
+            .post(
+                "/v1/subscriptions",
+                &dealer.admin,
+                json!({"topic_id": topic, "url": url}),
+            )
+            .await;
         assert_eq!(answer.status, 422, "{url} was accepted");
         assert_eq!(answer.pointers(), vec!["/url"], "{url}");
         answer.assert_problem();
     }
     app.api
-        .post("/v1/subscriptions", &dealer.admin, json!({"topic_id": topic, "url": "https://93.184.216.34/x"}))
+        .post(
+            "/v1/subscriptions",
+            &dealer.admin,
+            json!({"topic_id": topic, "url": "https://93.184.216.34/x"}),
+        )
         .await
         .expect(201);
 }
@@ -134,10 +221,21 @@ async fn allowed_target_nets_let_a_local_receiver_in() {
     let dealer = app.partner("dealer").await;
     let topic = app.topic(&dealer.admin, "t").await;
     app.api
-        .post("/v1/subscriptions", &dealer.admin, json!({"topic_id": topic, "url": "http://127.0.0.1:9/hook"}))
+        .post(
+            "/v1/subscriptions",
+            &dealer.admin,
+            json!({"topic_id": topic, "url": "http://127.0.0.1:9/hook"}),
+        )
         .await
         .expect(201);
-    let outside = app.api.post("/v1/subscriptions", &dealer.admin, json!({"topic_id": topic, "url": "http://10.0.0.1/"})).await;
+    let outside = app
+        .api
+        .post(
+            "/v1/subscriptions",
+            &dealer.admin,
+            json!({"topic_id": topic, "url": "http://10.0.0.1/"}),
+        )
+        .await;
     assert_eq!(outside.status, 422);
 }
 
@@ -147,25 +245,74 @@ async fn subscriptions_are_private_to_their_partner() {
     let dealer = app.partner("dealer").await;
     let bank = app.partner("bank").await;
     let topic = app.topic(&dealer.admin, "t").await;
-    app.api.put(&format!("/v1/topics/{topic}/grants/{}", bank.id), &dealer.admin).await.expect(204);
-    let sub = app.subscription(&bank.admin, &topic).await["id"].as_str().unwrap().to_owned();
+    app.api
+        .put(
+            &format!("/v1/topics/{topic}/grants/{}", bank.id),
+            &dealer.admin,
+        )
+        .await
+        .expect(204);
+    let sub = app.subscription(&bank.admin, &topic).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let path = format!("/v1/subscriptions/{sub}");
 
     // Even the topic's owner does not see a grantee's endpoint.
     for token in [&dealer.admin, &dealer.publisher] {
         assert_eq!(app.api.get(&path, token).await.status, 404);
-        assert_eq!(app.api.patch(&path, token, json!({"status": "paused"})).await.status, 404);
+        assert_eq!(
+            app.api
+                .patch(&path, token, json!({"status": "paused"}))
+                .await
+                .status,
+            404
+        );
         assert_eq!(app.api.delete(&path, token).await.status, 404);
-        assert_eq!(app.api.post(&format!("{path}/rotate-secret"), token, json!({})).await.status, 404);
+        assert_eq!(
+            app.api
+                .post(&format!("{path}/rotate-secret"), token, json!({}))
+                .await
+                .status,
+            404
+        );
     }
     assert_eq!(app.api.get(&path, &bank.publisher).await.status, 403);
     app.api.get(&path, &app.operator).await.expect(200);
 
-    let mine = app.api.get("/v1/subscriptions", &bank.admin).await.expect(200);
+    let mine = app
+        .api
+        .get("/v1/subscriptions", &bank.admin)
+        .await
+        .expect(200);
     assert_eq!(mine["items"].as_array().unwrap().len(), 1);
-    assert!(app.api.get("/v1/subscriptions", &dealer.admin).await.expect(200)["items"].as_array().unwrap().is_empty());
-    assert_eq!(app.api.get("/v1/subscriptions", &app.operator).await.expect(200)["items"].as_array().unwrap().len(), 1);
-    let filtered = app.api.get(&format!("/v1/subscriptions?topic_id={topic}&status=paused"), &bank.admin).await.expect(200);
+    assert!(
+        app.api
+            .get("/v1/subscriptions", &dealer.admin)
+            .await
+            .expect(200)["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        app.api
+            .get("/v1/subscriptions", &app.operator)
+            .await
+            .expect(200)["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let filtered = app
+        .api
+        .get(
+            &format!("/v1/subscriptions?topic_id={topic}&status=paused"),
+            &bank.admin,
+        )
+        .await
+        .expect(200);
     assert!(filtered["items"].as_array().unwrap().is_empty());
 }
 
@@ -176,7 +323,11 @@ async fn patch_changes_url_filter_limits_and_pauses_but_never_disables() {
     let topic = app.topic(&dealer.admin, "t").await;
     let sub = app
         .api
-        .post("/v1/subscriptions", &dealer.admin, json!({"topic_id": topic, "url": "https://a.example.com/", "filter": {"a": 1}}))
+        .post(
+            "/v1/subscriptions",
+            &dealer.admin,
+            json!({"topic_id": topic, "url": "https://a.example.com/", "filter": {"a": 1}}),
+        )
         .await
         .expect(201);
     let path = format!("/v1/subscriptions/{}", sub["id"].as_str().unwrap());
@@ -191,7 +342,15 @@ async fn patch_changes_url_filter_limits_and_pauses_but_never_disables() {
     assert_eq!(changed["rate_limit_per_s"], 9);
     assert_eq!(changed["status"], "paused");
     assert_eq!(changed["filter"], json!({"a": 1}), "untouched fields stay");
-    let cleared = app.api.patch(&path, &dealer.admin, json!({"filter": null, "rate_limit_per_s": null})).await.expect(200);
+    let cleared = app
+        .api
+        .patch(
+            &path,
+            &dealer.admin,
+            json!({"filter": null, "rate_limit_per_s": null}),
+        )
+        .await
+        .expect(200);
     assert!(cleared["filter"].is_null() && cleared["rate_limit_per_s"].is_null());
 
     for (body, pointer) in [
@@ -216,7 +375,11 @@ async fn patch_changes_url_filter_limits_and_pauses_but_never_disables() {
     let disabled = app.api.get(&path, &dealer.admin).await.expect(200);
     assert_eq!(disabled["status"], "disabled");
     assert_eq!(disabled["disabled_reason"], "endpoint answered 410 Gone");
-    let revived = app.api.patch(&path, &dealer.admin, json!({"status": "active"})).await.expect(200);
+    let revived = app
+        .api
+        .patch(&path, &dealer.admin, json!({"status": "active"}))
+        .await
+        .expect(200);
     assert_eq!(revived["status"], "active");
     assert!(revived["disabled_reason"].is_null());
 }
@@ -229,7 +392,15 @@ async fn rotating_the_secret_keeps_the_old_one_for_a_day() {
     let sub = app.subscription(&dealer.admin, &topic).await;
     let id = sub["id"].as_str().unwrap();
     let old = sub["secret"].as_str().unwrap().to_owned();
-    let rotated = app.api.post(&format!("/v1/subscriptions/{id}/rotate-secret"), &dealer.admin, json!({})).await.expect(200);
+    let rotated = app
+        .api
+        .post(
+            &format!("/v1/subscriptions/{id}/rotate-secret"),
+            &dealer.admin,
+            json!({}),
+        )
+        .await
+        .expect(200);
     let new = rotated["secret"].as_str().unwrap();
     assert!(new.starts_with("whsec_") && new != old);
     let (current, previous, hours): (String, Option<String>, f64) = sqlx::query_as(
@@ -250,10 +421,32 @@ async fn deleting_a_subscription_deletes_its_queues() {
     let app = App::spawn().await;
     let dealer = app.partner("dealer").await;
     let topic = app.topic(&dealer.admin, "t").await;
-    let id = app.subscription(&dealer.admin, &topic).await["id"].as_str().unwrap().to_owned();
-    app.api.delete(&format!("/v1/subscriptions/{id}"), &dealer.admin).await.expect(204);
-    assert!(app.env.queue_info(&format!("anika.sub.{id}")).await.is_none());
-    assert!(app.env.queue_info(&format!("anika.dlq.{id}")).await.is_none());
-    app.api.get(&format!("/v1/subscriptions/{id}"), &dealer.admin).await.expect(404);
-    app.api.delete(&format!("/v1/subscriptions/{id}"), &dealer.admin).await.expect(404);
+    let id = app.subscription(&dealer.admin, &topic).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.api
+        .delete(&format!("/v1/subscriptions/{id}"), &dealer.admin)
+        .await
+        .expect(204);
+    assert!(
+        app.env
+            .queue_info(&format!("anika.sub.{id}"))
+            .await
+            .is_none()
+    );
+    assert!(
+        app.env
+            .queue_info(&format!("anika.dlq.{id}"))
+            .await
+            .is_none()
+    );
+    app.api
+        .get(&format!("/v1/subscriptions/{id}"), &dealer.admin)
+        .await
+        .expect(404);
+    app.api
+        .delete(&format!("/v1/subscriptions/{id}"), &dealer.admin)
+        .await
+        .expect(404);
 }
