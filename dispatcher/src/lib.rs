@@ -1,20 +1,65 @@
-//! Dispatcher: consumes subscription queues and delivers signed webhooks. (Being built.)
+//! The dispatcher: one consumer per subscription queue, signed webhook delivery, retries through
+//! delay queues, dead letters, an ACL check at delivery, and an SSRF guard that resolves once.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use anika_shared::{Context, auth::Verifier};
+use anika_shared::{
+    Context,
+    amqp::{Broker, dead_letter_queue, subscription_queue},
+    auth::Verifier,
+    config::Config,
+    net::TargetPolicy,
+};
 use axum::{Router, extract::FromRef};
-use tokio::net::TcpListener;
+use sqlx::PgPool;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-/// Why dispatcher could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("dispatcher start-up: {0}")]
-pub struct StartError(String);
+mod breaker;
+mod consumer;
+pub mod deliver;
+mod publisher;
+mod registry;
+pub mod sign;
+pub mod target;
+mod writer;
 
-/// Everything an dispatcher handler needs.
+pub use target::{Lookup, LookupFuture, SystemLookup};
+
+/// Why the dispatcher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The HTTP client could not be built.
+    #[error("dispatcher start-up: HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// What consumers share: one HTTP client, one confirm publisher, one attempt writer.
+pub struct Deps {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// PostgreSQL.
+    pub pool: PgPool,
+    /// RabbitMQ.
+    pub broker: Arc<Broker>,
+    /// Which targets may be contacted.
+    pub policy: TargetPolicy,
+    sender: deliver::Sender,
+    publisher: publisher::Publisher,
+    writer: writer::Writer,
+    /// The global limit on webhook requests in flight.
+    http_slots: Semaphore,
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps").finish_non_exhaustive()
+    }
+}
+
+/// Everything a dispatcher handler needs.
 #[derive(Clone, Debug)]
 pub struct State {
     ctx: Context,
@@ -27,9 +72,96 @@ impl FromRef<State> for Arc<Verifier> {
 }
 
 impl State {
-    /// Starts dispatcher's background work (consumers, attempt log) on `tasks`.
-    pub async fn start(ctx: Context, _tasks: &TaskTracker, _shutdown: &CancellationToken) -> Result<Self, StartError> {
+    /// Starts consuming every active subscription; the work runs on `tasks` until `shutdown`.
+    pub async fn start(
+        ctx: Context,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, StartError> {
+        Self::start_with(ctx, tasks, shutdown, Arc::new(SystemLookup)).await
+    }
+
+    /// Like [`State::start`], resolving webhook hosts with `lookup` (tests point names at chosen addresses).
+    pub async fn start_with(
+        ctx: Context,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+        lookup: Arc<dyn Lookup>,
+    ) -> Result<Self, StartError> {
+        let (writer, _writer_task) = writer::Writer::start(ctx.pool.clone(), shutdown.clone());
+        let deps = Arc::new(Deps {
+            config: Arc::clone(&ctx.config),
+            pool: ctx.pool.clone(),
+            broker: Arc::clone(&ctx.broker),
+            policy: ctx.policy.clone(),
+            sender: deliver::Sender::new(&ctx.config, lookup)?,
+            publisher: publisher::Publisher::new(Arc::clone(&ctx.broker)),
+            writer,
+            http_slots: Semaphore::new(ctx.config.dispatch_concurrency),
+        });
+        let registry = registry::Registry::new(Arc::clone(&deps));
+        tasks.spawn({
+            let registry = Arc::clone(&registry);
+            let shutdown = shutdown.clone();
+            async move {
+                registry.run(shutdown).await;
+                // Every consumer is stopped; make sure their last outcomes are written and acked.
+                deps.writer.flushed().await;
+                tracing::info!("dispatcher stopped");
+            }
+        });
+        tasks.spawn(queue_gauges(
+            Arc::clone(&registry),
+            Arc::clone(&ctx.broker),
+            shutdown.clone(),
+        ));
         Ok(Self { ctx })
+    }
+}
+
+/// Publishes each subscription's queue depth and dead-letter count as gauges.
+async fn queue_gauges(
+    registry: Arc<registry::Registry>,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(mut channel) = broker.channel().await else {
+            continue;
+        };
+        for sub in registry.all().await {
+            for (queue, gauge) in [
+                (subscription_queue(sub.id), "anika_subscription_queue_depth"),
+                (dead_letter_queue(sub.id), "anika_subscription_dead_letters"),
+            ] {
+                let declared = channel
+                    .queue_declare(
+                        queue.as_str().into(),
+                        // passive: only read the count; never create a queue from a metrics loop.
+                        lapin::options::QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        lapin::types::FieldTable::default(),
+                    )
+                    .await;
+                match declared {
+                    Ok(q) => metrics::gauge!(gauge, "subscription" => sub.id.to_string())
+                        .set(f64::from(q.message_count())),
+                    // A missing queue closes the channel; open another for the rest.
+                    Err(_) => match broker.channel().await {
+                        Ok(fresh) => channel = fresh,
+                        Err(_) => break,
+                    },
+                }
+            }
+        }
+        let _ = channel.close(200, "gauges read".into()).await;
     }
 }
 
@@ -37,25 +169,33 @@ fn routes() -> OpenApiRouter<State> {
     OpenApiRouter::new()
 }
 
-/// Dispatcher's routes.
+/// The dispatcher's routes.
 pub fn router(state: State) -> Router {
     routes().with_state(state).split_for_parts().0
 }
 
-/// The OpenAPI description of dispatcher's routes.
+/// The OpenAPI description of the dispatcher's routes.
 pub fn openapi() -> OpenApi {
     routes().split_for_parts().1
 }
 
 /// Runs the dispatcher role alone on `listener` until `shutdown` fires.
-pub async fn run(listener: TcpListener, ctx: Context, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    ctx: Context,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let tasks = TaskTracker::new();
-    let state = State::start(ctx.clone(), &tasks, &shutdown).await.map_err(std::io::Error::other)?;
+    let state = State::start(ctx.clone(), &tasks, &shutdown)
+        .await
+        .map_err(std::io::Error::other)?;
     let mut api = anika_shared::http::openapi_base();
     api.merge(openapi());
-    let app = anika_shared::http::finish(
-        router(state).merge(anika_shared::http::service_router(ctx.readiness(), api, ctx.metrics.clone())),
-    );
+    let app = anika_shared::http::finish(router(state).merge(anika_shared::http::service_router(
+        ctx.readiness(),
+        api,
+        ctx.metrics.clone(),
+    )));
     anika_shared::http::serve(listener, app, shutdown).await?;
     tasks.close();
     tasks.wait().await;

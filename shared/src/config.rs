@@ -81,7 +81,9 @@ impl FromStr for LogFormat {
             "auto" => Ok(Self::Auto),
             "text" => Ok(Self::Text),
             "json" => Ok(Self::Json),
-            other => Err(format!("`{other}` is not a log format (auto, text or json)")),
+            other => Err(format!(
+                "`{other}` is not a log format (auto, text or json)"
+            )),
         }
     }
 }
@@ -144,11 +146,11 @@ impl FromStr for RetrySchedule {
 /// Formats a delay the way queue names carry it: `250ms`, `5s`, `2m`, `3h`.
 pub fn format_delay(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 3_600_000 == 0 {
+    if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1_000 == 0 {
+    } else if ms.is_multiple_of(1_000) {
         format!("{}s", ms / 1_000)
     } else {
         format!("{ms}ms")
@@ -271,9 +273,14 @@ where
         .map_err(|e| ConfigError(format!("ANIKA_{}: {e}", name.to_uppercase())))
 }
 
-fn duration_setting(name: &str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+fn duration_setting(
+    name: &str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
     let text = value.unwrap_or_else(|| default.to_owned());
-    parse_duration(text.trim()).map_err(|e| ConfigError(format!("ANIKA_{}: {e}", name.to_uppercase())))
+    parse_duration(text.trim())
+        .map_err(|e| ConfigError(format!("ANIKA_{}: {e}", name.to_uppercase())))
 }
 
 impl Config {
@@ -293,12 +300,15 @@ impl Config {
     }
 
     /// The defaults alone, with the given overrides (`("retry_schedule", "10ms,20ms")`); for tests and tools.
-    pub fn with_overrides<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, ConfigError> {
+    pub fn with_overrides<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ConfigError> {
         let mut map = serde_json::Map::new();
         for (key, value) in pairs {
             map.insert(key.to_owned(), serde_json::Value::String(value.to_owned()));
         }
-        let raw: Raw = serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| ConfigError(e.to_string()))?;
+        let raw: Raw = serde_json::from_value(serde_json::Value::Object(map))
+            .map_err(|e| ConfigError(e.to_string()))?;
         Self::from_raw(raw)
     }
 
@@ -310,35 +320,58 @@ impl Config {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| {
-                s.parse::<IpNet>()
-                    .map_err(|e| ConfigError(format!("ANIKA_ALLOWED_TARGET_NETS: `{s}` is not a CIDR ({e})")))
+                s.parse::<IpNet>().map_err(|e| {
+                    ConfigError(format!(
+                        "ANIKA_ALLOWED_TARGET_NETS: `{s}` is not a CIDR ({e})"
+                    ))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let access_token_ttl = duration_setting("access_token_ttl", raw.access_token_ttl, "15m")?;
-        if access_token_ttl > Duration::from_secs(15 * 60) || access_token_ttl < Duration::from_secs(10) {
+        if access_token_ttl > Duration::from_secs(15 * 60)
+            || access_token_ttl < Duration::from_secs(10)
+        {
             return Err(ConfigError(
                 "ANIKA_ACCESS_TOKEN_TTL: must be between 10s and 15m".into(),
             ));
         }
         let config = Self {
             listen: setting("listen", raw.listen, "127.0.0.1:8080")?,
-            database_url: Secret::new(raw.database_url.unwrap_or_else(|| "postgres://localhost/anika".into())),
+            database_url: Secret::new(
+                raw.database_url
+                    .unwrap_or_else(|| "postgres://localhost/anika".into()),
+            ),
             database_pool: setting("database_pool", raw.database_pool, "16")?,
             amqp_url: Secret::new(
                 raw.amqp_url
                     .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             ),
             queue_type: setting("queue_type", raw.queue_type, "quorum")?,
-            bootstrap_operator_key: raw.bootstrap_operator_key.filter(|k| !k.is_empty()).map(Secret::new),
+            bootstrap_operator_key: raw
+                .bootstrap_operator_key
+                .filter(|k| !k.is_empty())
+                .map(Secret::new),
             allowed_target_nets,
-            retry_schedule: setting("retry_schedule", raw.retry_schedule, "5s,30s,2m,10m,30m,1h,3h,6h,12h")?,
+            retry_schedule: setting(
+                "retry_schedule",
+                raw.retry_schedule,
+                "5s,30s,2m,10m,30m,1h,3h,6h,12h",
+            )?,
             max_event_bytes: setting("max_event_bytes", raw.max_event_bytes, "262144")?,
             max_batch_bytes: setting("max_batch_bytes", raw.max_batch_bytes, "16777216")?,
             token_issuer: raw.token_issuer.unwrap_or_else(|| "anika".into()),
             token_audience: raw.token_audience.unwrap_or_else(|| "anika-api".into()),
             access_token_ttl,
-            refresh_token_ttl: duration_setting("refresh_token_ttl", raw.refresh_token_ttl, "30days")?,
-            http_connect_timeout: duration_setting("http_connect_timeout", raw.http_connect_timeout, "5s")?,
+            refresh_token_ttl: duration_setting(
+                "refresh_token_ttl",
+                raw.refresh_token_ttl,
+                "30days",
+            )?,
+            http_connect_timeout: duration_setting(
+                "http_connect_timeout",
+                raw.http_connect_timeout,
+                "5s",
+            )?,
             http_timeout: duration_setting("http_timeout", raw.http_timeout, "15s")?,
             dispatch_concurrency: setting("dispatch_concurrency", raw.dispatch_concurrency, "512")?,
             prefetch: setting("prefetch", raw.prefetch, "200")?,
@@ -346,15 +379,37 @@ impl Config {
             retention: duration_setting("retention", raw.retention, "30days")?,
             log_format: setting("log_format", raw.log_format, "auto")?,
             public_url: raw.public_url.filter(|u| !u.is_empty()),
-            outbox_relay_interval: duration_setting("outbox_relay_interval", raw.outbox_relay_interval, "1s")?,
-            outbox_relay_after: duration_setting("outbox_relay_after", raw.outbox_relay_after, "5s")?,
-            maintenance_interval: duration_setting("maintenance_interval", raw.maintenance_interval, "1h")?,
-            reconcile_interval: duration_setting("reconcile_interval", raw.reconcile_interval, "30s")?,
-            circuit_breaker_after: setting("circuit_breaker_after", raw.circuit_breaker_after, "5")?,
+            outbox_relay_interval: duration_setting(
+                "outbox_relay_interval",
+                raw.outbox_relay_interval,
+                "1s",
+            )?,
+            outbox_relay_after: duration_setting(
+                "outbox_relay_after",
+                raw.outbox_relay_after,
+                "5s",
+            )?,
+            maintenance_interval: duration_setting(
+                "maintenance_interval",
+                raw.maintenance_interval,
+                "1h",
+            )?,
+            reconcile_interval: duration_setting(
+                "reconcile_interval",
+                raw.reconcile_interval,
+                "30s",
+            )?,
+            circuit_breaker_after: setting(
+                "circuit_breaker_after",
+                raw.circuit_breaker_after,
+                "5",
+            )?,
             shutdown_grace: duration_setting("shutdown_grace", raw.shutdown_grace, "10s")?,
         };
         if config.max_event_bytes < 1024 {
-            return Err(ConfigError("ANIKA_MAX_EVENT_BYTES: must be at least 1024".into()));
+            return Err(ConfigError(
+                "ANIKA_MAX_EVENT_BYTES: must be at least 1024".into(),
+            ));
         }
         if config.max_batch_bytes < config.max_event_bytes {
             return Err(ConfigError(
@@ -402,7 +457,10 @@ mod tests {
         let err = Config::with_overrides([("retry_schedule", "5s,soon")]).unwrap_err();
         assert!(err.to_string().contains("ANIKA_RETRY_SCHEDULE"), "{err}");
         let err = Config::with_overrides([("allowed_target_nets", "10.0.0.0/33")]).unwrap_err();
-        assert!(err.to_string().contains("ANIKA_ALLOWED_TARGET_NETS"), "{err}");
+        assert!(
+            err.to_string().contains("ANIKA_ALLOWED_TARGET_NETS"),
+            "{err}"
+        );
         let err = Config::with_overrides([("access_token_ttl", "1h")]).unwrap_err();
         assert!(err.to_string().contains("ANIKA_ACCESS_TOKEN_TTL"), "{err}");
     }
@@ -414,15 +472,24 @@ mod tests {
         let s: RetrySchedule = "100ms,1s,1m".parse().unwrap();
         assert_eq!(s.delay_before(2), Duration::from_millis(100));
         assert_eq!(s.delay_before(9), Duration::from_secs(60));
-        assert_eq!(s.tier_at_least(Duration::from_millis(500)), Duration::from_secs(1));
-        assert_eq!(s.tier_at_least(Duration::from_secs(3600)), Duration::from_secs(60));
+        assert_eq!(
+            s.tier_at_least(Duration::from_millis(500)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            s.tier_at_least(Duration::from_secs(3600)),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]
     fn secrets_are_not_printed() {
         let c = Config::with_overrides([("bootstrap_operator_key", "hunter2")]).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
-        assert_eq!(redact_url("amqp://guest:pw@h:5672/%2f"), "amqp://guest:***@h:5672/%2f");
+        assert_eq!(
+            redact_url("amqp://guest:pw@h:5672/%2f"),
+            "amqp://guest:***@h:5672/%2f"
+        );
     }
 
     #[test]

@@ -114,7 +114,11 @@ impl Meta {
         let event = EventId::parse(properties.message_id().as_ref()?.as_str()).ok()?;
         let topic = TopicId::parse(&header_str(properties, TOPIC_HEADER)?).ok()?;
         let attempts = header_u32(properties, ATTEMPT_HEADER).unwrap_or(0);
-        Some(Self { event, topic, attempts })
+        Some(Self {
+            event,
+            topic,
+            attempts,
+        })
     }
 }
 
@@ -126,9 +130,20 @@ mod tests {
     fn an_envelope_keeps_data_byte_for_byte() {
         let data = RawValue::from_string(r#"{"price": 1.50, "car":"ü"}"#.to_owned()).unwrap();
         let id = EventId::new();
-        let body = Envelope::encode(id, TopicId::new(), "car.chosen", PartnerId::new(), Some("k1"), id.timestamp(), &data);
+        let body = Envelope::encode(
+            id,
+            TopicId::new(),
+            "car.chosen",
+            PartnerId::new(),
+            Some("k1"),
+            id.timestamp(),
+            &data,
+        );
         let text = String::from_utf8(body.clone()).unwrap();
-        assert!(text.contains(r#""data":{"price": 1.50, "car":"ü"}"#), "{text}");
+        assert!(
+            text.contains(r#""data":{"price": 1.50, "car":"ü"}"#),
+            "{text}"
+        );
         let back = Envelope::decode(&body).unwrap();
         assert_eq!(back.id, id);
         assert_eq!(back.topic, "car.chosen");
@@ -140,7 +155,14 @@ mod tests {
         let (event, topic) = (EventId::new(), TopicId::new());
         let props = properties(event, topic, 0);
         assert_eq!(props.delivery_mode(), &Some(2));
-        assert_eq!(Meta::read(&props), Some(Meta { event, topic, attempts: 0 }));
+        assert_eq!(
+            Meta::read(&props),
+            Some(Meta {
+                event,
+                topic,
+                attempts: 0
+            })
+        );
         let retried = with_attempts(&props, 3);
         assert_eq!(Meta::read(&retried).unwrap().attempts, 3);
     }

@@ -30,12 +30,14 @@ use crate::config::Config;
 
 /// The PostgreSQL server tests use (a superuser; `DATABASE_URL` overrides).
 pub fn admin_database_url() -> String {
-    std::env::var("ANIKA_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("ANIKA_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// The RabbitMQ management API tests use (`ANIKA_TEST_RABBITMQ_API` overrides).
 pub fn rabbitmq_api() -> String {
-    std::env::var("ANIKA_TEST_RABBITMQ_API").unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into())
+    std::env::var("ANIKA_TEST_RABBITMQ_API")
+        .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into())
 }
 
 /// The AMQP server tests use, without vhost.
@@ -69,9 +71,16 @@ impl TestEnv {
     pub async fn new() -> Self {
         let template = TEMPLATE.get_or_init(prepare_template).await.clone();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("anika_t_{}_{}_{}", std::process::id(), n, rand::random::<u32>());
+        let name = format!(
+            "anika_t_{}_{}_{}",
+            std::process::id(),
+            n,
+            rand::random::<u32>()
+        );
         let admin_url = admin_database_url();
-        let mut admin = PgConnection::connect(&admin_url).await.expect("connect to PostgreSQL");
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to PostgreSQL");
         let create = format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"");
         let mut tries = 0;
         loop {
@@ -111,29 +120,50 @@ impl TestEnv {
         Config::with_overrides(pairs).expect("test configuration")
     }
 
-    /// Queue depth and consumer count of `queue`, read from the broker (passive declare).
+    /// Message count of `queue`, read live from the broker (passive declare); `None` if it does not exist.
     pub async fn queue_depth(&self, queue: &str) -> Option<u32> {
-        let conn = lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
+        self.queue_counts(queue).await.map(|(messages, _)| messages)
+    }
+
+    /// Consumer count of `queue`, read live from the broker; `None` if it does not exist.
+    pub async fn consumers(&self, queue: &str) -> Option<u32> {
+        self.queue_counts(queue)
             .await
-            .expect("connect to RabbitMQ");
+            .map(|(_, consumers)| consumers)
+    }
+
+    /// Messages and consumers of `queue` (the management API lags by seconds; this does not).
+    pub async fn queue_counts(&self, queue: &str) -> Option<(u32, u32)> {
+        let conn =
+            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
+                .await
+                .expect("connect to RabbitMQ");
         let channel = conn.create_channel().await.expect("channel");
         let result = channel
             .queue_declare(
                 queue.into(),
                 // passive: only ask; never create what the code under test should have made.
-                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
                 lapin::types::FieldTable::default(),
             )
             .await
             .ok()
-            .map(|q| q.message_count());
+            .map(|q| (q.message_count(), q.consumer_count()));
         let _ = conn.close(200, "done".into()).await;
         result
     }
 
     /// The bindings of `queue` as `(exchange, routing key)`, read from the management API.
     pub async fn bindings(&self, queue: &str) -> Vec<(String, String)> {
-        let url = format!("{}/api/queues/{}/{}/bindings", rabbitmq_api(), self.vhost, queue);
+        let url = format!(
+            "{}/api/queues/{}/{}/bindings",
+            rabbitmq_api(),
+            self.vhost,
+            queue
+        );
         let response = management(reqwest::Method::GET, &url).await;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Vec::new();
@@ -148,6 +178,38 @@ impl TestEnv {
                 )
             })
             .collect()
+    }
+
+    /// Closes every client connection to this vhost, as a broker restart would (management API).
+    pub async fn close_connections(&self) -> usize {
+        let url = format!("{}/api/vhosts/{}/connections", rabbitmq_api(), self.vhost);
+        // The management API learns of new connections with its statistics, seconds late.
+        let mut list: Vec<serde_json::Value> = Vec::new();
+        for _ in 0..40 {
+            list = management(reqwest::Method::GET, &url)
+                .await
+                .json()
+                .await
+                .expect("connections JSON");
+            if !list.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let mut closed = 0;
+        for name in list.iter().filter_map(|c| c["name"].as_str()) {
+            let encoded: String = form_urlencoded::byte_serialize(name.as_bytes())
+                .collect::<String>()
+                .replace('+', "%20");
+            let url = format!("{}/api/connections/{encoded}", rabbitmq_api());
+            if try_management(reqwest::Method::DELETE, &url, None)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Queue arguments of `queue` as the broker reports them (`None` if it does not exist).
@@ -167,7 +229,9 @@ impl Drop for TestEnv {
         let vhost = self.vhost.clone();
         // Drop cannot await; a short-lived runtime on its own thread does the clean-up.
         let handle = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(runtime) = runtime {
                 runtime.block_on(async {
                     drop_database(&database).await;
@@ -188,9 +252,14 @@ async fn prepare_template() -> String {
     let digest = hasher.finalize();
     let name = format!("anika_tmpl_{}", hex::encode(&digest[..6]));
     let admin_url = admin_database_url();
-    let mut admin = PgConnection::connect(&admin_url).await.expect("connect to PostgreSQL");
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to PostgreSQL");
     // Serialise template creation across concurrently running test processes.
-    sqlx::query("SELECT pg_advisory_lock(4242)").execute(&mut admin).await.expect("lock");
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut admin)
+        .await
+        .expect("lock");
     sweep_leftovers(&mut admin).await;
     let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
         .bind(&name)
@@ -200,34 +269,51 @@ async fn prepare_template() -> String {
     if exists.is_none() {
         let building = format!("{name}_building");
         let _ = admin
-            .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{building}\"")))
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{building}\""
+            )))
             .await;
         admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{building}\"")))
+            .execute(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE \"{building}\""
+            )))
             .await
             .expect("create template");
-        let mut conn = PgConnection::connect(&with_database(&admin_url, &building)).await.expect("connect template");
-        crate::db::MIGRATOR.run(&mut conn).await.expect("migrate template");
+        let mut conn = PgConnection::connect(&with_database(&admin_url, &building))
+            .await
+            .expect("connect template");
+        crate::db::MIGRATOR
+            .run(&mut conn)
+            .await
+            .expect("migrate template");
         conn.close().await.expect("close template");
         admin
-            .execute(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{building}\" RENAME TO \"{name}\"")))
+            .execute(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE \"{building}\" RENAME TO \"{name}\""
+            )))
             .await
             .expect("publish template");
     }
-    sqlx::query("SELECT pg_advisory_unlock(4242)").execute(&mut admin).await.expect("unlock");
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut admin)
+        .await
+        .expect("unlock");
     let _ = admin.close().await;
     name
 }
 
 /// Drops databases and vhosts left by test processes that no longer run.
 async fn sweep_leftovers(admin: &mut PgConnection) {
-    let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'anika\\_t\\_%'")
-        .fetch_all(&mut *admin)
-        .await
-        .unwrap_or_default();
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'anika\\_t\\_%'")
+            .fetch_all(&mut *admin)
+            .await
+            .unwrap_or_default();
     for name in names.into_iter().filter(|n| !owner_alive(n)) {
         let _ = admin
-            .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+            )))
             .await;
     }
     let url = format!("{}/api/vhosts", rabbitmq_api());
@@ -253,7 +339,9 @@ fn owner_alive(name: &str) -> bool {
 async fn drop_database(name: &str) {
     if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
         let _ = admin
-            .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+            )))
             .await;
         let _ = admin.close().await;
     }
@@ -271,10 +359,14 @@ fn split_credentials(url: &str) -> (String, String, String) {
     let parsed = url::Url::parse(url).expect("management URL");
     let user = parsed.username().to_owned();
     let password = parsed.password().unwrap_or_default().to_owned();
-    let mut bare = parsed.clone();
+    let mut bare = parsed;
     let _ = bare.set_username("");
     let _ = bare.set_password(None);
-    (bare.to_string().trim_end_matches('/').to_owned(), user, password)
+    (
+        bare.to_string().trim_end_matches('/').to_owned(),
+        user,
+        password,
+    )
 }
 
 async fn management(method: reqwest::Method, url: &str) -> reqwest::Response {
@@ -289,7 +381,9 @@ async fn try_management(
     body: Option<serde_json::Value>,
 ) -> Result<reqwest::Response, reqwest::Error> {
     let (bare, user, password) = split_credentials(url);
-    let mut request = client().request(method, bare).basic_auth(user, Some(password));
+    let mut request = client()
+        .request(method, bare)
+        .basic_auth(user, Some(password));
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -299,7 +393,11 @@ async fn try_management(
 async fn create_vhost(name: &str) {
     let api = rabbitmq_api();
     let response = management(reqwest::Method::PUT, &format!("{api}/api/vhosts/{name}")).await;
-    assert!(response.status().is_success(), "create vhost: {}", response.status());
+    assert!(
+        response.status().is_success(),
+        "create vhost: {}",
+        response.status()
+    );
     let user = split_credentials(&api).1;
     let response = try_management(
         reqwest::Method::PUT,
@@ -308,7 +406,11 @@ async fn create_vhost(name: &str) {
     )
     .await
     .expect("set vhost permissions");
-    assert!(response.status().is_success(), "vhost permissions: {}", response.status());
+    assert!(
+        response.status().is_success(),
+        "vhost permissions: {}",
+        response.status()
+    );
 }
 
 async fn delete_vhost(name: &str) {
@@ -382,9 +484,13 @@ impl Receiver {
     /// Starts a receiver on a given address (to come back on the same port after a stop).
     pub async fn start_on(addr: SocketAddr) -> Self {
         let state = Arc::new(ReceiverState::default());
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind receiver");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind receiver");
         let addr = listener.local_addr().expect("receiver address");
-        let app = Router::new().fallback(receive).with_state(Arc::clone(&state));
+        let app = Router::new()
+            .fallback(receive)
+            .with_state(Arc::clone(&state));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -453,7 +559,9 @@ async fn receive(
     state.notify.notify_waiters();
     match reply {
         Reply::Status(code) => status(code).into_response(),
-        Reply::RetryAfter(code, seconds) => (status(code), [("retry-after", seconds.to_string())]).into_response(),
+        Reply::RetryAfter(code, seconds) => {
+            (status(code), [("retry-after", seconds.to_string())]).into_response()
+        }
         Reply::Redirect(location) => (StatusCode::FOUND, [("location", location)]).into_response(),
         Reply::Delay(_) => StatusCode::OK.into_response(),
         Reply::Body(code, body) => (status(code), body).into_response(),
@@ -487,7 +595,11 @@ impl Answer {
     /// Asserts the status, showing the body when it differs.
     #[track_caller]
     pub fn expect(self, status: u16) -> serde_json::Value {
-        assert_eq!(self.status, status, "unexpected status; body: {}", self.body);
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.body
+        );
         if status >= 400 {
             self.assert_problem();
         }
@@ -497,11 +609,28 @@ impl Answer {
     /// Asserts this is an RFC 9457 problem document with a useful detail.
     #[track_caller]
     pub fn assert_problem(&self) {
-        let content_type = self.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
-        assert_eq!(content_type, "application/problem+json", "not a problem document: {}", self.body);
-        assert_eq!(self.body["status"].as_u64(), Some(u64::from(self.status)), "{}", self.body);
+        let content_type = self
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert_eq!(
+            content_type, "application/problem+json",
+            "not a problem document: {}",
+            self.body
+        );
+        assert_eq!(
+            self.body["status"].as_u64(),
+            Some(u64::from(self.status)),
+            "{}",
+            self.body
+        );
         for field in ["type", "title", "detail"] {
-            assert!(self.body[field].as_str().is_some_and(|s| !s.is_empty()), "problem without {field}: {}", self.body);
+            assert!(
+                self.body[field].as_str().is_some_and(|s| !s.is_empty()),
+                "problem without {field}: {}",
+                self.body
+            );
         }
     }
 
@@ -514,7 +643,12 @@ impl Answer {
     pub fn pointers(&self) -> Vec<String> {
         self.body["errors"]
             .as_array()
-            .map(|errors| errors.iter().filter_map(|e| e["pointer"].as_str().map(str::to_owned)).collect())
+            .map(|errors| {
+                errors
+                    .iter()
+                    .filter_map(|e| e["pointer"].as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -548,8 +682,18 @@ impl Api {
     }
 
     /// Sends raw bytes with a content type (for malformed-body tests).
-    pub async fn send_raw(&self, method: reqwest::Method, path: &str, token: Option<&str>, content_type: Option<&str>, body: Vec<u8>) -> Answer {
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).body(body);
+    pub async fn send_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Answer {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .body(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -564,44 +708,61 @@ impl Api {
         let headers = response.headers().clone();
         let bytes = response.bytes().await.expect("API body");
         let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Answer { status, headers, body }
+        Answer {
+            status,
+            headers,
+            body,
+        }
     }
 
     /// GET.
     pub async fn get(&self, path: &str, token: &str) -> Answer {
-        self.send(reqwest::Method::GET, path, Some(token), None).await
+        self.send(reqwest::Method::GET, path, Some(token), None)
+            .await
     }
 
     /// POST with a JSON body.
     pub async fn post(&self, path: &str, token: &str, body: serde_json::Value) -> Answer {
-        self.send(reqwest::Method::POST, path, Some(token), Some(&body)).await
+        self.send(reqwest::Method::POST, path, Some(token), Some(&body))
+            .await
     }
 
     /// PATCH with a JSON body.
     pub async fn patch(&self, path: &str, token: &str, body: serde_json::Value) -> Answer {
-        self.send(reqwest::Method::PATCH, path, Some(token), Some(&body)).await
+        self.send(reqwest::Method::PATCH, path, Some(token), Some(&body))
+            .await
     }
 
     /// PUT without body.
     pub async fn put(&self, path: &str, token: &str) -> Answer {
-        self.send(reqwest::Method::PUT, path, Some(token), None).await
+        self.send(reqwest::Method::PUT, path, Some(token), None)
+            .await
     }
 
     /// DELETE.
     pub async fn delete(&self, path: &str, token: &str) -> Answer {
-        self.send(reqwest::Method::DELETE, path, Some(token), None).await
+        self.send(reqwest::Method::DELETE, path, Some(token), None)
+            .await
     }
 
     /// Exchanges an API key for an access token.
     pub async fn token(&self, api_key: &str) -> String {
         let body = serde_json::json!({"grant_type": "api_key", "api_key": api_key});
-        let answer = self.send(reqwest::Method::POST, "/v1/auth/token", None, Some(&body)).await;
-        answer.expect(200)["access_token"].as_str().expect("access_token").to_owned()
+        let answer = self
+            .send(reqwest::Method::POST, "/v1/auth/token", None, Some(&body))
+            .await;
+        answer.expect(200)["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
     }
 
     /// Creates a partner (as an operator) with an admin and a publisher; returns their tokens.
     pub async fn partner(&self, operator: &str, name: &str) -> Partner {
-        let partner = self.post("/v1/partners", operator, serde_json::json!({"name": name})).await.expect(201);
+        let partner = self
+            .post("/v1/partners", operator, serde_json::json!({"name": name}))
+            .await
+            .expect(201);
         let id = partner["id"].as_str().expect("partner id").to_owned();
         let mut tokens = Vec::new();
         for role in ["admin", "publisher"] {
@@ -617,7 +778,11 @@ impl Api {
         }
         let publisher = tokens.pop().expect("publisher");
         let admin = tokens.pop().expect("admin");
-        Partner { id, admin, publisher }
+        Partner {
+            id,
+            admin,
+            publisher,
+        }
     }
 }
 

@@ -1,0 +1,279 @@
+//! The attempt log, written in batches off the hot path, and the acks that wait for it.
+//!
+//! A message is acknowledged only after the record of what happened to it is
+//! committed: the writer takes everything queued, inserts it in one statement
+//! per table, commits, then settles the messages. Under load the batches grow
+//! by themselves while the previous insert runs.
+
+use std::time::Duration;
+
+use anika_shared::domain::{AttemptId, EventId, SubscriptionId};
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use lapin::{
+    Acker,
+    options::{BasicAckOptions, BasicNackOptions},
+};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Largest batch per insert.
+const MAX_BATCH: usize = 2000;
+
+/// One delivery attempt.
+#[derive(Clone, Debug)]
+pub struct AttemptRow {
+    /// The subscription.
+    pub subscription: SubscriptionId,
+    /// The event.
+    pub event: EventId,
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// Whether it was a 2xx.
+    pub succeeded: bool,
+    /// The status, if the endpoint answered.
+    pub http_status: Option<u16>,
+    /// What went wrong.
+    pub error: Option<String>,
+    /// How long it took.
+    pub duration: Duration,
+    /// The start of the response body.
+    pub response_excerpt: Option<String>,
+    /// When it ended.
+    pub at: DateTime<Utc>,
+}
+
+/// A message acknowledged without sending.
+#[derive(Clone, Debug)]
+pub struct SkipRow {
+    /// The subscription.
+    pub subscription: SubscriptionId,
+    /// The event.
+    pub event: EventId,
+    /// Why.
+    pub reason: String,
+}
+
+/// What to do with the message once its records are durable.
+#[derive(Debug)]
+pub enum Settle {
+    /// Remove it from the queue.
+    Ack(Acker),
+    /// Put it back at the head of the queue (to be delivered later).
+    Requeue(Acker),
+    /// Nothing (it is still being worked on, or was settled elsewhere).
+    Keep,
+}
+
+// The barrier is rare; boxing the common variant would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Job {
+    Record {
+        attempt: Option<AttemptRow>,
+        skip: Option<SkipRow>,
+        settle: Settle,
+    },
+    /// Answers once everything sent before it is written and settled.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Hands records to the writer task.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer task; it stops when every `Writer` is dropped and the queue is drained.
+    pub fn start(pool: PgPool, stop: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = tokio::spawn(run(pool, rx, stop));
+        (Self { tx }, handle)
+    }
+
+    /// Records an attempt, then settles its message.
+    pub fn attempt(&self, row: AttemptRow, settle: Settle) {
+        self.send(Job::Record {
+            attempt: Some(row),
+            skip: None,
+            settle,
+        });
+    }
+
+    /// Records a skip, then acknowledges its message.
+    pub fn skip(&self, row: SkipRow, acker: Acker) {
+        self.send(Job::Record {
+            attempt: None,
+            skip: Some(row),
+            settle: Settle::Ack(acker),
+        });
+    }
+
+    /// Settles a message with nothing to record.
+    pub fn settle(&self, settle: Settle) {
+        self.send(Job::Record {
+            attempt: None,
+            skip: None,
+            settle,
+        });
+    }
+
+    /// Waits until everything handed over before this call is written and settled.
+    pub async fn flushed(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Barrier(tx));
+        let _ = rx.await;
+    }
+
+    fn send(&self, job: Job) {
+        if self.tx.send(job).is_err() {
+            // The writer is gone (shutdown): the message stays unacknowledged and is redelivered.
+            tracing::debug!(
+                "attempt writer stopped; a record is dropped and its message will be redelivered"
+            );
+        }
+    }
+}
+
+async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Job>, stop: CancellationToken) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut attempts = Vec::new();
+        let mut skips = Vec::new();
+        let mut settles = Vec::new();
+        let mut barriers = Vec::new();
+        for job in batch.drain(..) {
+            match job {
+                Job::Record {
+                    attempt,
+                    skip,
+                    settle,
+                } => {
+                    attempts.extend(attempt);
+                    skips.extend(skip);
+                    settles.push(settle);
+                }
+                Job::Barrier(done) => barriers.push(done),
+            }
+        }
+        let write = || insert(&pool, &attempts, &skips);
+        let written = write
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_delay(Duration::from_secs(5))
+                    .without_max_times(),
+            )
+            .when(|_| !stop.is_cancelled())
+            .notify(|e, wait| tracing::warn!(error = %e, ?wait, "cannot write the attempt log; retrying"))
+            .await;
+        match written {
+            Ok(()) => {
+                metrics::counter!("anika_attempt_records_written_total")
+                    .increment(attempts.len() as u64);
+                join_all(settles.into_iter().map(settle)).await;
+            }
+            Err(e) => {
+                // Shutting down with PostgreSQL away: leave the messages unacknowledged,
+                // the broker redelivers them and the attempts are made (and recorded) again.
+                tracing::warn!(error = %e, dropped = attempts.len(), "attempt log not written at shutdown");
+            }
+        }
+        for done in barriers {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn settle(settle: Settle) {
+    let result = match settle {
+        Settle::Ack(acker) => acker.ack(BasicAckOptions::default()).await,
+        // requeue: the message goes back to the head of its queue for a later delivery.
+        Settle::Requeue(acker) => {
+            acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+        Settle::Keep => return,
+    };
+    if let Err(e) = result {
+        // The channel died after the outcome was recorded: the broker redelivers
+        // the message and the subscriber sees a duplicate with the same webhook-id.
+        tracing::debug!(error = %e, "could not settle a message; it will be redelivered");
+    }
+}
+
+async fn insert(
+    pool: &PgPool,
+    attempts: &[AttemptRow],
+    skips: &[SkipRow],
+) -> Result<(), sqlx::Error> {
+    if attempts.is_empty() && skips.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    if !attempts.is_empty() {
+        let mut ids = Vec::with_capacity(attempts.len());
+        let mut subs = Vec::with_capacity(attempts.len());
+        let mut events = Vec::with_capacity(attempts.len());
+        let mut numbers = Vec::with_capacity(attempts.len());
+        let mut statuses = Vec::with_capacity(attempts.len());
+        let mut http = Vec::with_capacity(attempts.len());
+        let mut errors = Vec::with_capacity(attempts.len());
+        let mut durations = Vec::with_capacity(attempts.len());
+        let mut excerpts = Vec::with_capacity(attempts.len());
+        let mut ats = Vec::with_capacity(attempts.len());
+        for a in attempts {
+            ids.push(AttemptId::new().uuid());
+            subs.push(a.subscription.uuid());
+            events.push(a.event.uuid());
+            numbers.push(a.attempt as i32);
+            statuses.push(if a.succeeded { "succeeded" } else { "failed" });
+            http.push(a.http_status.map(i32::from));
+            errors.push(a.error.clone());
+            durations.push(a.duration.as_millis().min(i32::MAX as u128) as i32);
+            excerpts.push(a.response_excerpt.clone());
+            ats.push(a.at);
+        }
+        sqlx::query(
+            "INSERT INTO attempts (id, subscription_id, event_id, attempt, status, http_status, error, \
+                                   duration_ms, response_excerpt, at) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int4[], $5::text[], $6::int4[], \
+                                  $7::text[], $8::int4[], $9::text[], $10::timestamptz[])",
+        )
+        .bind(ids)
+        .bind(subs)
+        .bind(events)
+        .bind(numbers)
+        .bind(statuses)
+        .bind(http)
+        .bind(errors)
+        .bind(durations)
+        .bind(excerpts)
+        .bind(ats)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !skips.is_empty() {
+        let subs: Vec<Uuid> = skips.iter().map(|s| s.subscription.uuid()).collect();
+        let events: Vec<Uuid> = skips.iter().map(|s| s.event.uuid()).collect();
+        let reasons: Vec<&str> = skips.iter().map(|s| s.reason.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO skips (subscription_id, event_id, reason) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[])",
+        )
+        .bind(subs)
+        .bind(events)
+        .bind(reasons)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}

@@ -1,0 +1,9 @@
+//! The dispatcher against real PostgreSQL, RabbitMQ and HTTP receivers.
+
+mod access;
+mod health;
+mod helpers;
+mod lifecycle;
+mod ordering;
+mod retries;
+mod signing;
