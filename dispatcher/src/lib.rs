@@ -21,7 +21,9 @@ mod breaker;
 mod consumer;
 pub mod deliver;
 mod publisher;
+pub mod recovery;
 mod registry;
+mod routes;
 pub mod sign;
 pub mod target;
 mod writer;
@@ -166,7 +168,7 @@ async fn queue_gauges(
 }
 
 fn routes() -> OpenApiRouter<State> {
-    OpenApiRouter::new()
+    routes::routes()
 }
 
 /// The dispatcher's routes.

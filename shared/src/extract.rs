@@ -32,6 +32,27 @@ where
     }
 }
 
+/// An optional JSON body: no body at all is `None`; any body must be valid.
+impl<S, T> axum::extract::OptionalFromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        let json_type = require_json_content_type(req.headers());
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        json_type?;
+        parse_json_object(&bytes).map(|v| Some(Json(v)))
+    }
+}
+
 /// Like [`parse_json`], for request bodies, which are always JSON objects: serde
 /// would otherwise read a struct from an array (`[]` as an empty PATCH).
 pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {

@@ -5,5 +5,6 @@ mod health;
 mod helpers;
 mod lifecycle;
 mod ordering;
+mod recovery;
 mod retries;
 mod signing;

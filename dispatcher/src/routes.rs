@@ -1,0 +1,396 @@
+//! Routes for subscribers and operators: attempts, dead letters (list, replay, purge), replay from the log.
+
+use anika_shared::{
+    Problem,
+    auth::Principal,
+    domain::{Role, SubscriptionId},
+    extract::{Json, Path, Query},
+    page::{Limit, Page, decode_cursor},
+    problem::{internal_error, problem_from_db},
+};
+use axum::{
+    extract::State as AxumState,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{State, recovery::RecoveryError};
+
+pub(crate) fn routes() -> OpenApiRouter<State> {
+    OpenApiRouter::new()
+        .routes(routes!(list_attempts))
+        .routes(routes!(list_dead_letters, purge_dead_letters))
+        .routes(routes!(replay_dead_letters))
+        .routes(routes!(replay_log))
+}
+
+/// The dispatcher's one error type, mapped once to problem documents.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A client error decided by a handler.
+    #[error(transparent)]
+    Client(#[from] Problem),
+    /// PostgreSQL failed.
+    #[error("database")]
+    Db(#[from] sqlx::Error),
+    /// A recovery failed.
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Client(problem) => problem.into_response(),
+            Self::Db(e) | Self::Recovery(RecoveryError::Db(e)) => problem_from_db(&e)
+                .unwrap_or_else(|| internal_error(&e))
+                .into_response(),
+            Self::Recovery(RecoveryError::Broker(e)) => {
+                tracing::warn!(error = %e, "recovery interrupted by RabbitMQ; nothing unconfirmed was removed");
+                Problem::unavailable(format!(
+                    "RabbitMQ: {e}; what was not moved stays where it was, retry"
+                ))
+                .into_response()
+            }
+            Self::Recovery(RecoveryError::NoSubscription(id)) => {
+                Problem::not_found(format!("no subscription {id}")).into_response()
+            }
+            Self::Recovery(e @ RecoveryError::NotAllowed) => {
+                Problem::conflict(e.to_string()).into_response()
+            }
+        }
+    }
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The caller may manage this subscription: its partner's admin or an operator.
+/// Strangers get 404; the partner's publishers 403.
+async fn authorize(state: &State, principal: &Principal, id: SubscriptionId) -> Result<()> {
+    let partner: Option<Uuid> =
+        sqlx::query_scalar("SELECT partner_id FROM subscriptions WHERE id = $1")
+            .bind(id.uuid())
+            .fetch_optional(&state.ctx.pool)
+            .await?;
+    match partner {
+        Some(p) if principal.sees_partner(p.into()) => {
+            if principal.role() == Role::Publisher {
+                Err(Problem::forbidden("this needs an admin or operator key").into())
+            } else {
+                Ok(())
+            }
+        }
+        _ => Err(Problem::not_found(format!("no subscription {id}")).into()),
+    }
+}
+
+/// Outcome filter of the attempt list.
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum AttemptStatus {
+    /// 2xx.
+    Succeeded,
+    /// Anything else.
+    Failed,
+}
+
+/// Filters of the attempt list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AttemptQuery {
+    /// Only attempts with this outcome.
+    #[param(value_type = Option<AttemptStatus>)]
+    status: Option<AttemptStatus>,
+    /// Only attempts at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<DateTime<Utc>>,
+    /// Page size (1–1000, default 50).
+    #[param(value_type = Option<u32>)]
+    limit: Option<Limit>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub(crate) struct AttemptOut {
+    #[schema(value_type = String, format = Uuid)]
+    id: Uuid,
+    #[schema(value_type = String, format = Uuid)]
+    event_id: Uuid,
+    /// 1 for the first try.
+    attempt: i32,
+    /// `succeeded` or `failed`.
+    status: String,
+    http_status: Option<i32>,
+    error: Option<String>,
+    duration_ms: i32,
+    /// At most 4 KiB of the response body.
+    response_excerpt: Option<String>,
+    at: DateTime<Utc>,
+}
+
+/// List a subscription's delivery attempts, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{id}/attempts",
+    tag = "deliveries",
+    params(("id" = String, Path, description = "Subscription id"), AttemptQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of attempts", body = Page<AttemptOut>),
+        (status = 404, description = "Not yours", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_attempts(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<SubscriptionId>,
+    Query(query): Query<AttemptQuery>,
+) -> Result<axum::Json<Page<AttemptOut>>> {
+    authorize(&state, &principal, id).await?;
+    let limit = query.limit.unwrap_or_default();
+    let before: Option<(DateTime<Utc>, Uuid)> =
+        query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let status = query.status.map(|s| match s {
+        AttemptStatus::Succeeded => "succeeded",
+        AttemptStatus::Failed => "failed",
+    });
+    let rows: Vec<AttemptOut> = sqlx::query_as(
+        "SELECT id, event_id, attempt, status, http_status, error, duration_ms, response_excerpt, at \
+         FROM attempts WHERE subscription_id = $1 \
+           AND ($2::text IS NULL OR status = $2) AND ($3::timestamptz IS NULL OR at >= $3) \
+           AND ($4::timestamptz IS NULL OR (at, id) < ($4, $5)) \
+         ORDER BY at DESC, id DESC LIMIT $6",
+    )
+    .bind(id.uuid())
+    .bind(status)
+    .bind(query.since)
+    .bind(before.map(|b| b.0))
+    .bind(before.map(|b| b.1))
+    .bind(limit.fetch())
+    .fetch_all(&state.ctx.pool)
+    .await?;
+    Ok(axum::Json(Page::from_rows(rows, limit, |a| (a.at, a.id))))
+}
+
+/// One dead-lettered message.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub(crate) struct DeadLetterOut {
+    #[schema(value_type = String, format = Uuid)]
+    event_id: Uuid,
+    /// Attempts made before giving up.
+    attempts: i32,
+    last_error: String,
+    dead_at: DateTime<Utc>,
+}
+
+/// A page of dead letters with their total.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeadLetters {
+    items: Vec<DeadLetterOut>,
+    /// How many messages are dead-lettered in all.
+    total: i64,
+    next_cursor: Option<String>,
+}
+
+/// Page through dead letters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeadLetterQuery {
+    /// Page size (1–1000, default 50).
+    #[param(value_type = Option<u32>)]
+    limit: Option<Limit>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// List the messages currently dead-lettered, newest first, with the total.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{id}/dead-letters",
+    tag = "deliveries",
+    params(("id" = String, Path, description = "Subscription id"), DeadLetterQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Dead letters", body = DeadLetters),
+        (status = 404, description = "Not yours", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_dead_letters(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<SubscriptionId>,
+    Query(query): Query<DeadLetterQuery>,
+) -> Result<axum::Json<DeadLetters>> {
+    authorize(&state, &principal, id).await?;
+    let limit = query.limit.unwrap_or_default();
+    let before: Option<(DateTime<Utc>, Uuid)> =
+        query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let total: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE subscription_id = $1")
+            .bind(id.uuid())
+            .fetch_one(&state.ctx.pool)
+            .await?;
+    let rows: Vec<DeadLetterOut> = sqlx::query_as(
+        "SELECT event_id, attempts, last_error, dead_at FROM dead_letters WHERE subscription_id = $1 \
+           AND ($2::timestamptz IS NULL OR (dead_at, event_id) < ($2, $3)) \
+         ORDER BY dead_at DESC, event_id DESC LIMIT $4",
+    )
+    .bind(id.uuid())
+    .bind(before.map(|b| b.0))
+    .bind(before.map(|b| b.1))
+    .bind(limit.fetch())
+    .fetch_all(&state.ctx.pool)
+    .await?;
+    let page = Page::from_rows(rows, limit, |d| (d.dead_at, d.event_id));
+    Ok(axum::Json(DeadLetters {
+        items: page.items,
+        total,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// How many dead letters to move back.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayDeadLetters {
+    /// At most this many (default: all).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    limit: Option<u64>,
+}
+
+/// How many dead letters were moved.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Replayed {
+    replayed: u64,
+}
+
+/// Move dead letters back to delivery, each with a fresh attempt budget.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{id}/dead-letters/replay",
+    tag = "deliveries",
+    params(("id" = String, Path, description = "Subscription id")),
+    request_body = ReplayDeadLetters,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Moved back to delivery", body = Replayed),
+        (status = 404, description = "Not yours", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "RabbitMQ unreachable; nothing unconfirmed was moved", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn replay_dead_letters(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<SubscriptionId>,
+    body: Option<Json<ReplayDeadLetters>>,
+) -> Result<(StatusCode, axum::Json<Replayed>)> {
+    authorize(&state, &principal, id).await?;
+    let limit = body.and_then(|Json(b)| b.limit);
+    if limit == Some(0) {
+        return Err(Problem::invalid_field("/limit", "limit must be at least 1").into());
+    }
+    let replayed = crate::recovery::replay_dead_letters(
+        &state.ctx.pool,
+        &state.ctx.broker,
+        id,
+        limit,
+        &|_| {},
+    )
+    .await?;
+    tracing::info!(subscription = %id, replayed, "dead letters replayed");
+    Ok((StatusCode::ACCEPTED, axum::Json(Replayed { replayed })))
+}
+
+/// How many dead letters were dropped.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Purged {
+    purged: u64,
+}
+
+/// Drop every dead letter of the subscription.
+#[utoipa::path(
+    delete,
+    path = "/v1/subscriptions/{id}/dead-letters",
+    tag = "deliveries",
+    params(("id" = String, Path, description = "Subscription id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Dropped", body = Purged),
+        (status = 404, description = "Not yours", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn purge_dead_letters(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<SubscriptionId>,
+) -> Result<axum::Json<Purged>> {
+    authorize(&state, &principal, id).await?;
+    let purged =
+        crate::recovery::purge_dead_letters(&state.ctx.pool, &state.ctx.broker, id).await?;
+    tracing::info!(subscription = %id, purged, "dead letters purged");
+    Ok(axum::Json(Purged { purged }))
+}
+
+/// The window of the event log to re-deliver.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayLog {
+    /// From this time (inclusive, RFC 3339).
+    since: DateTime<Utc>,
+    /// Until this time (exclusive; default: now).
+    #[serde(default)]
+    until: Option<DateTime<Utc>>,
+}
+
+/// How many events were enqueued.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Enqueued {
+    enqueued: u64,
+}
+
+/// Re-deliver events of a time window from the log, under the subscription's grant and filter now.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{id}/replay",
+    tag = "deliveries",
+    params(("id" = String, Path, description = "Subscription id")),
+    request_body = ReplayLog,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Enqueued for delivery", body = Enqueued),
+        (status = 404, description = "Not yours", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The partner may no longer read the topic", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid window", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn replay_log(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<SubscriptionId>,
+    Json(body): Json<ReplayLog>,
+) -> Result<(StatusCode, axum::Json<Enqueued>)> {
+    authorize(&state, &principal, id).await?;
+    let until = body.until.unwrap_or_else(Utc::now);
+    if body.since >= until {
+        return Err(Problem::invalid_field("/since", "`since` must be before `until`").into());
+    }
+    let enqueued = crate::recovery::replay_log(
+        &state.ctx.pool,
+        &state.ctx.broker,
+        id,
+        body.since,
+        until,
+        &|_| {},
+    )
+    .await?;
+    tracing::info!(subscription = %id, enqueued, since = %body.since, until = %until, "log replayed");
+    Ok((StatusCode::ACCEPTED, axum::Json(Enqueued { enqueued })))
+}

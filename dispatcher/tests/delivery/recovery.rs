@@ -1,0 +1,451 @@
+//! Operators and subscribers recover: attempts, dead letters (list, replay, purge), replay from the log.
+
+use std::time::Duration;
+
+use anika_shared::testing::{Receiver, Reply};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{App, Setup};
+
+/// Dead-letters `n` events on a subscription whose endpoint always fails (max_attempts 1).
+async fn with_dead_letters(n: usize) -> Setup {
+    let s = Setup::new(&[], json!({"max_attempts": 1})).await;
+    s.receiver.always(Reply::Status(500));
+    s.app
+        .publish_many(
+            &s.topic,
+            &s.dealer.id,
+            (0..n).map(|i| json!({"n": i})).collect(),
+        )
+        .await;
+    let app = &s.app;
+    let path = format!("/v1/subscriptions/{}/dead-letters", s.sub_id());
+    app.eventually("all dead-lettered", Duration::from_secs(15), || async {
+        app.api.get(&path, &s.dealer.admin).await.expect(200)["total"] == n
+    })
+    .await;
+    s
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_newest_first_with_the_total() {
+    let s = with_dead_letters(3).await;
+    let path = format!("/v1/subscriptions/{}/dead-letters", s.sub_id());
+    let page = s
+        .app
+        .api
+        .get(&format!("{path}?limit=2"), &s.dealer.admin)
+        .await
+        .expect(200);
+    assert_eq!(page["total"], 3);
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["attempts"], 1);
+    assert!(items[0]["last_error"].as_str().unwrap().contains("500"));
+    assert!(items[0]["dead_at"].as_str().unwrap() >= items[1]["dead_at"].as_str().unwrap());
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let rest = s
+        .app
+        .api
+        .get(&format!("{path}?limit=2&cursor={cursor}"), &s.dealer.admin)
+        .await
+        .expect(200);
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert!(rest["next_cursor"].is_null());
+    assert_eq!(
+        s.app
+            .env
+            .queue_depth(&format!("anika.dlq.{}", s.sub_id()))
+            .await,
+        Some(3)
+    );
+}
+
+#[tokio::test]
+async fn replaying_dead_letters_delivers_each_once_more_and_empties_queue_and_records() {
+    let s = with_dead_letters(5).await;
+    let failed_requests = s.receiver.received().len();
+    s.receiver.always(Reply::Status(204));
+    let sub = s.sub_id();
+    let replayed = s
+        .app
+        .api
+        .post(
+            &format!("/v1/subscriptions/{sub}/dead-letters/replay"),
+            &s.dealer.admin,
+            json!({"limit": 2}),
+        )
+        .await
+        .expect(202);
+    assert_eq!(replayed["replayed"], 2);
+    let list = s
+        .app
+        .api
+        .get(
+            &format!("/v1/subscriptions/{sub}/dead-letters"),
+            &s.dealer.admin,
+        )
+        .await
+        .expect(200);
+    assert_eq!(list["total"], 3);
+
+    let all = s
+        .app
+        .api
+        .post(
+            &format!("/v1/subscriptions/{sub}/dead-letters/replay"),
+            &s.dealer.admin,
+            json!({}),
+        )
+        .await
+        .expect(202);
+    assert_eq!(all["replayed"], 3);
+    let got = s
+        .receiver
+        .wait_for(failed_requests + 5, Duration::from_secs(10))
+        .await;
+    let mut redelivered: Vec<&str> = got[failed_requests..]
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap())
+        .collect();
+    redelivered.sort();
+    redelivered.dedup();
+    assert_eq!(redelivered.len(), 5, "each dead letter delivered once more");
+    assert_eq!(
+        s.app.env.queue_depth(&format!("anika.dlq.{sub}")).await,
+        Some(0)
+    );
+    let list = s
+        .app
+        .api
+        .get(
+            &format!("/v1/subscriptions/{sub}/dead-letters"),
+            &s.dealer.admin,
+        )
+        .await
+        .expect(200);
+    assert_eq!(list["total"], 0);
+    // A fresh budget: the replayed attempts start at 1 again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let attempts = s.app.attempts(sub).await;
+    assert!(
+        attempts
+            .iter()
+            .filter(|a| a.2 == "succeeded")
+            .all(|a| a.1 == 1),
+        "{attempts:?}"
+    );
+}
+
+#[tokio::test]
+async fn purging_empties_the_dead_letter_queue_and_its_records() {
+    let s = with_dead_letters(4).await;
+    let path = format!("/v1/subscriptions/{}/dead-letters", s.sub_id());
+    assert_eq!(
+        s.app.api.delete(&path, &s.dealer.admin).await.expect(200)["purged"],
+        4
+    );
+    assert_eq!(
+        s.app.api.get(&path, &s.dealer.admin).await.expect(200)["total"],
+        0
+    );
+    assert_eq!(
+        s.app
+            .env
+            .queue_depth(&format!("anika.dlq.{}", s.sub_id()))
+            .await,
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn only_the_subscriptions_own_admins_and_operators_may_recover() {
+    let s = with_dead_letters(1).await;
+    let stranger = s.app.partner("stranger").await;
+    let sub = s.sub_id();
+    let paths = [
+        format!("/v1/subscriptions/{sub}/dead-letters"),
+        format!("/v1/subscriptions/{sub}/attempts"),
+    ];
+    for path in &paths {
+        assert_eq!(
+            s.app.api.get(path, &stranger.admin).await.status,
+            404,
+            "{path}"
+        );
+        assert_eq!(
+            s.app.api.get(path, &s.dealer.publisher).await.status,
+            403,
+            "{path}"
+        );
+        s.app.api.get(path, &s.app.operator).await.expect(200);
+    }
+    let replay = format!("/v1/subscriptions/{sub}/dead-letters/replay");
+    assert_eq!(
+        s.app
+            .api
+            .post(&replay, &stranger.admin, json!({}))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        s.app.api.delete(&paths[0], &stranger.admin).await.status,
+        404
+    );
+    let backfill = format!("/v1/subscriptions/{sub}/replay");
+    assert_eq!(
+        s.app
+            .api
+            .post(
+                &backfill,
+                &stranger.admin,
+                json!({"since": "2020-01-01T00:00:00Z"})
+            )
+            .await
+            .status,
+        404
+    );
+    // Nothing was touched.
+    assert_eq!(
+        s.app.env.queue_depth(&format!("anika.dlq.{sub}")).await,
+        Some(1)
+    );
+}
+
+#[tokio::test]
+async fn attempts_are_filtered_by_status_and_time_and_paginated() {
+    let s = Setup::new(&[], json!({})).await;
+    s.receiver.script([Reply::Status(500), Reply::Status(500)]);
+    s.app
+        .publish_many(
+            &s.topic,
+            &s.dealer.id,
+            vec![json!({"a": 1}), json!({"b": 2})],
+        )
+        .await;
+    let app = &s.app;
+    let sub = s.sub_id().to_owned();
+    app.eventually("four attempts", Duration::from_secs(10), || async {
+        app.attempts(&sub).await.len() == 4
+    })
+    .await;
+    let path = format!("/v1/subscriptions/{sub}/attempts");
+    let all = app.api.get(&path, &s.dealer.admin).await.expect(200);
+    let items = all["items"].as_array().unwrap();
+    assert_eq!(items.len(), 4);
+    for field in [
+        "id",
+        "event_id",
+        "attempt",
+        "status",
+        "http_status",
+        "error",
+        "duration_ms",
+        "response_excerpt",
+        "at",
+    ] {
+        assert!(items[0].get(field).is_some(), "missing {field}");
+    }
+    assert!(
+        items[0]["at"].as_str().unwrap() >= items[3]["at"].as_str().unwrap(),
+        "newest first"
+    );
+    let failed = app
+        .api
+        .get(&format!("{path}?status=failed"), &s.dealer.admin)
+        .await
+        .expect(200);
+    assert_eq!(failed["items"].as_array().unwrap().len(), 2);
+    assert!(
+        failed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["status"] == "failed" && a["http_status"] == 500)
+    );
+    let future = app
+        .api
+        .get(
+            &format!("{path}?since=2999-01-01T00:00:00Z"),
+            &s.dealer.admin,
+        )
+        .await
+        .expect(200);
+    assert!(future["items"].as_array().unwrap().is_empty());
+    let page = app
+        .api
+        .get(&format!("{path}?limit=3"), &s.dealer.admin)
+        .await
+        .expect(200);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let next = app
+        .api
+        .get(&format!("{path}?limit=3&cursor={cursor}"), &s.dealer.admin)
+        .await
+        .expect(200);
+    assert_eq!(next["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.api
+            .get(&format!("{path}?status=maybe"), &s.dealer.admin)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        app.api
+            .get(&format!("{path}?since=yesterday"), &s.dealer.admin)
+            .await
+            .status,
+        400
+    );
+}
+
+/// Writes an event into the log as ingest would, received at `at`.
+async fn logged_event(
+    app: &App,
+    topic: &str,
+    publisher: &str,
+    at: DateTime<Utc>,
+    data: Value,
+) -> String {
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        at.timestamp() as u64,
+        at.timestamp_subsec_nanos(),
+    );
+    let id = Uuid::new_v7(ts);
+    let received_at = DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap();
+    sqlx::query(
+        "INSERT INTO events (id, topic_id, publisher_partner_id, key, data, received_at) \
+         VALUES ($1, $2::uuid, $3::uuid, NULL, $4, $5)",
+    )
+    .bind(id)
+    .bind(topic)
+    .bind(publisher)
+    .bind(data)
+    .bind(received_at)
+    .execute(&app.ctx.pool)
+    .await
+    .unwrap();
+    id.to_string()
+}
+
+#[tokio::test]
+async fn a_backfill_delivers_exactly_the_window_under_the_filter_and_grant_of_now() {
+    let app = App::spawn(&[]).await;
+    let dealer = app.partner("dealer").await;
+    let bank = app.partner("bank").await;
+    let topic = app.topic(&dealer.admin, "car.chosen").await;
+    let grant = format!("/v1/topics/{topic}/grants/{}", bank.id);
+    app.api.put(&grant, &dealer.admin).await.expect(204);
+    let receiver = Receiver::start().await;
+    let sub = app
+        .subscribe(
+            &bank.admin,
+            &topic,
+            &receiver.url("/bank"),
+            json!({"filter": {"country": "DE"}}),
+        )
+        .await;
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+
+    let now = Utc::now();
+    let hours = |h: i64| now - chrono::Duration::hours(h);
+    let _too_old = logged_event(
+        &app,
+        &topic,
+        &dealer.id,
+        hours(5),
+        json!({"country": "DE", "n": 0}),
+    )
+    .await;
+    let in1 = logged_event(
+        &app,
+        &topic,
+        &dealer.id,
+        hours(3),
+        json!({"country": "DE", "n": 1}),
+    )
+    .await;
+    let _filtered = logged_event(
+        &app,
+        &topic,
+        &dealer.id,
+        hours(3),
+        json!({"country": "FR", "n": 2}),
+    )
+    .await;
+    let in2 = logged_event(
+        &app,
+        &topic,
+        &dealer.id,
+        hours(2),
+        json!({"country": "DE", "city": "Berlin", "n": 3}),
+    )
+    .await;
+    let _too_new = logged_event(
+        &app,
+        &topic,
+        &dealer.id,
+        hours(0),
+        json!({"country": "DE", "n": 4}),
+    )
+    .await;
+    let other_topic = app.topic(&dealer.admin, "other").await;
+    let _elsewhere = logged_event(
+        &app,
+        &other_topic,
+        &dealer.id,
+        hours(3),
+        json!({"country": "DE"}),
+    )
+    .await;
+
+    let path = format!("/v1/subscriptions/{sub_id}/replay");
+    let window = json!({"since": hours(4).to_rfc3339(), "until": hours(1).to_rfc3339()});
+    let enqueued = app
+        .api
+        .post(&path, &bank.admin, window.clone())
+        .await
+        .expect(202);
+    assert_eq!(enqueued["enqueued"], 2);
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![in1.clone(), in2.clone()],
+        "exactly the window's matching events, in log order"
+    );
+    assert_eq!(got[1].json()["data"]["city"], "Berlin");
+    assert_eq!(got[0].json()["topic"], "car.chosen");
+
+    // Without a grant now, nothing may be replayed.
+    app.api.delete(&grant, &dealer.admin).await.expect(204);
+    let refused = app.api.post(&path, &bank.admin, window).await;
+    assert_eq!(refused.status, 409);
+    refused.assert_problem();
+    let bad = app
+        .api
+        .post(
+            &path,
+            &bank.admin,
+            json!({"since": now.to_rfc3339(), "until": hours(1).to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    assert_eq!(
+        app.api
+            .post(&path, &bank.admin, json!({"since": "last week"}))
+            .await
+            .status,
+        422
+    );
+}
