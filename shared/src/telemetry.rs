@@ -10,8 +10,12 @@ use crate::config::LogFormat;
 ///
 /// `RUST_LOG` overrides the default filter (`info`, with the chatty drivers at `warn`).
 pub fn init(format: LogFormat) {
+    // lapin logs every message a mandatory publish gets back at WARN, payload included; an
+    // event on a topic nobody subscribes to is normal, so those lines are silenced.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,sqlx=warn,lapin=warn,amq_protocol=warn,hyper=warn,reqwest=warn")
+        EnvFilter::new(
+            "info,sqlx=warn,lapin=warn,lapin::returned_messages=error,amq_protocol=warn,hyper=warn,reqwest=warn",
+        )
     });
     let json = match format {
         LogFormat::Json => true,
