@@ -1,4 +1,16 @@
-//! Ingest: accepts events, appends them to the event log, publishes them through the outbox. (Being built.)
+//! Ingest: accepts events, appends them to the event log, publishes them through the outbox, searches the log.
+//!
+//! ```text
+//! handler ──checked events──► writer (group commit: events + outbox rows, one INSERT, one commit)
+//!    ◄──────── 202 ───────────┘   └──envelopes──► publisher (confirms in flight) ──► anika.events
+//!                                                     └──confirmed ids──► deleter (DELETE … = ANY)
+//! relay (every outbox_relay_interval): outbox rows left behind ──► anika.events
+//! maintenance (every maintenance_interval): partitions ahead, retention behind
+//! listener: catalog NOTIFY ──► topic cache invalidation
+//! ```
+//!
+//! RabbitMQ is never on the request path: a 202 needs PostgreSQL only, so
+//! ingest keeps accepting while the broker is away and the relay catches up.
 
 use std::sync::Arc;
 
@@ -9,6 +21,19 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+pub mod error;
+mod events;
+mod input;
+mod maintenance;
+mod meters;
+mod publisher;
+mod relay;
+mod search;
+mod topics;
+mod writer;
+
+pub use error::{Error, Result};
+
 /// Why ingest could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("ingest start-up: {0}")]
@@ -16,25 +41,83 @@ pub struct StartError(String);
 
 /// Everything an ingest handler needs.
 #[derive(Clone, Debug)]
-pub struct State {
+pub struct State(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
     ctx: Context,
+    topics: Arc<topics::TopicCache>,
+    writer: writer::Writer,
 }
 
 impl FromRef<State> for Arc<Verifier> {
     fn from_ref(state: &State) -> Self {
-        Arc::clone(&state.ctx.verifier)
+        Arc::clone(&state.0.ctx.verifier)
     }
 }
 
 impl State {
-    /// Starts ingest's background work (publisher, relay, maintenance) on `tasks`.
-    pub async fn start(ctx: Context, _tasks: &TaskTracker, _shutdown: &CancellationToken) -> Result<Self, StartError> {
-        Ok(Self { ctx })
+    /// Starts ingest's background work on `tasks`: the group-commit writers, the
+    /// publisher and its outbox deleter, the relay, maintenance, and the topic-cache listener.
+    ///
+    /// Needs PostgreSQL (it listens for catalog changes before serving); RabbitMQ
+    /// may be down — events then wait in the outbox. Everything stops when
+    /// `shutdown` fires: the writers finish what was submitted (so every 202 is
+    /// committed), the publisher waits briefly for confirms in flight, and
+    /// whatever was not confirmed stays in the outbox for the next relay.
+    pub async fn start(
+        ctx: Context,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, StartError> {
+        meters::describe();
+        let pool = &ctx.pool;
+        let config = &ctx.config;
+        let listener = topics::listen(pool)
+            .await
+            .map_err(|e| StartError(format!("cannot listen for catalog changes: {e}")))?;
+        // Today's partitions before the first event, so it does not land in the default partition.
+        if let Err(e) = maintenance::ensure_partitions(pool).await {
+            tracing::warn!(error = %e, "cannot create the event log's partitions yet; maintenance will retry");
+        }
+        let cache = Arc::new(topics::TopicCache::default());
+        tasks.spawn(topics::follow_changes(
+            pool.clone(),
+            listener,
+            Arc::clone(&cache),
+            shutdown.clone(),
+        ));
+        let publish = publisher::start(&ctx.broker, pool, tasks, shutdown);
+        let writer = writer::start(pool, &publish, tasks, shutdown);
+        drop(publish);
+        tasks.spawn(
+            relay::Relay {
+                pool: pool.clone(),
+                broker: Arc::clone(&ctx.broker),
+                interval: config.outbox_relay_interval,
+                after: config.outbox_relay_after,
+                shutdown: shutdown.clone(),
+            }
+            .run(),
+        );
+        tasks.spawn(maintenance::run(
+            pool.clone(),
+            config.maintenance_interval,
+            config.retention,
+            shutdown.clone(),
+        ));
+        Ok(Self(Arc::new(Inner {
+            ctx,
+            topics: cache,
+            writer,
+        })))
     }
 }
 
 fn routes() -> OpenApiRouter<State> {
     OpenApiRouter::new()
+        .merge(events::routes())
+        .merge(search::routes())
 }
 
 /// Ingest's routes.
@@ -48,14 +131,22 @@ pub fn openapi() -> OpenApi {
 }
 
 /// Runs the ingest role alone on `listener` until `shutdown` fires.
-pub async fn run(listener: TcpListener, ctx: Context, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    ctx: Context,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let tasks = TaskTracker::new();
-    let state = State::start(ctx.clone(), &tasks, &shutdown).await.map_err(std::io::Error::other)?;
+    let state = State::start(ctx.clone(), &tasks, &shutdown)
+        .await
+        .map_err(std::io::Error::other)?;
     let mut api = anika_shared::http::openapi_base();
     api.merge(openapi());
-    let app = anika_shared::http::finish(
-        router(state).merge(anika_shared::http::service_router(ctx.readiness(), api, ctx.metrics.clone())),
-    );
+    let app = anika_shared::http::finish(router(state).merge(anika_shared::http::service_router(
+        ctx.readiness(),
+        api,
+        ctx.metrics.clone(),
+    )));
     anika_shared::http::serve(listener, app, shutdown).await?;
     tasks.close();
     tasks.wait().await;

@@ -1,0 +1,373 @@
+//! Publishing committed events to RabbitMQ with many confirms in flight.
+//!
+//! One long-lived confirm channel (recreated after an error) publishes every
+//! envelope handed over by the writers without waiting for the previous
+//! confirm: each `PublisherConfirm` is a future collected in a set, so up to
+//! [`MAX_IN_FLIGHT`] publishes await their confirm at once. Confirmed events'
+//! outbox rows are deleted in batches by a separate task, so a slow `DELETE`
+//! never stalls publishing. Anything not confirmed — a nack, a broken channel,
+//! RabbitMQ down, a full hand-over queue — keeps its outbox row and is
+//! published by the relay.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anika_shared::{
+    amqp::{Broker, EVENTS_EXCHANGE},
+    domain::{EventId, TopicId},
+    envelope,
+};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::{StreamExt, stream::FuturesUnordered};
+use lapin::{Channel, Confirmation, options::BasicPublishOptions};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+
+use crate::meters as m;
+
+/// Publishes awaiting their confirm at most (bounds memory while RabbitMQ is slow).
+const MAX_IN_FLIGHT: usize = 20_000;
+/// Hand-overs (each one group's events) waiting for the publisher before new ones are left to the relay.
+const HAND_OVER_DEPTH: usize = 256;
+/// A confirm that takes longer than this counts as lost; the relay republishes the event.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often confirmed ids are passed on for deletion, at the latest.
+const DELETE_EVERY: Duration = Duration::from_millis(20);
+/// Confirmed ids passed on for deletion at once, at the latest.
+const DELETE_BATCH: usize = 2_000;
+/// At shutdown, how long publishes in flight may take to be confirmed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One committed event to publish.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    /// The event.
+    pub(crate) id: EventId,
+    /// Its topic: the routing key.
+    pub(crate) topic: TopicId,
+    /// The message body.
+    pub(crate) envelope: Vec<u8>,
+}
+
+/// The writers' end of the publisher.
+#[derive(Clone, Debug)]
+pub(crate) struct PublishQueue {
+    sender: mpsc::Sender<Vec<Outgoing>>,
+}
+
+impl PublishQueue {
+    /// Hands committed events over without waiting; if the publisher is behind they stay for the relay.
+    pub(crate) fn hand_over(&self, events: Vec<Outgoing>) {
+        let n = events.len();
+        if self.sender.try_send(events).is_err() {
+            tracing::debug!(
+                events = n,
+                "publisher busy or down; leaving events to the outbox relay"
+            );
+            metrics::counter!(m::LEFT_TO_RELAY).increment(n as u64);
+        }
+    }
+}
+
+/// Starts the publisher and the outbox deleter; they stop once every [`PublishQueue`] is dropped.
+pub(crate) fn start(
+    broker: &Arc<Broker>,
+    pool: &PgPool,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> PublishQueue {
+    let (sender, receiver) = mpsc::channel(HAND_OVER_DEPTH);
+    let (done, confirmed) = mpsc::channel(256);
+    tasks.spawn(delete_confirmed(pool.clone(), confirmed));
+    tasks.spawn(
+        Publisher {
+            broker: Arc::clone(broker),
+            receiver,
+            done,
+            shutdown: shutdown.clone(),
+            pending: Vec::new(),
+        }
+        .run(),
+    );
+    PublishQueue { sender }
+}
+
+/// The options of every event publish.
+pub(crate) fn publish_options() -> BasicPublishOptions {
+    BasicPublishOptions {
+        // mandatory: RabbitMQ returns what no queue is bound for, so "routed nowhere" is seen, not guessed.
+        mandatory: true,
+        // immediate: unsupported by RabbitMQ 3.x and meaningless for durable queues.
+        immediate: false,
+    }
+}
+
+/// Publishes one envelope; the returned future resolves with the broker's confirm.
+pub(crate) async fn publish(
+    channel: &Channel,
+    id: EventId,
+    topic: TopicId,
+    body: &[u8],
+) -> Result<lapin::PublisherConfirm, lapin::Error> {
+    channel
+        .basic_publish(
+            EVENTS_EXCHANGE.into(),
+            topic.to_string().into(),
+            publish_options(),
+            body,
+            envelope::properties(id, topic, 0),
+        )
+        .await
+}
+
+/// What a confirm says about the event: may its outbox row go?
+pub(crate) fn confirmed(id: EventId, confirmation: &Confirmation) -> bool {
+    match confirmation {
+        Confirmation::Ack(None) => true,
+        Confirmation::Ack(Some(_)) => {
+            // No subscription is bound to the topic: nobody is to receive it, which is fine.
+            tracing::debug!(event = %id, "event routed to no queue (the topic has no subscriptions)");
+            true
+        }
+        Confirmation::Nack(_) => {
+            tracing::warn!(event = %id, "RabbitMQ refused the event (nack); the relay will retry it");
+            false
+        }
+        Confirmation::NotRequested => {
+            tracing::warn!(event = %id, "publish without confirm mode; the relay will republish it");
+            false
+        }
+    }
+}
+
+type Pending = Pin<
+    Box<dyn Future<Output = (EventId, Instant, Option<Result<Confirmation, lapin::Error>>)> + Send>,
+>;
+
+struct Publisher {
+    broker: Arc<Broker>,
+    receiver: mpsc::Receiver<Vec<Outgoing>>,
+    done: mpsc::Sender<Vec<Uuid>>,
+    shutdown: CancellationToken,
+    /// Events taken from the queue when the channel turned out to be closed: tried first on the next one.
+    pending: Vec<Outgoing>,
+}
+
+/// Why a channel's run ended.
+enum End {
+    /// Every writer is gone: nothing more will come.
+    Finished,
+    /// The channel broke; open another.
+    Broken(String),
+}
+
+impl Publisher {
+    async fn run(mut self) {
+        let mut backoff = backoff();
+        loop {
+            let channel = match self.broker.confirm_channel().await {
+                Ok(channel) => channel,
+                Err(e) => {
+                    let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(error = %e, ?wait, "cannot publish events; they wait in the outbox");
+                    self.leave_pending();
+                    if !self.idle(wait).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            backoff = self::backoff();
+            match self.publish_on(&channel).await {
+                End::Finished => {
+                    let _ = channel.close(200, "ingest stopping".into()).await;
+                    break;
+                }
+                End::Broken(e) => {
+                    tracing::warn!(error = %e, "publishing channel failed; events not confirmed wait in the outbox");
+                }
+            }
+        }
+        self.leave_pending();
+        tracing::debug!("event publisher stopped");
+    }
+
+    /// Gives up on the pending events: they keep their outbox rows, and the relay publishes them.
+    fn leave_pending(&mut self) {
+        if !self.pending.is_empty() {
+            metrics::counter!(m::LEFT_TO_RELAY).increment(self.pending.len() as u64);
+            self.pending.clear();
+        }
+    }
+
+    /// Waits `wait` while disconnected, dropping hand-overs (the relay publishes them);
+    /// false when nothing more will come.
+    async fn idle(&mut self, wait: Duration) -> bool {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return true,
+                next = self.receiver.recv() => match next {
+                    Some(events) => metrics::counter!(m::LEFT_TO_RELAY).increment(events.len() as u64),
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    /// Publishes `events` without waiting for confirms; on failure the rest are left to the relay.
+    async fn publish_all(
+        channel: &Channel,
+        events: Vec<Outgoing>,
+        in_flight: &mut FuturesUnordered<Pending>,
+    ) -> Result<(), String> {
+        let total = events.len();
+        for (n, event) in events.into_iter().enumerate() {
+            match publish(channel, event.id, event.topic, &event.envelope).await {
+                Ok(confirm) => {
+                    let started = Instant::now();
+                    let id = event.id;
+                    in_flight.push(Box::pin(async move {
+                        (
+                            id,
+                            started,
+                            tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await.ok(),
+                        )
+                    }));
+                }
+                Err(e) => {
+                    metrics::counter!(m::LEFT_TO_RELAY).increment((total - n) as u64);
+                    return Err(e.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_on(&mut self, channel: &Channel) -> End {
+        let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
+        let mut confirmed_ids: Vec<Uuid> = Vec::new();
+        let pending = std::mem::take(&mut self.pending);
+        let first = Self::publish_all(channel, pending, &mut in_flight).await;
+        let end = if let Err(e) = first {
+            End::Broken(e)
+        } else {
+            self.run_channel(channel, &mut in_flight, &mut confirmed_ids)
+                .await
+        };
+        // Whatever is still in flight may yet be confirmed: wait a little (bounded at shutdown).
+        let limit = if matches!(end, End::Finished) || self.shutdown.is_cancelled() {
+            DRAIN_TIMEOUT
+        } else {
+            Duration::ZERO
+        };
+        let _ = tokio::time::timeout(limit, async {
+            while let Some((id, _, result)) = in_flight.next().await {
+                if let Some(Ok(confirmation)) = result
+                    && confirmed(id, &confirmation)
+                {
+                    confirmed_ids.push(id.uuid());
+                }
+            }
+        })
+        .await;
+        if !confirmed_ids.is_empty() {
+            self.pass_on(&mut confirmed_ids).await;
+        }
+        end
+    }
+
+    /// Publishes hand-overs and collects confirms until the channel breaks or nothing more will come.
+    async fn run_channel(
+        &mut self,
+        channel: &Channel,
+        in_flight: &mut FuturesUnordered<Pending>,
+        confirmed_ids: &mut Vec<Uuid>,
+    ) -> End {
+        let mut flush = tokio::time::interval(DELETE_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                Some((id, started, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    match result {
+                        Some(Ok(confirmation)) => {
+                            metrics::histogram!(m::CONFIRM_SECONDS).record(started.elapsed().as_secs_f64());
+                            if confirmed(id, &confirmation) {
+                                confirmed_ids.push(id.uuid());
+                            }
+                        }
+                        Some(Err(e)) => break End::Broken(e.to_string()),
+                        None => tracing::warn!(event = %id, "no confirm within {CONFIRM_TIMEOUT:?}; the relay will republish it"),
+                    }
+                    if confirmed_ids.len() >= DELETE_BATCH {
+                        self.pass_on(confirmed_ids).await;
+                    }
+                }
+                next = self.receiver.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
+                    let Some(events) = next else { break End::Finished };
+                    if !channel.status().connected() {
+                        // Noticed before publishing: these go first on the next channel.
+                        self.pending = events;
+                        break End::Broken("the channel is closed".to_owned());
+                    }
+                    if let Err(e) = Self::publish_all(channel, events, in_flight).await {
+                        break End::Broken(e);
+                    }
+                }
+                _ = flush.tick() => {
+                    if !confirmed_ids.is_empty() {
+                        self.pass_on(confirmed_ids).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn pass_on(&self, ids: &mut Vec<Uuid>) {
+        let batch = std::mem::take(ids);
+        // Waiting here is back-pressure from a slow database; the deleter only stops when we do.
+        let _ = self.done.send(batch).await;
+    }
+}
+
+fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Deletes the outbox rows of confirmed events, many at once.
+///
+/// Rows the relay holds locked are skipped, not waited for: the relay deletes
+/// them itself once it has republished them.
+async fn delete_confirmed(pool: PgPool, mut confirmed: mpsc::Receiver<Vec<Uuid>>) {
+    while let Some(mut ids) = confirmed.recv().await {
+        while ids.len() < 10 * DELETE_BATCH {
+            match confirmed.try_recv() {
+                Ok(more) => ids.extend(more),
+                Err(_) => break,
+            }
+        }
+        let result = sqlx::query(
+            "DELETE FROM outbox WHERE event_id IN \
+             (SELECT event_id FROM outbox WHERE event_id = ANY($1) FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(&ids)
+        .execute(&pool)
+        .await;
+        if let Err(e) = result {
+            // The events are published; their rows stay and the relay publishes them once more.
+            tracing::warn!(error = %e, events = ids.len(), "cannot delete confirmed outbox rows");
+        }
+    }
+    tracing::debug!("outbox deleter stopped");
+}
