@@ -1,0 +1,173 @@
+//! Maintenance: partitions ahead, retention as partition drops, expired keys and records removed.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{App, eventually};
+
+async fn partitions(app: &App, parent: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = $1 ORDER BY 1",
+    )
+    .bind(parent)
+    .fetch_all(&app.ctx.pool)
+    .await
+    .unwrap()
+}
+
+async fn count(app: &App, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(&app.ctx.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn maintenance_keeps_partitions_ahead_and_removes_what_is_past_retention() {
+    let app = App::spawn_with(&[("maintenance_interval", "200ms"), ("retention", "3days")]).await;
+    let dealer = app.partner("dealer").await;
+    let topic = app.topic(&dealer.admin, "t", None).await;
+    let fresh = app
+        .post_event(
+            &dealer.publisher,
+            &topic,
+            json!({"data": 1}),
+            Some("fresh-key"),
+        )
+        .await
+        .expect(202);
+
+    // A week of partitions ahead (from yesterday), for events and attempts.
+    let days: Vec<String> = sqlx::query_scalar(
+        "SELECT to_char((now() AT TIME ZONE 'UTC')::date + d, 'YYYYMMDD') FROM generate_series(-1, 6) AS d",
+    )
+    .fetch_all(&app.ctx.pool)
+    .await
+    .unwrap();
+    for parent in ["events", "attempts"] {
+        let existing = partitions(&app, parent).await;
+        for day in &days {
+            assert!(
+                existing.contains(&format!("{parent}_{day}")),
+                "{parent}_{day} in {existing:?}"
+            );
+        }
+    }
+
+    // Old data: a partition from ten days ago with rows in it, rows 400 days old in the default
+    // partitions (no partition for that day), an old skip, a stale idempotency key, a used refresh token.
+    let topic_id: uuid::Uuid = topic.parse().unwrap();
+    let partner_id: uuid::Uuid = dealer.id.parse().unwrap();
+    let pool = &app.ctx.pool;
+    for parent in ["events", "attempts"] {
+        sqlx::query("SELECT anika_ensure_partitions($1, (now() AT TIME ZONE 'UTC')::date - 10, 1)")
+            .bind(parent)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let old_partition: String = sqlx::query_scalar(
+        "SELECT 'events_' || to_char((now() AT TIME ZONE 'UTC')::date - 10, 'YYYYMMDD')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(partitions(&app, "events").await.contains(&old_partition));
+    for days in [10, 400] {
+        sqlx::query(
+            "INSERT INTO events (id, topic_id, publisher_partner_id, data, received_at) \
+             VALUES (gen_random_uuid(), $1, $2, '{}', now() - make_interval(days => $3))",
+        )
+        .bind(topic_id)
+        .bind(partner_id)
+        .bind(days)
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO attempts (id, subscription_id, event_id, attempt, status, duration_ms, at) \
+             VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 1, 'succeeded', 5, now() - make_interval(days => $1))",
+        )
+        .bind(days)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    assert_eq!(count(&app, "SELECT count(*) FROM events_default").await, 1);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM events WHERE received_at < now() - interval '3 days'"
+        )
+        .await,
+        2
+    );
+    sqlx::query("INSERT INTO skips (subscription_id, event_id, reason, at) VALUES (gen_random_uuid(), gen_random_uuid(), 'old', now() - interval '10 days'), (gen_random_uuid(), gen_random_uuid(), 'recent', now())")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO idempotency_keys (topic_id, key, event_id, received_at, request_hash, created_at) VALUES ($1, 'stale', gen_random_uuid(), now(), '\\x00', now() - interval '25 hours')")
+        .bind(topic_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    let tokens_before = count(&app, "SELECT count(*) FROM refresh_tokens").await;
+    sqlx::query("UPDATE refresh_tokens SET used_at = now() - interval '2 days' WHERE token_hash = (SELECT token_hash FROM refresh_tokens LIMIT 1)")
+        .execute(pool)
+        .await
+        .unwrap();
+
+    let cleaned = eventually(Duration::from_secs(10), || async {
+        !partitions(&app, "events").await.contains(&old_partition)
+            && count(&app, "SELECT count(*) FROM events_default").await == 0
+            && count(
+                &app,
+                "SELECT count(*) FROM events WHERE received_at < now() - interval '3 days'",
+            )
+            .await
+                == 0
+            && count(
+                &app,
+                "SELECT count(*) FROM attempts WHERE at < now() - interval '3 days'",
+            )
+            .await
+                == 0
+            && count(&app, "SELECT count(*) FROM skips").await == 1
+            && count(
+                &app,
+                "SELECT count(*) FROM idempotency_keys WHERE key = 'stale'",
+            )
+            .await
+                == 0
+            && count(&app, "SELECT count(*) FROM refresh_tokens").await == tokens_before - 1
+    })
+    .await;
+    assert!(cleaned, "maintenance removed everything past retention");
+    assert!(
+        !partitions(&app, "attempts")
+            .await
+            .iter()
+            .any(|p| p.ends_with(&old_partition[7..]))
+    );
+    // What is within retention stays.
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM skips WHERE reason = 'recent'").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM idempotency_keys WHERE key = 'fresh-key'"
+        )
+        .await,
+        1
+    );
+    let id = fresh["id"].as_str().unwrap();
+    app.api
+        .get(&format!("/v1/events/{id}"), &dealer.admin)
+        .await
+        .expect(200);
+    assert_eq!(app.events_in_log(&topic).await, 1);
+}
