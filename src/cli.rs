@@ -2,7 +2,11 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use anika_shared::{config::Config, domain::Role};
+use anika_shared::{
+    config::Config,
+    domain::{Role, SubscriptionId},
+};
+use chrono::{DateTime, Utc};
 
 /// A failure of a command, with its cause chain.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
@@ -33,6 +37,67 @@ enum Command {
     /// Manage token signing keys.
     #[command(subcommand, name = "signing-keys")]
     SigningKeys(SigningKeysCommand),
+    /// Inspect, replay and purge dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Re-deliver events of a time window from the event log to one subscription.
+    Replay {
+        /// The subscription.
+        #[arg(long)]
+        subscription: SubscriptionId,
+        /// From this time (RFC 3339, inclusive).
+        #[arg(long)]
+        since: DateTime<Utc>,
+        /// Until this time (RFC 3339, exclusive; default: now).
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List subscriptions with their health: failing, disabled, queued and dead-lettered messages.
+    Subscriptions {
+        /// Only these.
+        #[arg(long, value_enum)]
+        status: Option<crate::ops::HealthFilter>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Subscriptions with dead letters, or one subscription's dead letters.
+    List {
+        /// Show this subscription's dead letters.
+        #[arg(long)]
+        subscription: Option<SubscriptionId>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move dead letters back to delivery with a fresh attempt budget.
+    Replay {
+        /// The subscription.
+        #[arg(long)]
+        subscription: SubscriptionId,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop every dead letter of a subscription.
+    Purge {
+        /// The subscription.
+        #[arg(long)]
+        subscription: SubscriptionId,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A role of `anika serve`.
@@ -88,6 +153,26 @@ impl Cli {
             }) => crate::admin::create_api_key(&config, role, partner, &name).await,
             Command::SigningKeys(SigningKeysCommand::Rotate) => {
                 crate::admin::rotate_signing_key(&config).await
+            }
+            Command::Dlq(DlqCommand::List { subscription, json }) => {
+                crate::ops::dlq_list(&config, subscription, json).await
+            }
+            Command::Dlq(DlqCommand::Replay {
+                subscription,
+                limit,
+                json,
+            }) => crate::ops::dlq_replay(&config, subscription, limit, json).await,
+            Command::Dlq(DlqCommand::Purge { subscription, json }) => {
+                crate::ops::dlq_purge(&config, subscription, json).await
+            }
+            Command::Replay {
+                subscription,
+                since,
+                until,
+                json,
+            } => crate::ops::replay(&config, subscription, since, until, json).await,
+            Command::Subscriptions { status, json } => {
+                crate::ops::subscriptions(&config, status, json).await
             }
         }
     }

@@ -6,6 +6,7 @@ use clap::Parser;
 
 mod admin;
 mod cli;
+mod ops;
 mod serve;
 
 #[tokio::main]

@@ -1,0 +1,443 @@
+//! Operator commands: dead letters, replay from the log, subscription health.
+//!
+//! They talk to PostgreSQL and RabbitMQ directly (no token needed on the
+//! operator's own machine) through the same library functions as the API.
+//! Tables by default, JSON with `--json`; long runs show a progress bar with
+//! rate and ETA on a terminal and plain lines otherwise.
+
+#![allow(clippy::print_stdout)] // printing results is what these commands are for
+
+use std::{
+    io::IsTerminal,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anika_shared::{
+    amqp::{Broker, Topology, dead_letter_queue, subscription_queue},
+    config::Config,
+    db,
+    domain::SubscriptionId,
+    envelope::format_time,
+};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::cli::CliError;
+
+/// The database and broker an operator command works on.
+pub struct Ops {
+    pool: PgPool,
+    broker: Arc<Broker>,
+}
+
+impl Ops {
+    /// Connects with the process configuration.
+    pub async fn connect(config: &Config) -> Result<Self, CliError> {
+        let pool = db::connect_and_migrate(config.database_url.expose(), 4).await?;
+        let topology = Topology {
+            queue_type: config.queue_type,
+            retry_schedule: config.retry_schedule.clone(),
+        };
+        let broker = Broker::new(config.amqp_url.expose(), "anika cli", topology)?;
+        Ok(Self { pool, broker })
+    }
+
+    async fn queue_depth(&self, queue: &str) -> Option<u32> {
+        let channel = self.broker.channel().await.ok()?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                // passive: only read the count; an operator command never creates queues.
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .ok()
+            .map(|q| q.message_count());
+        let _ = channel.close(200, "done".into()).await;
+        declared
+    }
+}
+
+/// Prints rows as an aligned table.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_uppercase()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+    if rows.is_empty() {
+        println!("(none)");
+    }
+}
+
+fn print_json(value: &impl Serialize) -> Result<(), CliError> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        format!("{}…", text.chars().take(max - 1).collect::<String>())
+    }
+}
+
+/// Reports progress: a bar with rate and ETA on a terminal, a plain line per step otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    total: u64,
+    verb: &'static str,
+}
+
+impl Progress {
+    fn new(total: u64, verb: &'static str) -> Self {
+        let bar = (std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            bar.set_message(verb);
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Self {
+            bar,
+            started: Instant::now(),
+            total,
+            verb,
+        }
+    }
+
+    fn update(&self, done: u64) {
+        match &self.bar {
+            Some(bar) => bar.set_position(done),
+            None => {
+                let seconds = self.started.elapsed().as_secs_f64().max(0.001);
+                eprintln!(
+                    "{} {done}/{} ({:.0}/s)",
+                    self.verb,
+                    self.total,
+                    done as f64 / seconds
+                );
+            }
+        }
+    }
+
+    fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct DeadLetterSummary {
+    subscription_id: Uuid,
+    partner: String,
+    topic: String,
+    url: String,
+    dead_letters: i64,
+    oldest: DateTime<Utc>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct DeadLetterRow {
+    event_id: Uuid,
+    attempts: i32,
+    last_error: String,
+    dead_at: DateTime<Utc>,
+}
+
+/// `anika dlq list [--subscription ID]`.
+pub async fn dlq_list(
+    config: &Config,
+    subscription: Option<SubscriptionId>,
+    json: bool,
+) -> Result<(), CliError> {
+    let ops = Ops::connect(config).await?;
+    match subscription {
+        None => {
+            let rows: Vec<DeadLetterSummary> = sqlx::query_as(
+                "SELECT s.id AS subscription_id, p.name AS partner, t.name AS topic, s.url, \
+                        count(*) AS dead_letters, min(d.dead_at) AS oldest \
+                 FROM dead_letters d JOIN subscriptions s ON s.id = d.subscription_id \
+                 JOIN partners p ON p.id = s.partner_id JOIN topics t ON t.id = s.topic_id \
+                 GROUP BY s.id, p.name, t.name, s.url ORDER BY count(*) DESC",
+            )
+            .fetch_all(&ops.pool)
+            .await?;
+            if json {
+                return print_json(&rows);
+            }
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.subscription_id.to_string(),
+                        r.partner.clone(),
+                        r.topic.clone(),
+                        r.dead_letters.to_string(),
+                        format_time(r.oldest),
+                        cut(&r.url, 50),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "subscription",
+                    "partner",
+                    "topic",
+                    "dead letters",
+                    "oldest",
+                    "url",
+                ],
+                &cells,
+            );
+        }
+        Some(id) => {
+            let rows: Vec<DeadLetterRow> = sqlx::query_as(
+                "SELECT event_id, attempts, last_error, dead_at FROM dead_letters \
+                 WHERE subscription_id = $1 ORDER BY dead_at DESC LIMIT 1000",
+            )
+            .bind(id.uuid())
+            .fetch_all(&ops.pool)
+            .await?;
+            let in_queue = ops.queue_depth(&dead_letter_queue(id)).await;
+            if json {
+                return print_json(
+                    &json!({"subscription_id": id, "in_queue": in_queue, "items": rows}),
+                );
+            }
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.event_id.to_string(),
+                        r.attempts.to_string(),
+                        format_time(r.dead_at),
+                        cut(&r.last_error, 70),
+                    ]
+                })
+                .collect();
+            table(&["event", "attempts", "dead at", "last error"], &cells);
+            eprintln!(
+                "{} in the dead-letter queue",
+                in_queue.map_or("?".to_owned(), |n| n.to_string())
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `anika dlq replay --subscription ID [--limit N]`.
+pub async fn dlq_replay(
+    config: &Config,
+    subscription: SubscriptionId,
+    limit: Option<u64>,
+    json: bool,
+) -> Result<(), CliError> {
+    let ops = Ops::connect(config).await?;
+    let waiting = u64::from(
+        ops.queue_depth(&dead_letter_queue(subscription))
+            .await
+            .unwrap_or(0),
+    );
+    let total = limit.map_or(waiting, |l| l.min(waiting));
+    let progress = Progress::new(total, "replaying dead letters");
+    let replayed = anika_dispatcher::recovery::replay_dead_letters(
+        &ops.pool,
+        &ops.broker,
+        subscription,
+        limit,
+        &|n| progress.update(n),
+    )
+    .await?;
+    progress.finish();
+    if json {
+        print_json(&json!({"subscription_id": subscription, "replayed": replayed}))
+    } else {
+        println!("replayed {replayed} dead letters of {subscription} with a fresh attempt budget");
+        Ok(())
+    }
+}
+
+/// `anika dlq purge --subscription ID`.
+pub async fn dlq_purge(
+    config: &Config,
+    subscription: SubscriptionId,
+    json: bool,
+) -> Result<(), CliError> {
+    let ops = Ops::connect(config).await?;
+    let purged =
+        anika_dispatcher::recovery::purge_dead_letters(&ops.pool, &ops.broker, subscription)
+            .await?;
+    if json {
+        print_json(&json!({"subscription_id": subscription, "purged": purged}))
+    } else {
+        println!("purged {purged} dead letters of {subscription}");
+        Ok(())
+    }
+}
+
+/// `anika replay --subscription ID --since T [--until T]`.
+pub async fn replay(
+    config: &Config,
+    subscription: SubscriptionId,
+    since: DateTime<Utc>,
+    until: Option<DateTime<Utc>>,
+    json: bool,
+) -> Result<(), CliError> {
+    let until = until.unwrap_or_else(Utc::now);
+    if since >= until {
+        return Err("--since must be before --until".into());
+    }
+    let ops = Ops::connect(config).await?;
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events e JOIN subscriptions s ON s.topic_id = e.topic_id \
+         WHERE s.id = $1 AND e.received_at >= $2 AND e.received_at < $3 AND (s.filter IS NULL OR e.data @> s.filter)",
+    )
+    .bind(subscription.uuid())
+    .bind(since)
+    .bind(until)
+    .fetch_one(&ops.pool)
+    .await?;
+    let progress = Progress::new(total.max(0) as u64, "re-delivering events");
+    let enqueued = anika_dispatcher::recovery::replay_log(
+        &ops.pool,
+        &ops.broker,
+        subscription,
+        since,
+        until,
+        &|n| progress.update(n),
+    )
+    .await?;
+    progress.finish();
+    if json {
+        print_json(
+            &json!({"subscription_id": subscription, "enqueued": enqueued, "since": since, "until": until}),
+        )
+    } else {
+        println!(
+            "enqueued {enqueued} events of [{}, {}) for {subscription}",
+            format_time(since),
+            format_time(until)
+        );
+        Ok(())
+    }
+}
+
+/// Which subscriptions `anika subscriptions` lists.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum HealthFilter {
+    /// Active, but every recent delivery failed.
+    Failing,
+    /// Disabled by the server (410, or failing too long).
+    Disabled,
+    /// Paused by their owner.
+    Paused,
+    /// Active.
+    Active,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct SubscriptionRow {
+    id: Uuid,
+    partner: String,
+    topic: String,
+    url: String,
+    status: String,
+    disabled_reason: Option<String>,
+    failing_since: Option<DateTime<Utc>>,
+    dead_letters: i64,
+    #[sqlx(skip)]
+    queued: Option<u32>,
+}
+
+/// `anika subscriptions [--status …]`.
+pub async fn subscriptions(
+    config: &Config,
+    status: Option<HealthFilter>,
+    json: bool,
+) -> Result<(), CliError> {
+    let ops = Ops::connect(config).await?;
+    let condition = match status {
+        None => "true",
+        Some(HealthFilter::Failing) => "s.status = 'active' AND s.failing_since IS NOT NULL",
+        Some(HealthFilter::Disabled) => "s.status = 'disabled'",
+        Some(HealthFilter::Paused) => "s.status = 'paused'",
+        Some(HealthFilter::Active) => "s.status = 'active'",
+    };
+    let sql = format!(
+        "SELECT s.id, p.name AS partner, t.name AS topic, s.url, s.status, s.disabled_reason, s.failing_since, \
+                (SELECT count(*) FROM dead_letters d WHERE d.subscription_id = s.id) AS dead_letters \
+         FROM subscriptions s JOIN partners p ON p.id = s.partner_id JOIN topics t ON t.id = s.topic_id \
+         WHERE {condition} ORDER BY s.failing_since NULLS LAST, s.created_at"
+    );
+    let mut rows: Vec<SubscriptionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&ops.pool)
+        .await?;
+    for row in &mut rows {
+        row.queued = ops.queue_depth(&subscription_queue(row.id.into())).await;
+    }
+    if json {
+        return print_json(&rows);
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.partner.clone(),
+                r.topic.clone(),
+                r.status.clone(),
+                r.failing_since.map(format_time).unwrap_or_default(),
+                r.queued.map_or("?".to_owned(), |q| q.to_string()),
+                r.dead_letters.to_string(),
+                cut(&r.url, 40),
+                r.disabled_reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "subscription",
+            "partner",
+            "topic",
+            "status",
+            "failing since",
+            "queued",
+            "dead",
+            "url",
+            "reason",
+        ],
+        &cells,
+    );
+    Ok(())
+}
