@@ -463,6 +463,7 @@ struct ReceiverState {
     received: Mutex<Vec<Received>>,
     script: Mutex<VecDeque<Reply>>,
     fallback: Mutex<Option<Reply>>,
+    poison: Mutex<Option<(String, u16)>>,
     notify: Notify,
 }
 
@@ -512,6 +513,11 @@ impl Receiver {
         *self.state.fallback.lock().expect("fallback") = Some(reply);
     }
 
+    /// Answers `status` to every request whose body contains `pattern` (a poison event).
+    pub fn poison(&self, pattern: &str, status: u16) {
+        *self.state.poison.lock().expect("poison") = Some((pattern.to_owned(), status));
+    }
+
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().expect("received").clone()
@@ -542,7 +548,16 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let reply = {
+    let poisoned = state
+        .poison
+        .lock()
+        .expect("poison")
+        .as_ref()
+        .filter(|(pattern, _)| String::from_utf8_lossy(&body).contains(pattern.as_str()))
+        .map(|(_, status)| Reply::Status(*status));
+    let reply = if let Some(poisoned) = poisoned {
+        poisoned
+    } else {
         let next = state.script.lock().expect("script").pop_front();
         next.or_else(|| state.fallback.lock().expect("fallback").clone())
             .unwrap_or(Reply::Status(204))

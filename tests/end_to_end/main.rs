@@ -1,0 +1,360 @@
+//! The real `anika` binary, end to end: delivery, a SIGKILL mid-delivery, the operator CLI.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::{process::Stdio, time::Duration};
+
+use anika_shared::testing::{Receiver, Reply, TestEnv};
+use serde_json::{Value, json};
+use support::{Anika, World, await_deliveries, run_cli};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[tokio::test]
+async fn an_event_posted_to_the_binary_is_delivered_signed_and_can_be_found_with_its_delivery() {
+    let env = TestEnv::new().await;
+    let anika = Anika::up(&env, &[]).await;
+    let receiver = Receiver::start().await;
+    let world = World::new(&anika.api, &receiver, json!({})).await;
+    let sub = anika
+        .api
+        .get(
+            &format!("/v1/subscriptions/{}", world.subscriptions[0]),
+            &world.admin,
+        )
+        .await
+        .expect(200);
+    assert_eq!(sub["status"], "active");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let id = world
+        .post(&anika.api, json!({"car": "Golf", "customer": "c-1"}))
+        .await
+        .expect("accepted");
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("webhook-id"), Some(id.as_str()));
+    assert_eq!(got[0].json()["data"]["car"], "Golf");
+    assert!(
+        got[0]
+            .header("webhook-signature")
+            .unwrap()
+            .starts_with("v1,")
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let event = anika
+        .api
+        .get(&format!("/v1/events/{id}"), &world.admin)
+        .await
+        .expect(200);
+    assert_eq!(event["data"]["customer"], "c-1");
+    let deliveries = event["deliveries"].as_array().expect("deliveries");
+    assert_eq!(deliveries.len(), 1, "{event}");
+    assert_eq!(deliveries[0]["status"], "succeeded");
+    assert_eq!(deliveries[0]["attempts"], 1);
+    anika.terminate().await;
+}
+
+#[tokio::test]
+async fn a_process_killed_with_sigkill_mid_delivery_loses_nothing() {
+    let env = TestEnv::new().await;
+    let anika = Anika::up(&env, &[]).await;
+    let receiver = Receiver::start().await;
+    // Slow enough that deliveries are in flight when the process dies.
+    receiver.always(Reply::Delay(Duration::from_millis(300)));
+    let world = World::new(&anika.api, &receiver, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut accepted = Vec::new();
+    for n in 0..40 {
+        accepted.push(
+            world
+                .post(&anika.api, json!({"n": n}))
+                .await
+                .expect("accepted"),
+        );
+    }
+    receiver.wait_for(3, Duration::from_secs(10)).await;
+    anika.kill().await;
+    let delivered_before = receiver.received().len();
+    assert!(
+        delivered_before < accepted.len(),
+        "the kill came mid-delivery"
+    );
+
+    receiver.always(Reply::Status(204));
+    let restarted = Anika::up(&env, &[]).await;
+    let (missing, duplicates) =
+        await_deliveries(&receiver, &accepted, Duration::from_secs(30)).await;
+    assert!(
+        missing.is_empty(),
+        "{} of {} accepted events never arrived",
+        missing.len(),
+        accepted.len()
+    );
+    eprintln!(
+        "SIGKILL mid-delivery: {} events, {duplicates} duplicates",
+        accepted.len()
+    );
+    restarted.terminate().await;
+}
+
+fn json_of(stdout: &str) -> Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[tokio::test]
+async fn the_operator_cli_lists_replays_and_purges_dead_letters_and_replays_the_log() {
+    let env = TestEnv::new().await;
+    let anika = Anika::up(&env, &[]).await;
+    let receiver = Receiver::start().await;
+    receiver.always(Reply::Status(500));
+    let world = World::new(&anika.api, &receiver, json!({"max_attempts": 1})).await;
+    let sub = world.subscriptions[0].clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = chrono::Utc::now();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            world
+                .post(&anika.api, json!({"n": n}))
+                .await
+                .expect("accepted"),
+        );
+    }
+    let dead_path = format!("/v1/subscriptions/{sub}/dead-letters");
+    for _ in 0..100 {
+        if anika.api.get(&dead_path, &world.admin).await.expect(200)["total"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (code, out, err) = run_cli(&env, &["subscriptions", "--status", "failing", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let failing = json_of(&out);
+    assert_eq!(failing.as_array().unwrap().len(), 1, "{failing}");
+    assert_eq!(failing[0]["id"], sub.as_str());
+    assert_eq!(failing[0]["dead_letters"], 3);
+
+    let (code, out, err) = run_cli(&env, &["dlq", "list", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let summary = json_of(&out);
+    assert_eq!(summary[0]["subscription_id"], sub.as_str());
+    assert_eq!(summary[0]["dead_letters"], 3);
+
+    let (code, out, err) = run_cli(&env, &["dlq", "list", "--subscription", &sub, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let list = json_of(&out);
+    assert_eq!(list["in_queue"], 3);
+    let mut listed: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    // The endpoint is fixed: replay one, then the rest.
+    receiver.always(Reply::Status(204));
+    let (code, out, err) = run_cli(
+        &env,
+        &[
+            "dlq",
+            "replay",
+            "--subscription",
+            &sub,
+            "--limit",
+            "1",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_of(&out)["replayed"], 1);
+    let (code, out, _) = run_cli(&env, &["dlq", "replay", "--subscription", &sub, "--json"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(json_of(&out)["replayed"], 2);
+    let (missing, _) = await_deliveries(&receiver, &ids, Duration::from_secs(10)).await;
+    assert!(missing.is_empty(), "replayed dead letters arrive");
+
+    // Replay the log window: the three events once more.
+    let before = receiver.received().len();
+    let since = (started - chrono::Duration::seconds(1)).to_rfc3339();
+    let (code, out, err) = run_cli(
+        &env,
+        &[
+            "replay",
+            "--subscription",
+            &sub,
+            "--since",
+            &since,
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_of(&out)["enqueued"], 3);
+    assert!(
+        receiver
+            .wait_for(before + 3, Duration::from_secs(10))
+            .await
+            .len()
+            >= before + 3
+    );
+
+    // Dead-letter one more and purge it.
+    receiver.always(Reply::Status(500));
+    world
+        .post(&anika.api, json!({"n": "last"}))
+        .await
+        .expect("accepted");
+    for _ in 0..100 {
+        if anika.api.get(&dead_path, &world.admin).await.expect(200)["total"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, out, err) = run_cli(&env, &["dlq", "purge", "--subscription", &sub, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_of(&out)["purged"], 1);
+    assert_eq!(
+        anika.api.get(&dead_path, &world.admin).await.expect(200)["total"],
+        0
+    );
+
+    // Text output is a table a person can read.
+    let (code, out, _) = run_cli(&env, &["subscriptions"]).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("SUBSCRIPTION"), "{out}");
+    let (code, _, err) = run_cli(&env, &["dlq", "replay", "--subscription", "not-an-id"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("subscription id"), "{err}");
+    anika.terminate().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_replay_killed_halfway_loses_nothing() {
+    let env = TestEnv::new().await;
+    // Without the breaker, a dead endpoint dead-letters at full speed: that is the setup wanted here.
+    let anika = Anika::up(&env, &[("ANIKA_CIRCUIT_BREAKER_AFTER", "0")]).await;
+    let receiver = Receiver::start().await;
+    receiver.always(Reply::Status(500));
+    let world = World::new(&anika.api, &receiver, json!({"max_attempts": 1})).await;
+    let sub = world.subscriptions[0].clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = 2000;
+    let mut ids: Vec<String> = Vec::new();
+    for chunk in 0..total / 100 {
+        let events: Vec<Value> = (0..100)
+            .map(|n| json!({"data": {"chunk": chunk, "n": n}}))
+            .collect();
+        let answer = anika
+            .api
+            .post(
+                &format!("/v1/topics/{}/events/batch", world.topic),
+                &world.publisher,
+                json!({"events": events}),
+            )
+            .await
+            .expect(202);
+        ids.extend(
+            answer["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_str().unwrap().to_owned()),
+        );
+    }
+    let dead_path = format!("/v1/subscriptions/{sub}/dead-letters");
+    for _ in 0..600 {
+        if anika.api.get(&dead_path, &world.admin).await.expect(200)["total"] == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        anika.api.get(&dead_path, &world.admin).await.expect(200)["total"],
+        total
+    );
+    receiver.always(Reply::Status(204));
+    let failed_requests = receiver.received().len();
+
+    // Start a replay and kill it as soon as it reports progress.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_anika"))
+        .args(["dlq", "replay", "--subscription", &sub])
+        .envs(support::child_env(&env, &[]))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn replay");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut progressed = false;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.starts_with("replaying dead letters") {
+            progressed = true;
+            break;
+        }
+    }
+    assert!(progressed, "the replay reported progress");
+    child.kill().await.unwrap();
+
+    // Nothing is lost: every event is still a dead letter or was delivered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let delivered: std::collections::HashSet<String> = receiver.received()[failed_requests..]
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
+    let dead: std::collections::HashSet<String> =
+        sqlx_dead_letters(&env, &sub).await.into_iter().collect();
+    let lost: Vec<&String> = ids
+        .iter()
+        .filter(|id| !delivered.contains(*id) && !dead.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} events neither delivered nor dead-lettered after the kill",
+        lost.len()
+    );
+    assert!(
+        delivered.len() < total as usize,
+        "the kill came before the end"
+    );
+    let in_queue = env.queue_depth(&format!("anika.dlq.{sub}")).await.unwrap() as usize;
+    assert!(
+        in_queue + delivered.len() >= total as usize,
+        "{in_queue} queued + {} delivered",
+        delivered.len()
+    );
+
+    // Running it again finishes the job.
+    let (code, _, err) = run_cli(&env, &["dlq", "replay", "--subscription", &sub, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (missing, duplicates) = await_deliveries(&receiver, &ids, Duration::from_secs(60)).await;
+    assert!(missing.is_empty(), "{} never delivered", missing.len());
+    eprintln!("interrupted replay: {total} dead letters, {duplicates} duplicates");
+    assert_eq!(env.queue_depth(&format!("anika.dlq.{sub}")).await, Some(0));
+    assert_eq!(
+        anika.api.get(&dead_path, &world.admin).await.expect(200)["total"],
+        0
+    );
+    anika.terminate().await;
+}
+
+/// Event ids with a dead-letter record, read through the API's own database.
+async fn sqlx_dead_letters(env: &TestEnv, sub: &str) -> Vec<String> {
+    let pool = anika_shared::db::connect(&env.database_url, 1)
+        .await
+        .expect("db");
+    let ids = sqlx::query_scalar(
+        "SELECT event_id::text FROM dead_letters WHERE subscription_id = $1::uuid",
+    )
+    .bind(sub)
+    .fetch_all(&pool)
+    .await
+    .expect("dead letters");
+    pool.close().await;
+    ids
+}

@@ -1,0 +1,302 @@
+//! Support for tests that run the real `anika` binary as a child process.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::{
+    collections::HashSet,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anika_shared::testing::{Api, Receiver, TestEnv};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+pub const OPERATOR_KEY: &str = "anika_e2e_operator_key_0123456789";
+
+/// A running `anika` process.
+pub struct Anika {
+    child: Child,
+    /// Its API.
+    pub api: Api,
+    /// Its process id.
+    pub pid: u32,
+}
+
+/// The environment every child gets, plus `extra`.
+pub fn child_env(env: &TestEnv, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = [
+        ("ANIKA_DATABASE_URL", env.database_url.as_str()),
+        ("ANIKA_AMQP_URL", env.amqp_url.as_str()),
+        ("ANIKA_LISTEN", "127.0.0.1:0"),
+        ("ANIKA_BOOTSTRAP_OPERATOR_KEY", OPERATOR_KEY),
+        ("ANIKA_ALLOWED_TARGET_NETS", "127.0.0.0/8"),
+        ("ANIKA_RETRY_SCHEDULE", "100ms,200ms,400ms,800ms"),
+        ("ANIKA_RECONCILE_INTERVAL", "2s"),
+        ("ANIKA_OUTBOX_RELAY_AFTER", "1s"),
+        ("ANIKA_OUTBOX_RELAY_INTERVAL", "250ms"),
+        ("ANIKA_LOG_FORMAT", "json"),
+        ("ANIKA_CONFIG", "/nonexistent/anika.toml"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    for (k, v) in extra {
+        vars.retain(|(key, _)| key != k);
+        vars.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    vars
+}
+
+/// Runs `anika <args>` to completion with the test's environment; returns (status, stdout, stderr).
+pub async fn run_cli(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_anika"))
+        .args(args)
+        .envs(child_env(env, &[]))
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("run anika");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+impl Anika {
+    /// Starts `anika up` and waits until its banner says where it listens.
+    pub async fn up(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_anika"))
+            .arg("up")
+            .envs(child_env(env, extra))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn anika up");
+        let pid = child.id().expect("pid");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        // Keep the logs flowing (a full pipe would block the child); show them on failure.
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("\"ERROR\"") || line.contains("panicked") {
+                    eprintln!("[anika {pid}] {line}");
+                }
+            }
+        });
+        let mut lines = BufReader::new(stdout).lines();
+        let base = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.trim().strip_prefix("API") {
+                    return rest.trim().trim_end_matches("/v1").to_owned();
+                }
+            }
+            panic!("anika up exited before printing its banner");
+        })
+        .await
+        .expect("anika up started within 60 s");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addr = base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("listen address");
+        Self {
+            child,
+            api: Api::new(addr),
+            pid,
+        }
+    }
+
+    /// Kills the process with SIGKILL: no shutdown, no flush, nothing.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("SIGKILL");
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for it.
+    pub async fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await;
+    }
+}
+
+/// A dealer with a topic, a publisher token, and one subscription per receiver.
+pub struct World {
+    pub topic: String,
+    pub publisher: String,
+    pub admin: String,
+    pub subscriptions: Vec<String>,
+}
+
+impl World {
+    /// Creates a dealer, its topic, and a subscription to `receiver` with `extra` fields.
+    pub async fn new(api: &Api, receiver: &Receiver, extra: Value) -> Self {
+        let operator = api.token(OPERATOR_KEY).await;
+        let dealer = api.partner(&operator, "dealer").await;
+        let topic = api
+            .post("/v1/topics", &dealer.admin, json!({"name": "car.chosen"}))
+            .await
+            .expect(201);
+        let topic = topic["id"].as_str().expect("topic id").to_owned();
+        let mut body = json!({"topic_id": topic, "url": receiver.url("/hook")});
+        for (k, v) in extra.as_object().expect("fields") {
+            body[k] = v.clone();
+        }
+        let sub = api
+            .post("/v1/subscriptions", &dealer.admin, body)
+            .await
+            .expect(201);
+        Self {
+            topic,
+            publisher: dealer.publisher,
+            admin: dealer.admin,
+            subscriptions: vec![sub["id"].as_str().expect("id").to_owned()],
+        }
+    }
+
+    /// Posts one event; `Some(id)` if it was accepted (202).
+    pub async fn post(&self, api: &Api, data: Value) -> Option<String> {
+        let answer = api
+            .post(
+                &format!("/v1/topics/{}/events", self.topic),
+                &self.publisher,
+                json!({"data": data}),
+            )
+            .await;
+        (answer.status == 202).then(|| answer.body["id"].as_str().expect("id").to_owned())
+    }
+}
+
+/// Posts events continuously (a few in flight) and remembers which were accepted.
+pub struct Poster {
+    accepted: Arc<Mutex<Vec<String>>>,
+    refused: Arc<Mutex<u64>>,
+    stop: tokio_util_stop::Stop,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A tiny stop flag (the tests do not pull in tokio-util).
+mod tokio_util_stop {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    #[derive(Clone, Default)]
+    pub struct Stop(Arc<AtomicBool>);
+
+    impl Stop {
+        pub fn set(&self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+        pub fn is_set(&self) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+}
+
+impl Poster {
+    /// Starts `parallel` posters against whatever base URL `api_of` returns at each post
+    /// (so they follow a restarted process).
+    pub fn start(api: Arc<Mutex<Api>>, topic: String, publisher: String, parallel: usize) -> Self {
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(0));
+        let stop = tokio_util_stop::Stop::default();
+        let tasks = (0..parallel)
+            .map(|worker| {
+                let (api, topic, publisher) = (Arc::clone(&api), topic.clone(), publisher.clone());
+                let (accepted, refused, stop) =
+                    (Arc::clone(&accepted), Arc::clone(&refused), stop.clone());
+                tokio::spawn(async move {
+                    let client = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(5))
+                        .build()
+                        .expect("client");
+                    let mut n = 0u64;
+                    while !stop.is_set() {
+                        n += 1;
+                        let base = api.lock().expect("api").base.clone();
+                        let sent = client
+                            .post(format!("{base}/v1/topics/{topic}/events"))
+                            .bearer_auth(&publisher)
+                            .json(&json!({"data": {"worker": worker, "n": n}}))
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(r) if r.status() == 202 => {
+                                let body: Value = r.json().await.expect("202 body");
+                                accepted
+                                    .lock()
+                                    .expect("accepted")
+                                    .push(body["id"].as_str().expect("id").to_owned());
+                            }
+                            _ => {
+                                *refused.lock().expect("refused") += 1;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            accepted,
+            refused,
+            stop,
+            tasks,
+        }
+    }
+
+    /// How many were accepted so far.
+    pub fn accepted_count(&self) -> usize {
+        self.accepted.lock().expect("accepted").len()
+    }
+
+    /// Stops posting; returns the accepted ids and the number of refused or failed posts.
+    pub async fn stop(self) -> (Vec<String>, u64) {
+        self.stop.set();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let accepted = self.accepted.lock().expect("accepted").clone();
+        let refused = *self.refused.lock().expect("refused");
+        (accepted, refused)
+    }
+}
+
+/// Waits until every id in `expected` reached `receiver`; returns (missing, duplicates).
+pub async fn await_deliveries(
+    receiver: &Receiver,
+    expected: &[String],
+    timeout: Duration,
+) -> (Vec<String>, usize) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = receiver.received();
+        let ids: Vec<String> = got
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        let seen: HashSet<&String> = ids.iter().collect();
+        let missing: Vec<String> = expected
+            .iter()
+            .filter(|id| !seen.contains(id))
+            .cloned()
+            .collect();
+        if missing.is_empty() || Instant::now() >= deadline {
+            let unique: HashSet<&String> = ids.iter().collect();
+            return (missing, ids.len() - unique.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
