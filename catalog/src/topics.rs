@@ -382,6 +382,10 @@ async fn delete_topic(
             .bind(id.uuid())
             .fetch_all(&mut *tx)
             .await?;
+    sqlx::query("DELETE FROM dead_letters WHERE subscription_id = ANY($1)")
+        .bind(&subscriptions)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM topics WHERE id = $1")
         .bind(id.uuid())
         .execute(&mut *tx)

@@ -87,10 +87,19 @@ where
     }
 }
 
+/// Whether the process is alive (no dependency is checked).
+#[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, description = "Alive")))]
 async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Whether PostgreSQL and RabbitMQ answer, each reported with its latency.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "service",
+    responses((status = 200, description = "Ready"), (status = 503, description = "A dependency is unreachable"))
+)]
 async fn readyz(State(readiness): State<Readiness>) -> Response {
     let pool = readiness.pool.clone();
     let (postgres, rabbitmq) = tokio::join!(
@@ -110,24 +119,37 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
     (status, Json(report)).into_response()
 }
 
-/// `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and `/docs`.
-pub fn service_router(readiness: Readiness, api: OpenApi, metrics: PrometheusHandle) -> Router {
-    let render = move || {
-        let metrics = metrics.clone();
-        async move {
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4"),
-                )],
-                metrics.render(),
-            )
-        }
-    };
+/// Metrics in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
+)]
+async fn metrics(State(metrics): State<PrometheusHandle>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        metrics.render(),
+    )
+}
+
+/// `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and `/docs`; `api` gets the first three added.
+pub fn service_router(
+    readiness: Readiness,
+    mut api: OpenApi,
+    metrics_handle: PrometheusHandle,
+) -> Router {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths(healthz, readyz, metrics))]
+    struct Service;
+    api.merge(<Service as utoipa::OpenApi>::openapi());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz).with_state(readiness))
-        .route("/metrics", get(render))
+        .route("/metrics", get(metrics).with_state(metrics_handle))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
 }
 

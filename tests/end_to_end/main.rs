@@ -358,3 +358,66 @@ async fn sqlx_dead_letters(env: &TestEnv, sub: &str) -> Vec<String> {
     pool.close().await;
     ids
 }
+
+#[tokio::test]
+async fn the_openapi_document_of_anika_up_describes_exactly_the_api_contract() {
+    let env = TestEnv::new().await;
+    let anika = Anika::up(&env, &[]).await;
+    let api: Value = reqwest::get(format!("{}/openapi.json", anika.api.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut found: Vec<String> = Vec::new();
+    for (path, item) in api["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            found.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    found.sort();
+    // Every route of API.md, and nothing else.
+    let mut contract = vec![
+        "POST /v1/auth/token",
+        "GET /.well-known/jwks.json",
+        "POST /v1/api-keys",
+        "GET /v1/api-keys",
+        "DELETE /v1/api-keys/{id}",
+        "POST /v1/partners",
+        "GET /v1/partners",
+        "GET /v1/partners/{id}",
+        "POST /v1/topics",
+        "GET /v1/topics",
+        "GET /v1/topics/{id}",
+        "PATCH /v1/topics/{id}",
+        "DELETE /v1/topics/{id}",
+        "PUT /v1/topics/{id}/grants/{partner_id}",
+        "DELETE /v1/topics/{id}/grants/{partner_id}",
+        "GET /v1/topics/{id}/grants",
+        "POST /v1/subscriptions",
+        "GET /v1/subscriptions",
+        "GET /v1/subscriptions/{id}",
+        "PATCH /v1/subscriptions/{id}",
+        "DELETE /v1/subscriptions/{id}",
+        "POST /v1/subscriptions/{id}/rotate-secret",
+        "POST /v1/topics/{id}/events",
+        "POST /v1/topics/{id}/events/batch",
+        "GET /v1/events",
+        "GET /v1/events/{id}",
+        "GET /v1/subscriptions/{id}/attempts",
+        "GET /v1/subscriptions/{id}/dead-letters",
+        "POST /v1/subscriptions/{id}/dead-letters/replay",
+        "DELETE /v1/subscriptions/{id}/dead-letters",
+        "POST /v1/subscriptions/{id}/replay",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+    ];
+    contract.sort();
+    assert_eq!(found, contract);
+    let docs = reqwest::get(format!("{}/docs/", anika.api.base))
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), 200, "the interactive docs are served");
+    anika.terminate().await;
+}

@@ -371,6 +371,14 @@ async fn deleting_a_topic_deletes_its_subscriptions_and_their_queues() {
             .await
             .is_some()
     );
+    sqlx::query(
+        "INSERT INTO dead_letters (subscription_id, event_id, attempts, last_error) VALUES ($1::uuid, $2, 3, 'x')",
+    )
+    .bind(&sub)
+    .bind(uuid::Uuid::now_v7())
+    .execute(&app.ctx.pool)
+    .await
+    .unwrap();
     app.api
         .delete(&format!("/v1/topics/{topic}"), &dealer.admin)
         .await
@@ -394,5 +402,13 @@ async fn deleting_a_topic_deletes_its_subscriptions_and_their_queues() {
             .queue_info(&format!("anika.dlq.{sub}"))
             .await
             .is_none()
+    );
+    let records: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&app.ctx.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        records, 0,
+        "the dead-letter records went with the subscription"
     );
 }
