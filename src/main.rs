@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod admin;
+mod bench;
 mod cli;
 mod ops;
 mod serve;

@@ -1,0 +1,294 @@
+//! Load through the public API: open loop at a fixed rate, or closed loop with N clients.
+//!
+//! Every request goes through one pooled `reqwest` client; each in-flight request
+//! is a tokio task. What a request got is kept per task and merged at the end,
+//! so the hot path shares nothing but an atomic progress counter.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+use tokio::{sync::Semaphore, task::JoinSet};
+use uuid::Uuid;
+
+use super::api::{Api, Credential};
+
+/// Requests in flight at most in open loop (a server that stops answering must not get a million tasks).
+const MAX_OPEN_IN_FLIGHT: usize = 8192;
+
+/// One accepted event: its id, when its POST was sent and when the 202 came back.
+#[derive(Clone, Copy, Debug)]
+pub struct Sent {
+    /// The event id.
+    pub id: u128,
+    /// Just before the request was handed to the client.
+    pub sent: Instant,
+    /// When the 202 was read.
+    pub acked: Instant,
+}
+
+/// What a load phase produced.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Every accepted event.
+    pub accepted: Vec<Sent>,
+    /// Requests that were not answered 202, by reason.
+    pub failures: BTreeMap<String, u64>,
+    /// How long the phase sent requests.
+    pub elapsed: Duration,
+}
+
+impl Load {
+    /// Requests not answered 202.
+    pub fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
+
+    fn merge(&mut self, other: Part) {
+        self.accepted.extend(other.accepted);
+        for (reason, n) in other.failures {
+            *self.failures.entry(reason).or_default() += n;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Part {
+    accepted: Vec<Sent>,
+    failures: BTreeMap<String, u64>,
+}
+
+impl Part {
+    fn record(&mut self, result: Result<Vec<Sent>, String>) {
+        match result {
+            Ok(sent) => self.accepted.extend(sent),
+            Err(reason) => *self.failures.entry(reason).or_default() += 1,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct AcceptedOne {
+    id: Uuid,
+}
+
+#[derive(Deserialize)]
+struct AcceptedBatch {
+    items: Vec<AcceptedOne>,
+}
+
+/// Posts events of one topic.
+#[derive(Clone, Debug)]
+pub struct Poster {
+    http: reqwest::Client,
+    single: String,
+    batch: String,
+    token: Arc<Credential>,
+    pad: Arc<str>,
+    /// Counts events accepted, for the progress display.
+    pub progress: Arc<AtomicU64>,
+}
+
+impl Poster {
+    /// A poster into `topic` with `publisher`'s token; `data` carries about `payload_bytes` bytes.
+    pub fn new(api: &Api, topic: Uuid, publisher: Arc<Credential>, payload_bytes: usize) -> Self {
+        Self {
+            http: api.http.clone(),
+            single: format!("{}/v1/topics/{topic}/events", api.base),
+            batch: format!("{}/v1/topics/{topic}/events/batch", api.base),
+            token: publisher,
+            pad: Arc::from(pad(payload_bytes)),
+            progress: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Posts one event; its id and timings if it was accepted.
+    pub async fn one(&self, seq: u64) -> Result<Vec<Sent>, String> {
+        let token = self.token.get().await.map_err(|e| e.to_string())?;
+        let body = format!(r#"{{"data":{{"seq":{seq},"pad":"{}"}}}}"#, self.pad);
+        let sent = Instant::now();
+        let response = self
+            .http
+            .post(&self.single)
+            .bearer_auth(&token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| reason(&e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| reason(&e))?;
+        let acked = Instant::now();
+        if status != reqwest::StatusCode::ACCEPTED {
+            return Err(format!("HTTP {}", status.as_u16()));
+        }
+        let one: AcceptedOne =
+            serde_json::from_slice(&bytes).map_err(|e| format!("bad 202 body: {e}"))?;
+        self.progress.fetch_add(1, Ordering::Relaxed);
+        Ok(vec![Sent {
+            id: one.id.as_u128(),
+            sent,
+            acked,
+        }])
+    }
+
+    /// Posts `size` events in one batch request.
+    pub async fn batch(&self, seq: u64, size: usize) -> Result<Vec<Sent>, String> {
+        let token = self.token.get().await.map_err(|e| e.to_string())?;
+        let mut body = String::with_capacity(size * (self.pad.len() + 40) + 16);
+        body.push_str(r#"{"events":["#);
+        for i in 0..size as u64 {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!(
+                r#"{{"data":{{"seq":{},"pad":"{}"}}}}"#,
+                seq + i,
+                self.pad
+            ));
+        }
+        body.push_str("]}");
+        let sent = Instant::now();
+        let response = self
+            .http
+            .post(&self.batch)
+            .bearer_auth(&token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| reason(&e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| reason(&e))?;
+        let acked = Instant::now();
+        if status != reqwest::StatusCode::ACCEPTED {
+            return Err(format!("HTTP {}", status.as_u16()));
+        }
+        let batch: AcceptedBatch =
+            serde_json::from_slice(&bytes).map_err(|e| format!("bad 202 body: {e}"))?;
+        self.progress
+            .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
+        Ok(batch
+            .items
+            .into_iter()
+            .map(|a| Sent {
+                id: a.id.as_u128(),
+                sent,
+                acked,
+            })
+            .collect())
+    }
+}
+
+/// The `pad` string that makes an event's `data` about `bytes` long.
+pub fn pad(bytes: usize) -> String {
+    "x".repeat(bytes.saturating_sub(24))
+}
+
+fn reason(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timeout".to_owned()
+    } else if error.is_connect() {
+        "connection failed".to_owned()
+    } else {
+        "request failed".to_owned()
+    }
+}
+
+/// Sends single events at `rate` per second for `duration`, whatever the answers do (open loop).
+pub async fn open_loop(poster: &Poster, rate: u32, duration: Duration) -> Load {
+    let total = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let slots = Arc::new(Semaphore::new(MAX_OPEN_IN_FLIGHT));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let collector = tokio::spawn(async move {
+        let mut part = Part::default();
+        while let Some(result) = rx.recv().await {
+            part.record(result);
+        }
+        part
+    });
+    let started = Instant::now();
+    let start = tokio::time::Instant::now();
+    for seq in 0..total {
+        let at = start + interval.mul_f64(seq as f64);
+        if at > tokio::time::Instant::now() {
+            tokio::time::sleep_until(at).await;
+        }
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let poster = poster.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let result = poster.one(seq).await;
+            drop(permit);
+            let _ = tx.send(result);
+        });
+    }
+    let elapsed = started.elapsed();
+    drop(tx);
+    let mut load = Load {
+        elapsed,
+        ..Load::default()
+    };
+    if let Ok(part) = collector.await {
+        load.merge(part);
+    }
+    load
+}
+
+/// How long a closed loop runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Until {
+    /// For this long.
+    Elapsed(Duration),
+    /// Until this many events were accepted.
+    Accepted(u64),
+}
+
+/// `clients` tasks each post, wait for the answer, and post again (closed loop);
+/// `batch` events per request (1 = the single-event endpoint).
+pub async fn closed_loop(poster: &Poster, clients: usize, batch: usize, until: Until) -> Load {
+    let seq = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..clients {
+        let poster = poster.clone();
+        let seq = Arc::clone(&seq);
+        tasks.spawn(async move {
+            let mut part = Part::default();
+            loop {
+                let done = match until {
+                    Until::Elapsed(d) => started.elapsed() >= d,
+                    Until::Accepted(n) => poster.progress.load(Ordering::Relaxed) >= n,
+                };
+                if done {
+                    break;
+                }
+                let first = seq.fetch_add(batch as u64, Ordering::Relaxed);
+                let result = if batch <= 1 {
+                    poster.one(first).await
+                } else {
+                    poster.batch(first, batch).await
+                };
+                part.record(result);
+            }
+            (part, started.elapsed())
+        });
+    }
+    let mut load = Load::default();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((part, elapsed)) = joined {
+            load.merge(part);
+            load.elapsed = load.elapsed.max(elapsed);
+        }
+    }
+    load
+}

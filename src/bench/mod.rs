@@ -1,0 +1,277 @@
+//! `anika bench`: load through the public API, deliveries measured by `webhook-id`,
+//! every figure also as a ratio to the raw ceiling it sits on, and a check that
+//! nothing answered 202 was lost.
+//!
+//! By default the system under test is an `anika up` child process with its own
+//! database and vhost (removed at the end, also on error and Ctrl-C); `--url`
+//! benchmarks an installation that is already running.
+
+#![allow(clippy::print_stdout)] // the report is what the command is for
+
+use std::{io::IsTerminal, sync::Arc, time::Duration};
+
+use anika_shared::config::Config;
+use clap::ValueEnum;
+use serde_json::json;
+
+use crate::cli::CliError;
+
+mod api;
+mod ceiling;
+mod load;
+mod receiver;
+mod report;
+mod scenarios;
+mod server;
+
+/// What `anika bench` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Open-loop fixed rates: end-to-end and ingest latency percentiles.
+    Latency,
+    /// Closed loop, one subscription: accepted and delivered events/s.
+    Throughput,
+    /// One topic, many subscriptions: deliveries/s.
+    Fanout,
+    /// Batch ingest events/s.
+    Batch,
+    /// The raw limits: RabbitMQ confirmed publishes, PostgreSQL inserts, the receiver.
+    Ceiling,
+    /// A million events: flat memory, no backlog left.
+    Soak,
+    /// Every scenario but soak.
+    All,
+}
+
+/// Options of `anika bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The scenario to run.
+    #[arg(value_enum, default_value = "all")]
+    pub scenario: Scenario,
+    /// Benchmark a running installation at this URL instead of starting one.
+    #[arg(long, requires = "operator_key")]
+    pub url: Option<String>,
+    /// An operator API key of the installation at --url.
+    #[arg(long, env = "ANIKA_BENCH_OPERATOR_KEY", hide_env_values = true)]
+    pub operator_key: Option<String>,
+    /// Repeat everything this many times and report medians.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Rates of the latency scenario (events/s).
+    #[arg(long, value_delimiter = ',', default_value = "200,1000,3000")]
+    pub rates: Vec<u32>,
+    /// How long each load phase lasts.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// How long each ceiling is measured.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub ceiling_duration: Duration,
+    /// Concurrent clients of the closed-loop scenarios (single events).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Subscriptions of the fan-out scenario.
+    #[arg(long, default_value_t = 50)]
+    pub subscriptions: usize,
+    /// Events/s posted in the fan-out scenario (each delivered to every subscription).
+    #[arg(long, default_value_t = 300)]
+    pub fanout_rate: u32,
+    /// Events per batch request.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Concurrent batch clients (also the connections of the PostgreSQL ceiling).
+    #[arg(long, default_value_t = 4)]
+    pub batch_concurrency: usize,
+    /// Approximate size of each event's `data` in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// Events of the soak scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// How long to wait for the last deliveries after a load phase.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Verify the signature of one delivery in this many.
+    #[arg(long, default_value_t = 1000)]
+    pub verify_every: u64,
+    /// RabbitMQ management API (to make and remove the bench's vhost).
+    #[arg(
+        long,
+        env = "ANIKA_BENCH_RABBITMQ_API",
+        default_value = "http://guest:guest@127.0.0.1:15672"
+    )]
+    pub rabbitmq_api: String,
+    /// Keep the bench's database and vhost afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    fn scenarios(&self) -> Vec<Scenario> {
+        match self.scenario {
+            // The ceilings first: they are measured on an idle machine, like the pipeline after them.
+            Scenario::All => vec![
+                Scenario::Ceiling,
+                Scenario::Latency,
+                Scenario::Throughput,
+                Scenario::Batch,
+                Scenario::Fanout,
+            ],
+            one => vec![one],
+        }
+    }
+}
+
+/// `anika bench`.
+pub async fn bench(config: Config, args: BenchArgs) -> Result<(), CliError> {
+    if args.runs == 0 || args.rates.contains(&0) || args.concurrency == 0 {
+        return Err("--runs, --rates and --concurrency must be positive".into());
+    }
+    let mut target: Option<server::Target> = None;
+    let outcome = tokio::select! {
+        outcome = run(&config, &args, &mut target) => outcome,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+    };
+    if let Some(mut target) = target.take() {
+        target.stop(args.keep, outcome.is_err()).await;
+    }
+    let report = outcome?;
+    if args.json {
+        report.print_json()?;
+    } else {
+        report.print_table();
+    }
+    if report.lost > 0 {
+        return Err(format!("{} accepted events were never delivered", report.lost).into());
+    }
+    Ok(())
+}
+
+async fn run(
+    config: &Config,
+    args: &BenchArgs,
+    slot: &mut Option<server::Target>,
+) -> Result<report::Report, CliError> {
+    let mode = match (&args.url, &args.operator_key) {
+        (Some(url), Some(key)) => {
+            *slot = Some(server::Target::existing(config, url.clone(), key.clone()));
+            format!("running installation at {url}")
+        }
+        _ => {
+            let name = server::run_name();
+            eprintln!("starting `anika up` (database and vhost {name}) …");
+            *slot = Some(server::Target::spawn(config, &name, &args.rabbitmq_api).await?);
+            slot.as_mut().expect("just set").wait_ready().await?;
+            "`anika up` child process (fresh database and vhost)".to_owned()
+        }
+    };
+    let target = slot.as_ref().expect("set above");
+    let api = api::Api::new(&target.base, args.concurrency)?;
+    let operator = api::Credential::login(&api, target.operator_key.clone()).await?;
+    let receiver = receiver::Receiver::start(args.verify_every).await?;
+    let mut bench = scenarios::Bench {
+        args,
+        target,
+        api,
+        operator: Arc::clone(&operator),
+        receiver,
+        next_index: 0,
+        queue_type: config.queue_type,
+    };
+    let mut runs = Vec::new();
+    for n in 0..args.runs {
+        if args.runs > 1 && !std::io::stderr().is_terminal() {
+            eprintln!("run {} of {}", n + 1, args.runs);
+        }
+        let mut run = report::Run::default();
+        for scenario in args.scenarios() {
+            match scenario {
+                Scenario::Latency => bench.latency(&mut run).await?,
+                Scenario::Throughput => bench.throughput(&mut run).await?,
+                Scenario::Fanout => bench.fanout(&mut run).await?,
+                Scenario::Batch => bench.batch(&mut run).await?,
+                Scenario::Ceiling => bench.ceiling(&mut run).await?,
+                Scenario::Soak => bench.soak(&mut run).await?,
+                Scenario::All => {}
+            }
+        }
+        ratios(&mut run);
+        runs.push(run);
+    }
+    let (verified, bad) = bench.receiver.signatures();
+    if bad > 0 {
+        return Err(
+            format!("{bad} of {verified} sampled webhook signatures did not verify").into(),
+        );
+    }
+    let setup = json!({
+        "server": mode,
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu": cpu_model(),
+        "queue type": format!("{:?}", config.queue_type).to_lowercase(),
+        "payload": format!("{} bytes of data per event", args.payload_bytes),
+        "phases": format!(
+            "{:?} each (ceilings {:?}); {} closed-loop clients; batches of {} from {} clients; fan-out {} subscriptions at {} events/s",
+            args.duration, args.ceiling_duration, args.concurrency, args.batch_size,
+            args.batch_concurrency, args.subscriptions, args.fanout_rate
+        ),
+        "signatures": format!(
+            "1 in {} deliveries verified with the standardwebhooks crate: {} checked, {} bad",
+            args.verify_every, verified + bad, bad
+        ),
+        "latency": "e2e = POST sent -> webhook received at the bench's receiver; ingest = POST sent -> 202 read",
+    });
+    Ok(report::Report::new(setup, runs))
+}
+
+/// Every result as a share of the raw limit it sits on, from figures of the same run.
+fn ratios(run: &mut report::Run) {
+    let rabbit = ("ceiling", "rabbitmq_publish_per_s");
+    let postgres = ("ceiling", "postgres_insert_rows_per_s");
+    let receiver = ("ceiling", "receiver_requests_per_s");
+    run.ratio(
+        "ingest/rabbitmq_publish",
+        ("throughput", "accepted_per_s"),
+        rabbit,
+    );
+    run.ratio(
+        "delivered/rabbitmq_publish",
+        ("throughput", "delivered_per_s"),
+        rabbit,
+    );
+    run.ratio(
+        "delivered/receiver",
+        ("throughput", "delivered_per_s"),
+        receiver,
+    );
+    run.ratio(
+        "batch_ingest/postgres_insert",
+        ("batch", "accepted_per_s"),
+        postgres,
+    );
+    run.ratio(
+        "batch_ingest/rabbitmq_publish",
+        ("batch", "accepted_per_s"),
+        rabbit,
+    );
+    run.ratio(
+        "fanout_deliveries/receiver",
+        ("fanout", "deliveries_per_s"),
+        receiver,
+    );
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}

@@ -1,0 +1,572 @@
+//! The scenarios: each wires its own partner, topic and subscriptions, drives load,
+//! waits for the deliveries, checks that nothing was lost, and adds its figures to the run.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::IsTerminal,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use anika_shared::config::QueueType;
+use lapin::{options::QueueDeclareOptions, types::FieldTable};
+
+use super::{
+    BenchArgs,
+    api::{Api, Credential, Fixture},
+    ceiling,
+    load::{self, Load, Poster, Sent, Until},
+    receiver::{Arrival, Receiver},
+    report::{Check, Percentiles, Run},
+    server::{Target, rss_bytes},
+};
+use crate::cli::CliError;
+
+/// The drain gives up when no delivery arrived for this long.
+const STALL: Duration = Duration::from_secs(20);
+
+/// What every scenario works with.
+pub struct Bench<'a> {
+    /// The options.
+    pub args: &'a BenchArgs,
+    /// The system under test.
+    pub target: &'a Target,
+    /// The API client.
+    pub api: Api,
+    /// The operator's credential.
+    pub operator: Arc<Credential>,
+    /// The webhook receiver.
+    pub receiver: Receiver,
+    /// The next free receiver path index.
+    pub next_index: u32,
+    /// The queue type subscriptions use.
+    pub queue_type: QueueType,
+}
+
+/// A progress bar on a terminal (stderr), a line per phase otherwise.
+struct Phase {
+    bar: Option<indicatif::ProgressBar>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+    label: String,
+    started: Instant,
+}
+
+impl Phase {
+    fn start(label: String, total: u64, count: impl Fn() -> u64 + Send + 'static) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {msg:<28} [{bar:30}] {pos}/{len} {per_sec} {elapsed}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            bar.set_message(label.clone());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        if bar.is_none() {
+            eprintln!("{label} …");
+        }
+        // Reading a counter from a ticker keeps the bar's lock off the request path.
+        let ticker = bar.clone().map(|bar| {
+            tokio::spawn(async move {
+                loop {
+                    bar.set_position(count());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        });
+        Self {
+            bar,
+            ticker,
+            label,
+            started: Instant::now(),
+        }
+    }
+
+    fn finish(self, summary: &str) {
+        if let Some(ticker) = &self.ticker {
+            ticker.abort();
+        }
+        match &self.bar {
+            Some(bar) => bar.finish_and_clear(),
+            None => eprintln!(
+                "{} done in {:.1} s: {summary}",
+                self.label,
+                self.started.elapsed().as_secs_f64()
+            ),
+        }
+    }
+}
+
+/// Deliveries matched against the 202s.
+struct Matched {
+    check: Check,
+    /// POST sent → webhook received, first delivery of each (subscription, event).
+    e2e: Vec<Duration>,
+    last_arrival: Option<Instant>,
+}
+
+fn ingest_latencies(accepted: &[Sent]) -> Vec<Duration> {
+    accepted.iter().map(|s| s.acked - s.sent).collect()
+}
+
+fn first_sent(accepted: &[Sent]) -> Option<Instant> {
+    accepted.iter().map(|s| s.sent).min()
+}
+
+impl Bench<'_> {
+    async fn fixture(&mut self, label: &str, subscriptions: usize) -> Result<Fixture, CliError> {
+        Fixture::create(
+            &self.api,
+            &self.operator,
+            &self.receiver,
+            &mut self.next_index,
+            label,
+            subscriptions,
+        )
+        .await
+    }
+
+    fn poster(&self, fixture: &Fixture) -> Poster {
+        Poster::new(
+            &self.api,
+            fixture.topic,
+            Arc::clone(&fixture.publisher),
+            self.args.payload_bytes,
+        )
+    }
+
+    /// Waits until every accepted event reached every subscription (or the drain times out),
+    /// then matches the arrivals with the 202s.
+    async fn drain(
+        &self,
+        scenario: &str,
+        fixture: &Fixture,
+        load: &Load,
+        baseline: u64,
+    ) -> Matched {
+        let subs = fixture.indexes();
+        let expected = (load.accepted.len() * subs.len()) as u64;
+        let receiver = self.receiver.clone();
+        let phase = Phase::start(format!("{scenario}: deliveries"), expected, move || {
+            receiver.count().saturating_sub(baseline)
+        });
+        let deadline = Instant::now() + self.args.drain_timeout;
+        let mut arrivals: Vec<Arrival> = Vec::new();
+        let (mut last_count, mut last_change) = (0, Instant::now());
+        let matched = loop {
+            let got = self.receiver.count().saturating_sub(baseline);
+            if got != last_count {
+                (last_count, last_change) = (got, Instant::now());
+            }
+            let timed_out = Instant::now() >= deadline || last_change.elapsed() >= STALL;
+            if got >= expected || timed_out {
+                arrivals.extend(self.receiver.take(&subs));
+                arrivals.sort_unstable_by_key(|a| a.at);
+                let matched = match_deliveries(scenario, &load.accepted, &arrivals, &subs);
+                // Duplicates can make the count reach the goal before every pair arrived.
+                if matched.check.lost == 0 || timed_out {
+                    break matched;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut matched = matched;
+        matched.check.failed_requests = load.failed();
+        phase.finish(&format!(
+            "{} of {} delivered, {} lost",
+            matched.check.delivered, matched.check.expected, matched.check.lost
+        ));
+        matched
+    }
+
+    fn record_load(&self, run: &mut Run, scenario: &str, load: &Load) {
+        if load.failed() > 0 {
+            run.notes.push(format!(
+                "{scenario}: requests not accepted: {:?}",
+                load.failures
+            ));
+        }
+        if let Some(p) = Percentiles::of(ingest_latencies(&load.accepted)) {
+            run.add(scenario, "ingest_p50_ms", p.p50);
+            run.add(scenario, "ingest_p99_ms", p.p99);
+        }
+    }
+
+    fn record_e2e(run: &mut Run, scenario: &str, matched: &Matched, detailed: bool) {
+        if let Some(p) = Percentiles::of(matched.e2e.clone()) {
+            run.add(scenario, "e2e_p50_ms", p.p50);
+            if detailed {
+                run.add(scenario, "e2e_p90_ms", p.p90);
+            }
+            run.add(scenario, "e2e_p99_ms", p.p99);
+            if detailed {
+                run.add(scenario, "e2e_max_ms", p.max);
+            }
+        }
+    }
+
+    /// Open-loop fixed rates: ingest and end-to-end latency percentiles.
+    pub async fn latency(&mut self, run: &mut Run) -> Result<(), CliError> {
+        let fixture = self.fixture("latency", 1).await?;
+        let poster = self.poster(&fixture);
+        // Warm-up (not reported): connection pools, token and topic caches, the consumer.
+        let baseline = self.receiver.count();
+        let warm = load::closed_loop(&poster, 8, 1, Until::Accepted(500)).await;
+        let matched = self
+            .drain("latency warm-up", &fixture, &warm, baseline)
+            .await;
+        run.checks.push(matched.check);
+        for &rate in &self.args.rates {
+            let scenario = format!("latency@{rate}/s");
+            let baseline = self.receiver.count();
+            poster.progress.store(0, Ordering::Relaxed);
+            let counter = Arc::clone(&poster.progress);
+            let total = (f64::from(rate) * self.args.duration.as_secs_f64()) as u64;
+            let phase = Phase::start(format!("{scenario}: posting"), total, move || {
+                counter.load(Ordering::Relaxed)
+            });
+            let load = load::open_loop(&poster, rate, self.args.duration).await;
+            phase.finish(&format!("{} accepted", load.accepted.len()));
+            let matched = self.drain(&scenario, &fixture, &load, baseline).await;
+            run.add(
+                &scenario,
+                "achieved_per_s",
+                load.accepted.len() as f64 / load.elapsed.as_secs_f64(),
+            );
+            self.record_load(run, &scenario, &load);
+            Self::record_e2e(run, &scenario, &matched, true);
+            run.checks.push(matched.check);
+        }
+        fixture.delete(&self.api).await
+    }
+
+    /// Closed loop, single events, one subscription: accepted/s and delivered/s.
+    pub async fn throughput(&mut self, run: &mut Run) -> Result<(), CliError> {
+        let scenario = "throughput";
+        let fixture = self.fixture(scenario, 1).await?;
+        let poster = self.poster(&fixture);
+        let baseline = self.receiver.count();
+        let counter = Arc::clone(&poster.progress);
+        let phase = Phase::start(
+            format!("{scenario}: {} clients", self.args.concurrency),
+            0,
+            move || counter.load(Ordering::Relaxed),
+        );
+        let load = load::closed_loop(
+            &poster,
+            self.args.concurrency,
+            1,
+            Until::Elapsed(self.args.duration),
+        )
+        .await;
+        phase.finish(&format!("{} accepted", load.accepted.len()));
+        let matched = self.drain(scenario, &fixture, &load, baseline).await;
+        run.add(
+            scenario,
+            "accepted_per_s",
+            load.accepted.len() as f64 / load.elapsed.as_secs_f64(),
+        );
+        if let (Some(first), Some(last)) = (first_sent(&load.accepted), matched.last_arrival) {
+            run.add(
+                scenario,
+                "delivered_per_s",
+                matched.check.delivered as f64 / (last - first).as_secs_f64(),
+            );
+        }
+        self.record_load(run, scenario, &load);
+        Self::record_e2e(run, scenario, &matched, false);
+        run.checks.push(matched.check);
+        fixture.delete(&self.api).await
+    }
+
+    /// One topic, many subscriptions, events at a fixed rate: deliveries/s.
+    pub async fn fanout(&mut self, run: &mut Run) -> Result<(), CliError> {
+        let scenario = "fanout";
+        let fixture = self.fixture(scenario, self.args.subscriptions).await?;
+        let poster = self.poster(&fixture);
+        let baseline = self.receiver.count();
+        let rate = self.args.fanout_rate;
+        let counter = Arc::clone(&poster.progress);
+        let total = (f64::from(rate) * self.args.duration.as_secs_f64()) as u64;
+        let phase = Phase::start(
+            format!("{scenario}: {rate}/s × {}", self.args.subscriptions),
+            total,
+            move || counter.load(Ordering::Relaxed),
+        );
+        let load = load::open_loop(&poster, rate, self.args.duration).await;
+        phase.finish(&format!("{} accepted", load.accepted.len()));
+        let matched = self.drain(scenario, &fixture, &load, baseline).await;
+        run.add(
+            scenario,
+            "offered_per_s",
+            load.accepted.len() as f64 * fixture.subs.len() as f64 / load.elapsed.as_secs_f64(),
+        );
+        if let (Some(first), Some(last)) = (first_sent(&load.accepted), matched.last_arrival) {
+            run.add(
+                scenario,
+                "deliveries_per_s",
+                matched.check.delivered as f64 / (last - first).as_secs_f64(),
+            );
+        }
+        Self::record_e2e(run, scenario, &matched, false);
+        run.checks.push(matched.check);
+        fixture.delete(&self.api).await
+    }
+
+    /// Batches into a paused subscription (ingest alone), then the backlog drained.
+    pub async fn batch(&mut self, run: &mut Run) -> Result<(), CliError> {
+        let scenario = "batch";
+        let fixture = self.fixture(scenario, 1).await?;
+        fixture.set_active(&self.api, false).await?;
+        // The consumer stops within a second of the pause.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let poster = self.poster(&fixture);
+        let baseline = self.receiver.count();
+        let counter = Arc::clone(&poster.progress);
+        let phase = Phase::start(
+            format!(
+                "{scenario}: {} × {} events",
+                self.args.batch_concurrency, self.args.batch_size
+            ),
+            0,
+            move || counter.load(Ordering::Relaxed),
+        );
+        let load = load::closed_loop(
+            &poster,
+            self.args.batch_concurrency,
+            self.args.batch_size,
+            Until::Elapsed(self.args.duration),
+        )
+        .await;
+        phase.finish(&format!("{} accepted", load.accepted.len()));
+        run.add(
+            scenario,
+            "accepted_per_s",
+            load.accepted.len() as f64 / load.elapsed.as_secs_f64(),
+        );
+        self.record_load(run, scenario, &load);
+        let resumed = Instant::now();
+        fixture.set_active(&self.api, true).await?;
+        let matched = self.drain(scenario, &fixture, &load, baseline).await;
+        if let Some(last) = matched.last_arrival {
+            run.add(
+                scenario,
+                "backlog_delivered_per_s",
+                matched.check.delivered as f64 / (last - resumed).as_secs_f64(),
+            );
+        }
+        run.checks.push(matched.check);
+        fixture.delete(&self.api).await
+    }
+
+    /// The raw ceilings: RabbitMQ confirmed publishes, PostgreSQL inserts, the receiver.
+    pub async fn ceiling(&mut self, run: &mut Run) -> Result<(), CliError> {
+        let scenario = "ceiling";
+        let duration = self.args.ceiling_duration;
+        let phase = Phase::start(format!("{scenario}: RabbitMQ publish"), 0, || 0);
+        let rabbit = ceiling::rabbitmq(
+            &self.target.amqp_url,
+            self.queue_type,
+            self.args.payload_bytes,
+            duration,
+        )
+        .await?;
+        phase.finish(&format!("{rabbit:.0}/s"));
+        run.add(scenario, "rabbitmq_publish_per_s", rabbit);
+
+        let phase = Phase::start(format!("{scenario}: PostgreSQL insert"), 0, || 0);
+        let pg = ceiling::postgres(
+            &self.target.database_url,
+            self.args.payload_bytes,
+            self.args.batch_size,
+            self.args.batch_concurrency,
+            duration,
+        )
+        .await?;
+        phase.finish(&format!("{pg:.0} rows/s"));
+        run.add(scenario, "postgres_insert_rows_per_s", pg);
+
+        let phase = Phase::start(format!("{scenario}: receiver"), 0, || 0);
+        let index = self.next_index;
+        self.next_index += 1;
+        let receiver = ceiling::receiver(
+            &self.api.http,
+            &self.receiver,
+            index,
+            self.args.payload_bytes,
+            self.args.concurrency,
+            duration,
+        )
+        .await;
+        phase.finish(&format!("{receiver:.0}/s"));
+        run.add(scenario, "receiver_requests_per_s", receiver);
+        Ok(())
+    }
+
+    /// A long run: memory of the server must stay flat and nothing may be left queued.
+    pub async fn soak(&mut self, run: &mut Run) -> Result<(), CliError> {
+        let scenario = "soak";
+        let fixture = self.fixture(scenario, 1).await?;
+        let poster = self.poster(&fixture);
+        let baseline = self.receiver.count();
+        let events = self.args.events;
+        let samples: Arc<std::sync::Mutex<Vec<(u64, u64)>>> = Arc::default();
+        let sampler = self.target.pid().map(|pid| {
+            let (samples, counter) = (Arc::clone(&samples), Arc::clone(&poster.progress));
+            tokio::spawn(async move {
+                loop {
+                    if let Some(rss) = rss_bytes(pid) {
+                        let accepted = counter.load(Ordering::Relaxed);
+                        samples.lock().expect("samples").push((accepted, rss));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
+        });
+        let counter = Arc::clone(&poster.progress);
+        let phase = Phase::start(format!("{scenario}: posting"), events, move || {
+            counter.load(Ordering::Relaxed)
+        });
+        let load =
+            load::closed_loop(&poster, self.args.concurrency, 1, Until::Accepted(events)).await;
+        phase.finish(&format!("{} accepted", load.accepted.len()));
+        let matched = self.drain(scenario, &fixture, &load, baseline).await;
+        if let Some(sampler) = sampler {
+            sampler.abort();
+        }
+        run.add(scenario, "events", load.accepted.len() as f64);
+        run.add(
+            scenario,
+            "accepted_per_s",
+            load.accepted.len() as f64 / load.elapsed.as_secs_f64(),
+        );
+        self.record_load(run, scenario, &load);
+        // After the drain the pipeline is idle: this is "at the end".
+        let end = self.target.pid().and_then(rss_bytes);
+        let samples = samples.lock().expect("samples").clone();
+        let warm = samples
+            .iter()
+            .find(|(accepted, _)| *accepted >= events / 10)
+            .map(|(_, rss)| *rss);
+        let peak = samples.iter().map(|(_, rss)| *rss).max();
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        match (warm, end) {
+            (Some(warm), Some(end)) => {
+                run.add(scenario, "rss_warm_mib", mib(warm));
+                run.add(scenario, "rss_end_mib", mib(end));
+                run.add(scenario, "rss_peak_mib", mib(peak.unwrap_or(end).max(end)));
+                run.add(
+                    scenario,
+                    "rss_growth_pct",
+                    (end as f64 - warm as f64) / warm as f64 * 100.0,
+                );
+            }
+            _ => run.notes.push(
+                "soak: RSS not sampled (the server is not a child of the bench, or /proc is missing)"
+                    .into(),
+            ),
+        }
+        match self.outbox_backlog().await {
+            Ok(n) => run.add(scenario, "outbox_backlog", n as f64),
+            Err(e) => run.notes.push(format!("soak: outbox not read: {e}")),
+        }
+        match self.queue_backlog(&fixture).await {
+            Ok(n) => run.add(scenario, "queue_backlog", n as f64),
+            Err(e) => run.notes.push(format!("soak: queues not read: {e}")),
+        }
+        Self::record_e2e(run, scenario, &matched, false);
+        run.checks.push(matched.check);
+        fixture.delete(&self.api).await
+    }
+
+    async fn outbox_backlog(&self) -> Result<i64, CliError> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.target.database_url).await?;
+        // Confirmed rows are deleted in batches every few milliseconds; give the last batch a moment.
+        let mut n = 0;
+        for _ in 0..50 {
+            n = sqlx::query_scalar("SELECT count(*) FROM outbox")
+                .fetch_one(&mut conn)
+                .await?;
+            if n == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = conn.close().await;
+        Ok(n)
+    }
+
+    async fn queue_backlog(&self, fixture: &Fixture) -> Result<u64, CliError> {
+        let conn = lapin::Connection::connect(
+            &self.target.amqp_url,
+            lapin::ConnectionProperties::default(),
+        )
+        .await?;
+        let mut total = 0u64;
+        for sub in &fixture.subs {
+            for queue in [
+                format!("anika.sub.{}", sub.id),
+                format!("anika.dlq.{}", sub.id),
+            ] {
+                let channel = conn.create_channel().await?;
+                let declared = channel
+                    .queue_declare(
+                        queue.as_str().into(),
+                        // passive: read the depth only; never create a queue.
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                total += u64::from(declared.message_count());
+                let _ = channel.close(200, "depth read".into()).await;
+            }
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(total)
+    }
+}
+
+fn match_deliveries(
+    scenario: &str,
+    accepted: &[Sent],
+    arrivals: &[Arrival],
+    subs: &[u32],
+) -> Matched {
+    let sent: HashMap<u128, Instant> = accepted.iter().map(|s| (s.id, s.sent)).collect();
+    let mut seen: HashSet<(u32, u128)> = HashSet::with_capacity(accepted.len() * subs.len());
+    let mut check = Check {
+        scenario: scenario.to_owned(),
+        accepted: sent.len() as u64,
+        expected: (sent.len() * subs.len()) as u64,
+        ..Check::default()
+    };
+    let mut e2e = Vec::with_capacity(accepted.len() * subs.len());
+    let mut last_arrival = None;
+    for a in arrivals {
+        let Some(sent_at) = sent.get(&a.id) else {
+            check.unexpected += 1;
+            continue;
+        };
+        if seen.insert((a.sub, a.id)) {
+            check.delivered += 1;
+            e2e.push(a.at.saturating_duration_since(*sent_at));
+            last_arrival = Some(a.at);
+        } else {
+            check.duplicates += 1;
+        }
+    }
+    check.lost = check.expected.saturating_sub(check.delivered);
+    Matched {
+        check,
+        e2e,
+        last_arrival,
+    }
+}
