@@ -88,7 +88,8 @@ impl State {
             shutdown.clone(),
         ));
         let publish = publisher::start(&ctx.broker, pool, tasks, shutdown);
-        let writer = writer::start(pool, &publish, tasks, shutdown);
+        let writers = writer::writers_for(config.database_pool);
+        let writer = writer::start(writers, pool, &publish, tasks, shutdown);
         drop(publish);
         tasks.spawn(
             relay::Relay {
