@@ -256,6 +256,15 @@ async fn post_batch(
         let Path(topic_id) = topic?;
         let (topic, publisher) = postable(&state, &principal, topic_id).await?;
         let config = &state.0.ctx.config;
+        if headers.contains_key("idempotency-key") {
+            // Silently ignoring it would let a client believe its batch is protected.
+            return Err(Problem::validation(
+                "the Idempotency-Key header applies to single events; in a batch, give each event its own \
+                 `idempotency_key`",
+                Vec::new(),
+            )
+            .into());
+        }
         let bytes = input::read_body(&headers, body, config.max_batch_bytes).await?;
         let items = input::batch(&topic, publisher, &bytes, config.max_event_bytes)?;
         drop(bytes);
