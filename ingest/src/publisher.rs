@@ -11,7 +11,10 @@
 
 use std::{
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -32,8 +35,10 @@ use crate::meters as m;
 
 /// Publishes awaiting their confirm at most (bounds memory while RabbitMQ is slow).
 const MAX_IN_FLIGHT: usize = 20_000;
-/// Hand-overs (each one group's events) waiting for the publisher before new ones are left to the relay.
-const HAND_OVER_DEPTH: usize = 256;
+/// Hand-overs (each one group's events) waiting for the publisher before new ones are left to the relay…
+const HAND_OVER_DEPTH: usize = 4096;
+/// …and the envelope bytes they may hold, so a slow broker cannot make ingest hoard memory.
+const HAND_OVER_BYTES: usize = 64 << 20;
 /// A confirm that takes longer than this counts as lost; the relay republishes the event.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often confirmed ids are passed on for deletion, at the latest.
@@ -58,13 +63,21 @@ pub(crate) struct Outgoing {
 #[derive(Clone, Debug)]
 pub(crate) struct PublishQueue {
     sender: mpsc::Sender<Vec<Outgoing>>,
+    /// Envelope bytes handed over and not yet taken by the publisher.
+    queued: Arc<AtomicUsize>,
+}
+
+fn envelope_bytes(events: &[Outgoing]) -> usize {
+    events.iter().map(|e| e.envelope.len()).sum()
 }
 
 impl PublishQueue {
     /// Hands committed events over without waiting; if the publisher is behind they stay for the relay.
     pub(crate) fn hand_over(&self, events: Vec<Outgoing>) {
-        let n = events.len();
-        if self.sender.try_send(events).is_err() {
+        let (n, bytes) = (events.len(), envelope_bytes(&events));
+        let fits = self.queued.fetch_add(bytes, Ordering::AcqRel) + bytes <= HAND_OVER_BYTES;
+        if !fits || self.sender.try_send(events).is_err() {
+            self.queued.fetch_sub(bytes, Ordering::AcqRel);
             tracing::debug!(
                 events = n,
                 "publisher busy or down; leaving events to the outbox relay"
@@ -82,6 +95,7 @@ pub(crate) fn start(
     shutdown: &CancellationToken,
 ) -> PublishQueue {
     let (sender, receiver) = mpsc::channel(HAND_OVER_DEPTH);
+    let queued = Arc::new(AtomicUsize::new(0));
     let (done, confirmed) = mpsc::channel(256);
     tasks.spawn(delete_confirmed(pool.clone(), confirmed));
     tasks.spawn(
@@ -91,10 +105,11 @@ pub(crate) fn start(
             done,
             shutdown: shutdown.clone(),
             pending: Vec::new(),
+            queued: Arc::clone(&queued),
         }
         .run(),
     );
-    PublishQueue { sender }
+    PublishQueue { sender, queued }
 }
 
 /// The options of every event publish.
@@ -156,6 +171,8 @@ struct Publisher {
     shutdown: CancellationToken,
     /// Events taken from the queue when the channel turned out to be closed: tried first on the next one.
     pending: Vec<Outgoing>,
+    /// Shared with [`PublishQueue`]: bytes waiting in the hand-over queue.
+    queued: Arc<AtomicUsize>,
 }
 
 /// Why a channel's run ended.
@@ -213,7 +230,10 @@ impl Publisher {
             tokio::select! {
                 () = tokio::time::sleep_until(until) => return true,
                 next = self.receiver.recv() => match next {
-                    Some(events) => metrics::counter!(m::LEFT_TO_RELAY).increment(events.len() as u64),
+                    Some(events) => {
+                        self.queued.fetch_sub(envelope_bytes(&events), Ordering::AcqRel);
+                        metrics::counter!(m::LEFT_TO_RELAY).increment(events.len() as u64);
+                    }
                     None => return false,
                 },
             }
@@ -311,6 +331,7 @@ impl Publisher {
                 }
                 next = self.receiver.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
                     let Some(events) = next else { break End::Finished };
+                    self.queued.fetch_sub(envelope_bytes(&events), Ordering::AcqRel);
                     if !channel.status().connected() {
                         // Noticed before publishing: these go first on the next channel.
                         self.pending = events;
