@@ -10,8 +10,9 @@
 //! key, never through a read-then-write race.
 //!
 //! Up to [`MAX_WRITERS`] writers share the channel, so groups gather while
-//! others commit; PostgreSQL then flushes several commits with one WAL write. After the commit the envelopes go to the publisher; if it cannot
-//! keep up (or RabbitMQ is down) they are simply not handed over, and the relay
+//! others commit; PostgreSQL then flushes several commits with one WAL write.
+//! After the commit the envelopes go to the publisher; if it cannot keep up
+//! (or RabbitMQ is down) they are simply not handed over, and the relay
 //! publishes them from the outbox later.
 
 use std::{
