@@ -32,6 +32,7 @@ impl Error {
         match self {
             Self::Client(problem) => match problem.status {
                 400 => "bad_request",
+                401 => "unauthorized",
                 403 => "forbidden",
                 404 => "not_found",
                 409 => "conflict",
