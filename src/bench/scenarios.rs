@@ -18,7 +18,7 @@ use super::{
     load::{self, Load, Poster, Sent, Until},
     receiver::{Arrival, Receiver},
     report::{Check, Percentiles, Run},
-    server::{Target, rss_bytes},
+    server::{Target, cpu_seconds, rss_bytes},
 };
 use crate::cli::CliError;
 
@@ -130,6 +130,27 @@ impl Bench<'_> {
         .await
     }
 
+    /// CPU seconds the server child used so far (`None` for a server the bench did not start).
+    fn server_cpu(&self) -> Option<f64> {
+        self.target.pid().and_then(cpu_seconds)
+    }
+
+    /// Server CPU per unit of work between `before` and now, in microseconds.
+    fn add_cpu(
+        &self,
+        run: &mut Run,
+        scenario: &str,
+        metric: &str,
+        before: Option<f64>,
+        units: u64,
+    ) {
+        if let (Some(before), Some(after)) = (before, self.server_cpu())
+            && units > 0
+        {
+            run.add(scenario, metric, (after - before) * 1e6 / units as f64);
+        }
+    }
+
     fn poster(&self, fixture: &Fixture) -> Poster {
         Poster::new(
             &self.api,
@@ -223,6 +244,7 @@ impl Bench<'_> {
         for &rate in &self.args.rates {
             let scenario = format!("latency@{rate}/s");
             let baseline = self.receiver.count();
+            let cpu = self.server_cpu();
             poster.progress.store(0, Ordering::Relaxed);
             let counter = Arc::clone(&poster.progress);
             let total = (f64::from(rate) * self.args.duration.as_secs_f64()) as u64;
@@ -239,6 +261,13 @@ impl Bench<'_> {
             );
             self.record_load(run, &scenario, &load);
             Self::record_e2e(run, &scenario, &matched, true);
+            self.add_cpu(
+                run,
+                &scenario,
+                "server_cpu_us_per_event",
+                cpu,
+                matched.check.delivered,
+            );
             run.checks.push(matched.check);
         }
         fixture.delete(&self.api).await
@@ -250,6 +279,7 @@ impl Bench<'_> {
         let fixture = self.fixture(scenario, 1).await?;
         let poster = self.poster(&fixture);
         let baseline = self.receiver.count();
+        let cpu = self.server_cpu();
         let counter = Arc::clone(&poster.progress);
         let phase = Phase::start(
             format!("{scenario}: {} clients", self.args.concurrency),
@@ -279,6 +309,13 @@ impl Bench<'_> {
         }
         self.record_load(run, scenario, &load);
         Self::record_e2e(run, scenario, &matched, false);
+        self.add_cpu(
+            run,
+            scenario,
+            "server_cpu_us_per_event",
+            cpu,
+            matched.check.delivered,
+        );
         run.checks.push(matched.check);
         fixture.delete(&self.api).await
     }
@@ -289,6 +326,7 @@ impl Bench<'_> {
         let fixture = self.fixture(scenario, self.args.subscriptions).await?;
         let poster = self.poster(&fixture);
         let baseline = self.receiver.count();
+        let cpu = self.server_cpu();
         let rate = self.args.fanout_rate;
         let counter = Arc::clone(&poster.progress);
         let total = (f64::from(rate) * self.args.duration.as_secs_f64()) as u64;
@@ -313,6 +351,13 @@ impl Bench<'_> {
             );
         }
         Self::record_e2e(run, scenario, &matched, false);
+        self.add_cpu(
+            run,
+            scenario,
+            "server_cpu_us_per_delivery",
+            cpu,
+            matched.check.delivered,
+        );
         run.checks.push(matched.check);
         fixture.delete(&self.api).await
     }
@@ -326,6 +371,7 @@ impl Bench<'_> {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let poster = self.poster(&fixture);
         let baseline = self.receiver.count();
+        let cpu = self.server_cpu();
         let counter = Arc::clone(&poster.progress);
         let phase = Phase::start(
             format!(
@@ -349,6 +395,14 @@ impl Bench<'_> {
             load.accepted.len() as f64 / load.elapsed.as_secs_f64(),
         );
         self.record_load(run, scenario, &load);
+        // Ingest alone: the subscription is paused, nothing is delivered yet.
+        self.add_cpu(
+            run,
+            scenario,
+            "server_cpu_us_per_event",
+            cpu,
+            load.accepted.len() as u64,
+        );
         let resumed = Instant::now();
         fixture.set_active(&self.api, true).await?;
         let matched = self.drain(scenario, &fixture, &load, baseline).await;
