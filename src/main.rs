@@ -10,6 +10,11 @@ mod cli;
 mod ops;
 mod serve;
 
+/// mimalloc instead of glibc's malloc: the request paths allocate many small, short-lived
+/// buffers on several threads, where glibc spends its time consolidating and unlinking chunks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
