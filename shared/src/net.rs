@@ -137,6 +137,15 @@ fn blocked_v6(ip: Ipv6Addr) -> Option<&'static str> {
         .map(|(_, reason)| *reason)
 }
 
+fn check_host(url: &url::Url, policy: &TargetPolicy) -> Result<(), String> {
+    match url.host() {
+        None => Err("the URL has no host".into()),
+        Some(url::Host::Ipv4(ip)) => policy.check_ip(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => policy.check_ip(IpAddr::V6(ip)),
+        Some(url::Host::Domain(name)) => policy.check_name(name),
+    }
+}
+
 /// An http(s) URL whose host passed the [`TargetPolicy`] when it was parsed.
 #[derive(Clone, PartialEq, Eq, Serialize)]
 #[serde(into = "String")]
@@ -159,14 +168,15 @@ impl WebhookUrl {
                 url.scheme()
             ));
         }
-        match url.host() {
-            None => return Err("the URL has no host".into()),
-            Some(url::Host::Ipv4(ip)) => policy.check_ip(IpAddr::V4(ip))?,
-            Some(url::Host::Ipv6(ip)) => policy.check_ip(IpAddr::V6(ip))?,
-            Some(url::Host::Domain(name)) => policy.check_name(name)?,
-        }
+        check_host(&url, policy)?;
         url.set_fragment(None);
         Ok(Self(url))
+    }
+
+    /// Checks the host against `policy` again, without parsing the URL again
+    /// (cheap enough for every delivery).
+    pub fn check_host(&self, policy: &TargetPolicy) -> Result<(), String> {
+        check_host(&self.0, policy)
     }
 
     /// The URL.
