@@ -1,10 +1,10 @@
 //! The PostgreSQL pool: creates the database when it is missing and runs the embedded migrations.
 
-use std::{str::FromStr, time::Duration};
+use std::{net::IpAddr, str::FromStr, time::Duration};
 
 use sqlx::{
     ConnectOptions, Connection, PgPool,
-    postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
+    postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgSslMode},
 };
 
 /// The schema, compiled into the binary.
@@ -32,8 +32,8 @@ pub enum DbError {
 
 /// Connects a pool of `size` connections to `url`, creating the database first if it does not exist.
 pub async fn connect(url: &str, size: u32) -> Result<PgPool, DbError> {
-    let options = PgConnectOptions::from_str(url)
-        .map_err(DbError::BadUrl)?
+    let options = PgConnectOptions::from_str(url).map_err(DbError::BadUrl)?;
+    let options = plain_on_loopback(options, url)
         // Statements are logged at TRACE: a statement per event at DEBUG drowns the logs.
         .log_statements(log::LevelFilter::Trace)
         .log_slow_statements(log::LevelFilter::Warn, Duration::from_millis(500));
@@ -54,6 +54,33 @@ pub async fn connect(url: &str, size: u32) -> Result<PgPool, DbError> {
             url: redacted,
             source,
         })
+}
+
+/// Reaches a server on this host without TLS, unless the URL (or `PGSSLMODE`) names a TLS mode.
+///
+/// TLS over loopback protects nothing, and it is expensive here: sqlx writes each
+/// TLS record (at most 16 KiB) with its own syscall on a socket without
+/// `TCP_NODELAY`, so every statement larger than one record - a group commit of a
+/// few dozen events, a batch of attempt records - waits for the server's delayed
+/// ACK, 40 ms, per round trip. `anika bench`: batch ingest 8,658 -> 37,092 events/s.
+fn plain_on_loopback(options: PgConnectOptions, url: &str) -> PgConnectOptions {
+    let explicit = url::Url::parse(url).is_ok_and(|u| {
+        u.query_pairs()
+            .any(|(k, _)| k == "sslmode" || k == "ssl-mode")
+    }) || std::env::var_os("PGSSLMODE").is_some();
+    let host = options.get_host();
+    let loopback = host == "localhost"
+        || host.starts_with('/')
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback && !explicit {
+        options.ssl_mode(PgSslMode::Disable)
+    } else {
+        options
+    }
 }
 
 /// Connects and applies every pending migration (safe from several processes at once).
@@ -87,5 +114,38 @@ async fn ensure_database(options: &PgConnectOptions) -> Result<(), sqlx::Error> 
             admin.close().await
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(url: &str) -> PgSslMode {
+        plain_on_loopback(PgConnectOptions::from_str(url).expect("a URL"), url).get_ssl_mode()
+    }
+
+    #[test]
+    fn loopback_servers_are_reached_without_tls_unless_the_url_asks() {
+        if std::env::var_os("PGSSLMODE").is_some() {
+            return;
+        }
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1:5432/db"),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode("postgres://u@localhost/db"),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(mode("postgres://u@[::1]/db"), PgSslMode::Disable));
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1/db?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://u@db.example.com/db"),
+            PgSslMode::Prefer
+        ));
     }
 }
