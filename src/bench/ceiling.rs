@@ -26,7 +26,6 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
-use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinSet;
 
 use super::{load::pad, receiver::Receiver};
@@ -134,10 +133,8 @@ pub async fn postgres(
     connections: usize,
     duration: Duration,
 ) -> Result<f64, CliError> {
-    let pool = PgPoolOptions::new()
-        .max_connections(connections as u32)
-        .connect(database_url)
-        .await?;
+    // The server's own way of connecting (same TLS choice), so the ceiling is comparable.
+    let pool = anika_shared::db::connect(database_url, connections as u32).await?;
     let table = format!("anika_bench_ceiling_{}", uuid::Uuid::new_v4().simple());
     // LIKE … INCLUDING ALL: the columns, jsonb, primary key and every index of the event log.
     sqlx::query(sqlx::AssertSqlSafe(format!(
