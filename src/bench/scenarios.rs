@@ -55,12 +55,16 @@ impl Phase {
     fn start(label: String, total: u64, count: impl Fn() -> u64 + Send + 'static) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(total);
+            // Without a known total (closed loops, ceilings) a bar would only sit full.
+            let template = if total > 0 {
+                "{spinner} {msg:<28} [{bar:30}] {pos}/{len} {per_sec} {elapsed}"
+            } else {
+                "{spinner} {msg:<28} {pos} {elapsed}"
+            };
             bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} {msg:<28} [{bar:30}] {pos}/{len} {per_sec} {elapsed}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(template)
+                    .expect("static template")
+                    .progress_chars("=> "),
             );
             bar.set_message(label.clone());
             bar.enable_steady_tick(Duration::from_millis(200));
