@@ -30,13 +30,20 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-/// Connects a pool of `size` connections to `url`, creating the database first if it does not exist.
-pub async fn connect(url: &str, size: u32) -> Result<PgPool, DbError> {
+/// The connect options for `url`, read as libpq reads it: no user in the URL (nor
+/// `PGUSER`) means the operating-system user, and a server on this host is reached
+/// without TLS unless the URL asks for it.
+pub fn options(url: &str) -> Result<PgConnectOptions, DbError> {
     let options = PgConnectOptions::from_str(url).map_err(DbError::BadUrl)?;
-    let options = plain_on_loopback(options, url)
+    Ok(plain_on_loopback(os_user_by_default(options, url), url)
         // Statements are logged at TRACE: a statement per event at DEBUG drowns the logs.
         .log_statements(log::LevelFilter::Trace)
-        .log_slow_statements(log::LevelFilter::Warn, Duration::from_millis(500));
+        .log_slow_statements(log::LevelFilter::Warn, Duration::from_millis(500)))
+}
+
+/// Connects a pool of `size` connections to `url`, creating the database first if it does not exist.
+pub async fn connect(url: &str, size: u32) -> Result<PgPool, DbError> {
+    let options = options(url)?;
     let redacted = crate::config::redact_url(url);
     ensure_database(&options)
         .await
@@ -54,6 +61,20 @@ pub async fn connect(url: &str, size: u32) -> Result<PgPool, DbError> {
             url: redacted,
             source,
         })
+}
+
+/// Logs in as the operating-system user when neither the URL nor `PGUSER` names one.
+///
+/// sqlx 0.9 builds `whoami` without its `std` feature, whose stub answers
+/// "anonymous": the default `postgres://localhost/anika` would then log in as a role
+/// nobody has, where psql and libpq log in as the OS user.
+fn os_user_by_default(options: PgConnectOptions, url: &str) -> PgConnectOptions {
+    let named = url::Url::parse(url).is_ok_and(|u| !u.username().is_empty())
+        || std::env::var_os("PGUSER").is_some();
+    match whoami::username() {
+        Ok(user) if !named => options.username(&user),
+        _ => options,
+    }
 }
 
 /// Reaches a server on this host without TLS, unless the URL (or `PGSSLMODE`) names a TLS mode.
@@ -147,5 +168,18 @@ mod tests {
             mode("postgres://u@db.example.com/db"),
             PgSslMode::Prefer
         ));
+    }
+
+    #[test]
+    fn a_url_without_a_user_logs_in_as_the_operating_system_user() {
+        if std::env::var_os("PGUSER").is_some() {
+            return;
+        }
+        let me = whoami::username().expect("the OS user has a name");
+        assert_ne!(me, "anonymous", "whoami must be built with its std feature");
+        let named = options("postgres://localhost/anika").expect("a URL");
+        assert_eq!(named.get_username(), me);
+        let given = options("postgres://someone@localhost/anika").expect("a URL");
+        assert_eq!(given.get_username(), "someone");
     }
 }

@@ -543,7 +543,10 @@ impl Bench<'_> {
 
     async fn outbox_backlog(&self) -> Result<i64, CliError> {
         use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&self.target.database_url).await?;
+        let mut conn = sqlx::PgConnection::connect_with(&anika_shared::db::options(
+            &self.target.database_url,
+        )?)
+        .await?;
         // Confirmed rows are deleted in batches every few milliseconds; give the last batch a moment.
         let mut n = 0;
         for _ in 0..50 {

@@ -233,7 +233,8 @@ fn free_port() -> Result<u16, CliError> {
 }
 
 async fn drop_database(admin_url: &str, name: &str) -> Result<(), CliError> {
-    let mut conn = PgConnection::connect(&with_path(admin_url, "postgres")?).await?;
+    let options = anika_shared::db::options(&with_path(admin_url, "postgres")?)?;
+    let mut conn = PgConnection::connect_with(&options).await?;
     // FORCE: connections the killed server left behind must not keep the database alive.
     let statement = format!(
         "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
