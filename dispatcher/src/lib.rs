@@ -109,6 +109,7 @@ impl State {
                 registry.run(shutdown).await;
                 // Every consumer is stopped; make sure their last outcomes are written and acked.
                 deps.writer.flushed().await;
+                deps.publisher.close().await;
                 tracing::info!("dispatcher stopped");
             }
         });

@@ -34,6 +34,15 @@ impl Publisher {
         Ok(channel)
     }
 
+    /// Closes the channel, once nothing publishes any more (at shutdown).
+    ///
+    /// Left to its drop, lapin would close it after the connection is gone and log an error.
+    pub async fn close(&self) {
+        if let Some(channel) = self.channel.lock().await.take() {
+            let _ = channel.close(200, "dispatcher stopping".into()).await;
+        }
+    }
+
     /// Publishes and waits for the broker's confirm; an unroutable or refused message is an error.
     pub async fn publish(
         &self,

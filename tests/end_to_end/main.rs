@@ -52,7 +52,7 @@ async fn an_event_posted_to_the_binary_is_delivered_signed_and_can_be_found_with
     assert_eq!(deliveries.len(), 1, "{event}");
     assert_eq!(deliveries[0]["status"], "succeeded");
     assert_eq!(deliveries[0]["attempts"], 1);
-    anika.terminate().await;
+    anika.terminate_cleanly().await;
 }
 
 #[tokio::test]
@@ -95,7 +95,7 @@ async fn a_process_killed_with_sigkill_mid_delivery_loses_nothing() {
         "SIGKILL mid-delivery: {} events, {duplicates} duplicates",
         accepted.len()
     );
-    restarted.terminate().await;
+    restarted.terminate_cleanly().await;
 }
 
 fn json_of(stdout: &str) -> Value {
@@ -232,7 +232,7 @@ async fn the_operator_cli_lists_replays_and_purges_dead_letters_and_replays_the_
     let (code, _, err) = run_cli(&env, &["dlq", "replay", "--subscription", "not-an-id"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("subscription id"), "{err}");
-    anika.terminate().await;
+    anika.terminate_cleanly().await;
 }
 
 #[tokio::test]
@@ -340,7 +340,7 @@ async fn a_dead_letter_replay_killed_halfway_loses_nothing() {
         anika.api.get(&dead_path, &world.admin).await.expect(200)["total"],
         0
     );
-    anika.terminate().await;
+    anika.terminate_cleanly().await;
 }
 
 /// Event ids with a dead-letter record, read through the API's own database.
@@ -419,5 +419,5 @@ async fn the_openapi_document_of_anika_up_describes_exactly_the_api_contract() {
         .await
         .unwrap();
     assert_eq!(docs.status(), 200, "the interactive docs are served");
-    anika.terminate().await;
+    anika.terminate_cleanly().await;
 }

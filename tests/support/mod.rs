@@ -25,6 +25,10 @@ pub struct Anika {
     pub api: Api,
     /// Its process id.
     pub pid: u32,
+    /// The lines it logged at ERROR (or panics), in order.
+    errors: Arc<Mutex<Vec<String>>>,
+    /// Reads its stderr until the process closes it.
+    logs: tokio::task::JoinHandle<()>,
 }
 
 /// The environment every child gets, plus `extra`.
@@ -83,11 +87,16 @@ impl Anika {
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
         // Keep the logs flowing (a full pipe would block the child); show them on failure.
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("\"ERROR\"") || line.contains("panicked") {
-                    eprintln!("[anika {pid}] {line}");
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let logs = tokio::spawn({
+            let errors = Arc::clone(&errors);
+            async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.contains("\"ERROR\"") || line.contains("panicked") {
+                        eprintln!("[anika {pid}] {line}");
+                        errors.lock().unwrap().push(line);
+                    }
                 }
             }
         });
@@ -111,6 +120,8 @@ impl Anika {
             child,
             api: Api::new(addr),
             pid,
+            errors,
+            logs,
         }
     }
 
@@ -120,12 +131,42 @@ impl Anika {
     }
 
     /// Asks the process to stop (SIGTERM) and waits for it.
-    pub async fn terminate(mut self) {
+    pub async fn terminate(self) {
+        self.stop_logging_errors().await;
+    }
+
+    /// Stops the process with SIGTERM and asserts that it stopped cleanly: exit
+    /// status 0 and not one line at ERROR from the signal on.
+    pub async fn terminate_cleanly(self) {
+        let pid = self.pid;
+        let (status, errors) = self.stop_logging_errors().await;
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "anika {pid} stopped with {status:?}"
+        );
+        assert!(
+            errors.is_empty(),
+            "anika {pid} logged errors while stopping:\n{}",
+            errors.join("\n")
+        );
+    }
+
+    /// SIGTERM, then waits for the exit and the last log line; returns the exit
+    /// status and the ERROR lines logged from the signal on.
+    async fn stop_logging_errors(mut self) -> (Option<std::process::ExitStatus>, Vec<String>) {
+        let before = self.errors.lock().unwrap().len();
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status()
             .await;
-        let _ = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await;
+        let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        // The pipe closes with the process: the reader then has every line.
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.logs).await;
+        let errors = self.errors.lock().unwrap().split_off(before);
+        (status, errors)
     }
 }
 
