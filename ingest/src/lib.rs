@@ -87,7 +87,13 @@ impl State {
             Arc::clone(&cache),
             shutdown.clone(),
         ));
-        let publish = publisher::start(&ctx.broker, pool, tasks, shutdown);
+        let publish = publisher::start(
+            &ctx.broker,
+            pool,
+            config.outbox_relay_after,
+            tasks,
+            shutdown,
+        );
         let writers = writer::writers_for(config.database_pool);
         let writer = writer::start(writers, pool, &publish, tasks, shutdown);
         drop(publish);

@@ -8,6 +8,13 @@
 //! never stalls publishing. Anything not confirmed — a nack, a broken channel,
 //! RabbitMQ down, a full hand-over queue — keeps its outbox row and is
 //! published by the relay.
+//!
+//! The relay takes outbox rows older than `outbox_relay_after`. So that it and
+//! the publisher do not both publish an event the publisher is slow to reach
+//! (a broker slower than ingest, a backlog in the hand-over queue), the
+//! publisher publishes only events committed less than half that long ago and
+//! leaves older ones to the relay: an event then goes out twice only if its
+//! confirm and outbox delete take longer than the other half.
 
 use std::{
     pin::Pin,
@@ -57,6 +64,14 @@ pub(crate) struct Outgoing {
     pub(crate) topic: TopicId,
     /// The message body.
     pub(crate) envelope: Vec<u8>,
+    /// Taken before its transaction began: its outbox row's `created_at` is no earlier.
+    pub(crate) written_from: Instant,
+}
+
+/// Whether the publisher may still publish an event written from `written_from`,
+/// or must leave it to the relay, which may already be taking its row.
+fn fresh(written_from: Instant, fresh_for: Duration) -> bool {
+    written_from.elapsed() < fresh_for
 }
 
 /// The writers' end of the publisher.
@@ -88,9 +103,12 @@ impl PublishQueue {
 }
 
 /// Starts the publisher and the outbox deleter; they stop once every [`PublishQueue`] is dropped.
+///
+/// `relay_after` is the relay's `outbox_relay_after`: events older than half of it are left to the relay.
 pub(crate) fn start(
     broker: &Arc<Broker>,
     pool: &PgPool,
+    relay_after: Duration,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> PublishQueue {
@@ -106,6 +124,7 @@ pub(crate) fn start(
             shutdown: shutdown.clone(),
             pending: Vec::new(),
             queued: Arc::clone(&queued),
+            fresh_for: relay_after / 2,
         }
         .run(),
     );
@@ -173,6 +192,8 @@ struct Publisher {
     pending: Vec<Outgoing>,
     /// Shared with [`PublishQueue`]: bytes waiting in the hand-over queue.
     queued: Arc<AtomicUsize>,
+    /// Events written longer ago than this are left to the relay.
+    fresh_for: Duration,
 }
 
 /// Why a channel's run ended.
@@ -240,12 +261,19 @@ impl Publisher {
         }
     }
 
-    /// Publishes `events` without waiting for confirms; on failure the rest are left to the relay.
+    /// Publishes `events` without waiting for confirms; on failure the rest are left to the relay,
+    /// and so are events too old to be published without racing it.
     async fn publish_all(
         channel: &Channel,
-        events: Vec<Outgoing>,
+        mut events: Vec<Outgoing>,
         in_flight: &mut FuturesUnordered<Pending>,
+        fresh_for: Duration,
     ) -> Result<(), String> {
+        let before = events.len();
+        events.retain(|e| fresh(e.written_from, fresh_for));
+        if events.len() < before {
+            metrics::counter!(m::LEFT_TO_RELAY).increment((before - events.len()) as u64);
+        }
         let total = events.len();
         for (n, event) in events.into_iter().enumerate() {
             match publish(channel, event.id, event.topic, &event.envelope).await {
@@ -273,7 +301,7 @@ impl Publisher {
         let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mut confirmed_ids: Vec<Uuid> = Vec::new();
         let pending = std::mem::take(&mut self.pending);
-        let first = Self::publish_all(channel, pending, &mut in_flight).await;
+        let first = Self::publish_all(channel, pending, &mut in_flight, self.fresh_for).await;
         let end = if let Err(e) = first {
             End::Broken(e)
         } else {
@@ -337,7 +365,7 @@ impl Publisher {
                         self.pending = events;
                         break End::Broken("the channel is closed".to_owned());
                     }
-                    if let Err(e) = Self::publish_all(channel, events, in_flight).await {
+                    if let Err(e) = Self::publish_all(channel, events, in_flight, self.fresh_for).await {
                         break End::Broken(e);
                     }
                 }
@@ -391,4 +419,17 @@ async fn delete_confirmed(pool: PgPool, mut confirmed: mpsc::Receiver<Vec<Uuid>>
         }
     }
     tracing::debug!("outbox deleter stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_older_than_half_the_relay_delay_is_left_to_the_relay() {
+        let fresh_for = Duration::from_millis(2500);
+        assert!(fresh(Instant::now(), fresh_for));
+        let old = Instant::now() - Duration::from_millis(2600);
+        assert!(!fresh(old, fresh_for));
+    }
 }

@@ -294,6 +294,7 @@ impl WriterTask {
                                 id: event.id,
                                 topic: submission.topic,
                                 envelope: event.envelope,
+                                written_from: started,
                             });
                         }
                     }

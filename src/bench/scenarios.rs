@@ -366,9 +366,29 @@ impl Bench<'_> {
         fixture.delete(&self.api).await
     }
 
+    /// Single-event POSTs into a paused subscription: ingest alone, as the
+    /// RabbitMQ ceiling publishes alone into a queue nobody consumes.
+    pub async fn ingest(&mut self, run: &mut Run) -> Result<(), CliError> {
+        let clients = self.args.concurrency;
+        self.ingest_alone(run, "ingest", clients, 1).await
+    }
+
     /// Batches into a paused subscription (ingest alone), then the backlog drained.
     pub async fn batch(&mut self, run: &mut Run) -> Result<(), CliError> {
-        let scenario = "batch";
+        let (clients, size) = (self.args.batch_concurrency, self.args.batch_size);
+        self.ingest_alone(run, "batch", clients, size).await
+    }
+
+    /// Posts from `clients` closed-loop clients (`per_request` events each time)
+    /// while the only subscription is paused, so the server does nothing but
+    /// ingest; then resumes it and checks that every accepted event is delivered.
+    async fn ingest_alone(
+        &mut self,
+        run: &mut Run,
+        scenario: &str,
+        clients: usize,
+        per_request: usize,
+    ) -> Result<(), CliError> {
         let fixture = self.fixture(scenario, 1).await?;
         fixture.set_active(&self.api, false).await?;
         // The consumer stops within a second of the pause.
@@ -377,18 +397,16 @@ impl Bench<'_> {
         let baseline = self.receiver.count();
         let cpu = self.server_cpu();
         let counter = Arc::clone(&poster.progress);
-        let phase = Phase::start(
-            format!(
-                "{scenario}: {} × {} events",
-                self.args.batch_concurrency, self.args.batch_size
-            ),
-            0,
-            move || counter.load(Ordering::Relaxed),
-        );
+        let label = if per_request == 1 {
+            format!("{scenario}: {clients} clients, subscription paused")
+        } else {
+            format!("{scenario}: {clients} × {per_request} events, subscription paused")
+        };
+        let phase = Phase::start(label, 0, move || counter.load(Ordering::Relaxed));
         let load = load::closed_loop(
             &poster,
-            self.args.batch_concurrency,
-            self.args.batch_size,
+            clients,
+            per_request,
             Until::Elapsed(self.args.duration),
         )
         .await;
