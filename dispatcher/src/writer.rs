@@ -10,15 +10,12 @@ use std::time::Duration;
 use anika_shared::domain::{AttemptId, EventId, SubscriptionId};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
-use futures::future::join_all;
-use lapin::{
-    Acker,
-    options::{BasicAckOptions, BasicNackOptions},
-};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::ack::{self, Ticket};
 
 /// Largest batch per insert.
 const MAX_BATCH: usize = 2000;
@@ -61,9 +58,9 @@ pub struct SkipRow {
 #[derive(Debug)]
 pub enum Settle {
     /// Remove it from the queue.
-    Ack(Acker),
+    Ack(Ticket),
     /// Put it back at the head of the queue (to be delivered later).
-    Requeue(Acker),
+    Requeue(Ticket),
     /// Nothing (it is still being worked on, or was settled elsewhere).
     Keep,
 }
@@ -105,11 +102,11 @@ impl Writer {
     }
 
     /// Records a skip, then acknowledges its message.
-    pub fn skip(&self, row: SkipRow, acker: Acker) {
+    pub fn skip(&self, row: SkipRow, ticket: Ticket) {
         self.send(Job::Record {
             attempt: None,
             skip: Some(row),
-            settle: Settle::Ack(acker),
+            settle: Settle::Ack(ticket),
         });
     }
 
@@ -144,7 +141,8 @@ async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Job>, stop: Cancellat
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut attempts = Vec::new();
         let mut skips = Vec::new();
-        let mut settles = Vec::new();
+        let mut acks = Vec::new();
+        let mut requeues = Vec::new();
         let mut barriers = Vec::new();
         for job in batch.drain(..) {
             match job {
@@ -155,7 +153,11 @@ async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Job>, stop: Cancellat
                 } => {
                     attempts.extend(attempt);
                     skips.extend(skip);
-                    settles.push(settle);
+                    match settle {
+                        Settle::Ack(ticket) => acks.push(ticket),
+                        Settle::Requeue(ticket) => requeues.push(ticket),
+                        Settle::Keep => {}
+                    }
                 }
                 Job::Barrier(done) => barriers.push(done),
             }
@@ -175,7 +177,7 @@ async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Job>, stop: Cancellat
             Ok(()) => {
                 metrics::counter!("anika_attempt_records_written_total")
                     .increment(attempts.len() as u64);
-                join_all(settles.into_iter().map(settle)).await;
+                ack::settle(acks, requeues).await;
             }
             Err(e) => {
                 // Shutting down with PostgreSQL away: leave the messages unacknowledged,
@@ -186,27 +188,6 @@ async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Job>, stop: Cancellat
         for done in barriers {
             let _ = done.send(());
         }
-    }
-}
-
-async fn settle(settle: Settle) {
-    let result = match settle {
-        Settle::Ack(acker) => acker.ack(BasicAckOptions::default()).await,
-        // requeue: the message goes back to the head of its queue for a later delivery.
-        Settle::Requeue(acker) => {
-            acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
-        }
-        Settle::Keep => return,
-    };
-    if let Err(e) = result {
-        // The channel died after the outcome was recorded: the broker redelivers
-        // the message and the subscriber sees a duplicate with the same webhook-id.
-        tracing::debug!(error = %e, "could not settle a message; it will be redelivered");
     }
 }
 
