@@ -163,6 +163,9 @@ async fn consume(
 }
 
 /// Handles one message from check to settlement.
+///
+/// The rare branches (database writes, retries, dead letters) are boxed: thousands of these
+/// futures are in flight at once, and inline they made each one 16 KiB instead of 2.4 KiB.
 async fn process(
     sub: Arc<Sub>,
     deps: Arc<Deps>,
@@ -217,7 +220,7 @@ async fn process(
     let mut attempt = meta.attempts + 1;
     if config.ordered && redelivered {
         // Retries in place leave no trace in the message: count them from the log.
-        attempt = attempt.max(recorded_attempts(&deps, &sub, meta.event).await + 1);
+        attempt = attempt.max(Box::pin(recorded_attempts(&deps, &sub, meta.event)).await + 1);
     }
     let body = Bytes::from(data);
     let event_id = meta.event.to_string();
@@ -291,17 +294,17 @@ async fn process(
                 metrics::counter!("anika_deliveries_total", "outcome" => "failed").increment(1);
                 tracing::info!(subscription = %sub.id, event = %meta.event, attempt, error = %error, "delivery failed");
                 if row.http_status == Some(410) {
-                    disable(&deps, &sub, "the endpoint answered 410 Gone").await;
+                    Box::pin(disable(&deps, &sub, "the endpoint answered 410 Gone")).await;
                     deps.writer.attempt(row, Settle::Requeue(acker));
                     return;
                 }
-                if failing_too_long(&sub, &deps).await {
+                if Box::pin(failing_too_long(&sub, &deps)).await {
                     deps.writer.attempt(row, Settle::Requeue(acker));
                     return;
                 }
                 let error = error.clone();
                 deps.writer.attempt(row, Settle::Keep);
-                if !fail_or_retry(
+                if !Box::pin(fail_or_retry(
                     &sub,
                     &deps,
                     &config,
@@ -312,7 +315,7 @@ async fn process(
                     &stop,
                     error,
                     retry_after,
-                )
+                ))
                 .await
                 {
                     return;
@@ -451,10 +454,11 @@ async fn healthy(sub: &Sub, deps: &Deps) {
         .take()
         .is_some();
     if was_failing {
-        let _ = sqlx::query("UPDATE subscriptions SET failing_since = NULL WHERE id = $1")
+        // Boxed: a rare path whose future would otherwise widen every delivery's.
+        let cleared = sqlx::query("UPDATE subscriptions SET failing_since = NULL WHERE id = $1")
             .bind(sub.id.uuid())
-            .execute(&deps.pool)
-            .await;
+            .execute(&deps.pool);
+        let _ = Box::pin(cleared).await;
     }
 }
 
