@@ -117,19 +117,25 @@ impl State {
         tasks.spawn(queue_gauges(
             Arc::clone(&registry),
             Arc::clone(&ctx.broker),
+            // A Prometheus scrape every 15 s sees fresh figures; a shorter reconcile asks for more.
+            ctx.config.reconcile_interval.min(GAUGE_INTERVAL),
             shutdown.clone(),
         ));
         Ok(Self { ctx })
     }
 }
 
-/// Publishes each subscription's queue depth and dead-letter count as gauges.
+/// How often the queue gauges are read from RabbitMQ, at the longest.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Publishes each subscription's queue depth and dead-letter count as gauges, every `every`.
 async fn queue_gauges(
     registry: Arc<registry::Registry>,
     broker: Arc<Broker>,
+    every: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -214,7 +214,7 @@ pub struct Config {
     pub outbox_relay_after: Duration,
     /// `ANIKA_MAINTENANCE_INTERVAL`: how often partitions are made ahead and retention runs.
     pub maintenance_interval: Duration,
-    /// `ANIKA_RECONCILE_INTERVAL`: how often the dispatcher re-reads the whole catalog.
+    /// `ANIKA_RECONCILE_INTERVAL`: how often the dispatcher re-reads the whole catalog (and, when under 15 s, the queue gauges).
     pub reconcile_interval: Duration,
     /// `ANIKA_CIRCUIT_BREAKER_AFTER`: consecutive failures after which a subscription's consumer backs off.
     pub circuit_breaker_after: u32,

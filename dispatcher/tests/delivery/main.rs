@@ -4,6 +4,7 @@ mod access;
 mod health;
 mod helpers;
 mod lifecycle;
+mod metrics;
 mod ordering;
 mod recovery;
 mod retries;
