@@ -7,7 +7,10 @@
 
 use std::time::Duration;
 
-use tokio::{sync::Mutex, time::Instant};
+use tokio::{
+    sync::{Mutex, Notify},
+    time::Instant,
+};
 
 const FIRST_COOLDOWN: Duration = Duration::from_millis(500);
 const MAX_COOLDOWN: Duration = Duration::from_secs(60);
@@ -25,6 +28,8 @@ pub struct Breaker {
     threshold: u32,
     inner: std::sync::Mutex<Inner>,
     probe: Mutex<()>,
+    /// Wakes deliveries waiting out a cool-down when the breaker is reset.
+    reset: Notify,
 }
 
 /// Held while a delivery is allowed through; a probe holds the probe lock.
@@ -44,17 +49,23 @@ impl Breaker {
                 cooldown: FIRST_COOLDOWN,
             }),
             probe: Mutex::new(()),
+            reset: Notify::new(),
         }
     }
 
     /// Waits until a delivery may go out.
     pub async fn pass(&self) -> Pass<'_> {
         loop {
+            // Made before reading the state, so a reset in between is not missed.
+            let reset = self.reset.notified();
             let open_until = self.inner.lock().expect("breaker").open_until;
             let Some(until) = open_until else {
                 return Pass { _probe: None };
             };
-            tokio::time::sleep_until(until).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = reset => continue,
+            }
             let guard = self.probe.lock().await;
             // Another probe may have closed (or reopened) the breaker while we waited.
             let state = self.inner.lock().expect("breaker").open_until;
@@ -76,6 +87,13 @@ impl Breaker {
         inner.consecutive_failures = 0;
         inner.open_until = None;
         inner.cooldown = FIRST_COOLDOWN;
+    }
+
+    /// Forgets past failures and lets waiting deliveries through at once: the
+    /// endpoint was re-enabled or changed, so its old failures say nothing.
+    pub fn reset(&self) {
+        self.succeeded();
+        self.reset.notify_waiters();
     }
 
     /// Records a failure: may open (or reopen, longer) the breaker.
@@ -135,6 +153,26 @@ mod tests {
         );
 
         breaker.succeeded();
+        assert!(!breaker.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_lets_a_waiting_delivery_through_at_once() {
+        let breaker = std::sync::Arc::new(Breaker::new(1));
+        for _ in 0..5 {
+            breaker.failed(); // cool-down now 8 s
+        }
+        let waiting = tokio::spawn({
+            let breaker = std::sync::Arc::clone(&breaker);
+            async move {
+                let started = Instant::now();
+                drop(breaker.pass().await);
+                started.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        breaker.reset();
+        assert_eq!(waiting.await.unwrap(), Duration::from_millis(100));
         assert!(!breaker.is_open());
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anika_shared::{
     amqp::{Broker, BrokerError, DELIVER_EXCHANGE, dead_letter_queue},
+    changes::Change,
     domain::{EventId, PartnerId, SubscriptionId, TopicId},
     envelope::{Envelope, Meta, properties, with_attempts},
 };
@@ -146,8 +147,28 @@ pub async fn replay_dead_letters(
     }
     close(get).await;
     close(publish).await;
+    if moved > 0 {
+        announce(pool, subscription).await;
+    }
     metrics::counter!("anika_dead_letters_replayed_total").increment(moved);
     Ok(moved)
+}
+
+/// Tells every dispatcher that the operator expects this endpoint to answer again.
+/// The messages are already moved, so a failure here only delays them: it is logged.
+async fn announce(pool: &PgPool, subscription: SubscriptionId) {
+    let sent = async {
+        let mut conn = pool.acquire().await?;
+        Change::Recovered {
+            subscription_id: subscription,
+        }
+        .notify(&mut conn)
+        .await
+    }
+    .await;
+    if let Err(e) = sent {
+        tracing::warn!(subscription = %subscription, error = %e, "could not announce the replay; deliveries may wait for the circuit breaker's next probe");
+    }
 }
 
 /// Empties the dead-letter queue and its records; returns how many messages were dropped.
@@ -256,6 +277,9 @@ pub async fn replay_log(
     confirm(&channel).await?;
     progress(enqueued);
     close(channel).await;
+    if enqueued > 0 {
+        announce(pool, subscription).await;
+    }
     metrics::counter!("anika_log_replayed_total").increment(enqueued);
     Ok(enqueued)
 }

@@ -120,6 +120,17 @@ impl Sub {
     }
 
     fn update(&self, config: SubConfig) {
+        let before = self.config();
+        let reactivated = before.status != Status::Active && config.status == Status::Active;
+        if reactivated {
+            // The catalog clears `failing_since` on re-enabling; failures from before must not
+            // disable it again at the first error.
+            *self.failing_since.lock().expect("health lock") = config.failing_since;
+        }
+        if reactivated || before.url != config.url {
+            // Resumed, re-enabled or moved: deliver at once instead of waiting out a cool-down.
+            self.breaker.reset();
+        }
         *self.config.write().expect("config lock") = Arc::new(config);
         self.sync_limiter();
     }
@@ -271,6 +282,10 @@ impl Registry {
                             Some(Change::Subscription { subscription_id }) => Scope::Subscription(subscription_id),
                             Some(Change::Topic { topic_id }) => Scope::Topic(topic_id),
                             Some(Change::Grant { topic_id, .. }) => Scope::Topic(topic_id),
+                            Some(Change::Recovered { subscription_id }) => {
+                                self.recovered(subscription_id).await;
+                                continue;
+                            }
                             None => Scope::All,
                         };
                         self.reload_logged(scope).await;
@@ -287,6 +302,13 @@ impl Registry {
             }
         }
         self.stop_all().await;
+    }
+
+    /// Lets the replayed messages of a subscription through at once (see [`Change::Recovered`]).
+    async fn recovered(&self, id: SubscriptionId) {
+        if let Some(entry) = self.entries.lock().await.get(&id) {
+            entry.sub.breaker.reset();
+        }
     }
 
     async fn listen(&self, shutdown: &CancellationToken) -> Option<PgListener> {

@@ -32,6 +32,12 @@ pub enum Change {
         /// The subscription.
         subscription_id: SubscriptionId,
     },
+    /// Dead letters were replayed or history re-delivered: the operator expects the
+    /// endpoint to answer, so dispatchers stop waiting out its circuit breaker's cool-down.
+    Recovered {
+        /// The subscription.
+        subscription_id: SubscriptionId,
+    },
 }
 
 impl Change {

@@ -95,6 +95,64 @@ async fn an_endpoint_failing_for_longer_than_disable_after_is_disabled() {
 }
 
 #[tokio::test]
+async fn a_re_enabled_subscription_starts_afresh_without_its_old_cool_down_or_failure_time() {
+    // The breaker opens at every failure: cool-downs 0.5 s, 1 s, 2 s, 4 s.
+    let s = Setup::new(
+        &[
+            ("disable_after", "2s"),
+            ("retry_schedule", "100ms"),
+            ("circuit_breaker_after", "1"),
+        ],
+        json!({"max_attempts": 100}),
+    )
+    .await;
+    s.receiver.always(Reply::Status(500));
+    s.publish(json!({"n": 1})).await;
+    s.app
+        .eventually(
+            "the subscription is disabled",
+            Duration::from_secs(15),
+            || async { status(&s).await["status"] == "disabled" },
+        )
+        .await;
+    let before = s.receiver.received().len();
+
+    // Fixed, but its first answer after re-enabling is still one error.
+    s.receiver.script([Reply::Status(500)]);
+    s.receiver.always(Reply::Status(204));
+    s.app
+        .api
+        .patch(
+            &format!("/v1/subscriptions/{}", s.sub_id()),
+            &s.dealer.admin,
+            json!({"status": "active"}),
+        )
+        .await
+        .expect(200);
+    let reenabled = Instant::now();
+    let got = s
+        .receiver
+        .wait_for(before + 1, Duration::from_secs(15))
+        .await;
+    let waited = got[before].at - reenabled;
+    assert!(
+        waited < Duration::from_millis(2500),
+        "the first attempt came {waited:?} after re-enabling, after the old 4 s cool-down"
+    );
+    let got = s
+        .receiver
+        .wait_for(before + 2, Duration::from_secs(15))
+        .await;
+    assert_eq!(got.len(), before + 2, "delivered after the one error");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        status(&s).await["status"],
+        "active",
+        "one error after re-enabling does not disable it again for failures from before"
+    );
+}
+
+#[tokio::test]
 async fn the_circuit_breaker_holds_back_a_dead_endpoint_instead_of_burning_every_message() {
     let s = Setup::new(
         &[

@@ -140,6 +140,48 @@ async fn replaying_dead_letters_delivers_each_once_more_and_empties_queue_and_re
 }
 
 #[tokio::test]
+async fn replayed_dead_letters_go_out_at_once_instead_of_waiting_out_the_circuit_breaker() {
+    // The breaker opens at every failure: after four dead letters it waits 4 s.
+    let s = Setup::new(
+        &[("circuit_breaker_after", "1")],
+        json!({"max_attempts": 1}),
+    )
+    .await;
+    s.receiver.always(Reply::Status(500));
+    s.app
+        .publish_many(
+            &s.topic,
+            &s.dealer.id,
+            (0..4).map(|i| json!({"n": i})).collect(),
+        )
+        .await;
+    let app = &s.app;
+    let sub = s.sub_id();
+    let path = format!("/v1/subscriptions/{sub}/dead-letters");
+    app.eventually("all dead-lettered", Duration::from_secs(15), || async {
+        app.api.get(&path, &s.dealer.admin).await.expect(200)["total"] == 4
+    })
+    .await;
+    let failed_requests = s.receiver.received().len();
+
+    s.receiver.always(Reply::Status(204));
+    app.api
+        .post(&format!("{path}/replay"), &s.dealer.admin, json!({}))
+        .await
+        .expect(202);
+    let replayed = std::time::Instant::now();
+    let got = s
+        .receiver
+        .wait_for(failed_requests + 1, Duration::from_secs(15))
+        .await;
+    let waited = got[failed_requests].at - replayed;
+    assert!(
+        waited < Duration::from_millis(2500),
+        "the first replayed dead letter went out {waited:?} after the replay, after the breaker's cool-down"
+    );
+}
+
+#[tokio::test]
 async fn purging_empties_the_dead_letter_queue_and_its_records() {
     let s = with_dead_letters(4).await;
     let path = format!("/v1/subscriptions/{}/dead-letters", s.sub_id());
