@@ -18,6 +18,33 @@ async fn status(s: &Setup) -> serde_json::Value {
         .expect(200)
 }
 
+async fn re_enable(s: &Setup) {
+    s.app
+        .api
+        .patch(
+            &format!("/v1/subscriptions/{}", s.sub_id()),
+            &s.dealer.admin,
+            json!({"status": "active"}),
+        )
+        .await
+        .expect(200);
+}
+
+/// A subscription whose endpoint answered 500 until `ANIKA_DISABLE_AFTER` disabled it.
+async fn disabled_by_failures(overrides: &[(&str, &str)]) -> Setup {
+    let s = Setup::new(overrides, json!({"max_attempts": 100})).await;
+    s.receiver.always(Reply::Status(500));
+    s.publish(json!({"n": 1})).await;
+    s.app
+        .eventually(
+            "the subscription is disabled",
+            Duration::from_secs(15),
+            || async { status(&s).await["status"] == "disabled" },
+        )
+        .await;
+    s
+}
+
 #[tokio::test]
 async fn a_410_gone_disables_the_subscription_at_once_and_keeps_the_event_queued() {
     let s = Setup::new(&[], json!({})).await;
@@ -51,14 +78,7 @@ async fn a_410_gone_disables_the_subscription_at_once_and_keeps_the_event_queued
 
     // Re-enabled, it delivers what waited.
     s.receiver.always(Reply::Status(204));
-    app.api
-        .patch(
-            &format!("/v1/subscriptions/{}", s.sub_id()),
-            &s.dealer.admin,
-            json!({"status": "active"}),
-        )
-        .await
-        .expect(200);
+    re_enable(&s).await;
     assert_eq!(
         s.receiver.wait_for(2, Duration::from_secs(10)).await.len(),
         2
@@ -67,20 +87,7 @@ async fn a_410_gone_disables_the_subscription_at_once_and_keeps_the_event_queued
 
 #[tokio::test]
 async fn an_endpoint_failing_for_longer_than_disable_after_is_disabled() {
-    let s = Setup::new(
-        &[("disable_after", "400ms"), ("retry_schedule", "100ms")],
-        json!({"max_attempts": 100}),
-    )
-    .await;
-    s.receiver.always(Reply::Status(500));
-    s.publish(json!({"n": 1})).await;
-    s.app
-        .eventually(
-            "the subscription is disabled",
-            Duration::from_secs(10),
-            || async { status(&s).await["status"] == "disabled" },
-        )
-        .await;
+    let s = disabled_by_failures(&[("disable_after", "400ms"), ("retry_schedule", "100ms")]).await;
     assert!(
         status(&s).await["disabled_reason"]
             .as_str()
@@ -97,44 +104,19 @@ async fn an_endpoint_failing_for_longer_than_disable_after_is_disabled() {
 #[tokio::test]
 async fn a_re_enabled_subscription_starts_afresh_without_its_old_cool_down_or_failure_time() {
     // The breaker opens at every failure: cool-downs 0.5 s, 1 s, 2 s, 4 s.
-    let s = Setup::new(
-        &[
-            ("disable_after", "2s"),
-            ("retry_schedule", "100ms"),
-            ("circuit_breaker_after", "1"),
-        ],
-        json!({"max_attempts": 100}),
-    )
+    let s = disabled_by_failures(&[
+        ("disable_after", "2s"),
+        ("retry_schedule", "100ms"),
+        ("circuit_breaker_after", "1"),
+    ])
     .await;
-    s.receiver.always(Reply::Status(500));
-    s.publish(json!({"n": 1})).await;
-    s.app
-        .eventually(
-            "the subscription is disabled",
-            Duration::from_secs(15),
-            || async { status(&s).await["status"] == "disabled" },
-        )
-        .await;
     let before = s.receiver.received().len();
 
     // Fixed, but its first answer after re-enabling is still one error.
     s.receiver.script([Reply::Status(500)]);
     s.receiver.always(Reply::Status(204));
-    s.app
-        .api
-        .patch(
-            &format!("/v1/subscriptions/{}", s.sub_id()),
-            &s.dealer.admin,
-            json!({"status": "active"}),
-        )
-        .await
-        .expect(200);
-    let reenabled = Instant::now();
-    let got = s
-        .receiver
-        .wait_for(before + 1, Duration::from_secs(15))
-        .await;
-    let waited = got[before].at - reenabled;
+    re_enable(&s).await;
+    let waited = s.next_request_after(before, Instant::now()).await;
     assert!(
         waited < Duration::from_millis(2500),
         "the first attempt came {waited:?} after re-enabling, after the old 4 s cool-down"

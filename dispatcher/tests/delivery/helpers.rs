@@ -266,4 +266,14 @@ impl Setup {
     pub async fn publish(&self, data: Value) -> EventId {
         self.app.publish(&self.topic, &self.dealer.id, data).await
     }
+
+    /// How long after `since` the receiver's next request came, once it had seen `seen`.
+    pub async fn next_request_after(&self, seen: usize, since: std::time::Instant) -> Duration {
+        let got = self
+            .receiver
+            .wait_for(seen + 1, Duration::from_secs(15))
+            .await;
+        assert!(got.len() > seen, "no request after the first {seen}");
+        got[seen].at - since
+    }
 }
