@@ -480,5 +480,7 @@ async fn revoke_key(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    // Its access tokens stop here at once, and in other processes within REVOKED_REFRESH.
+    state.ctx.verifier.revoked(id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,10 +3,13 @@
 //! Tokens are EdDSA (Ed25519) JWTs. The verifier accepts only that algorithm,
 //! picks the key by `kid` from the keys in PostgreSQL (reloading when it meets an
 //! unknown one, so a key rotated in by another process is picked up), and checks
-//! `iss`, `aud`, `exp` and `nbf`.
+//! `iss`, `aud`, `exp` and `nbf`. A token whose API key was revoked is refused
+//! too: the verifier keeps the set of revoked keys, updated at once in the
+//! process that revokes and re-read by the others at most [`REVOKED_REFRESH`]
+//! after a revocation.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
@@ -121,8 +124,8 @@ pub enum AuthError {
     /// The token is malformed, forged, expired or for someone else.
     #[error("invalid access token: {0}")]
     Invalid(String),
-    /// The key set could not be loaded.
-    #[error("cannot load signing keys")]
+    /// The signing keys or the revoked API keys could not be read.
+    #[error("cannot read the signing keys or the revoked API keys")]
     Keys(#[source] sqlx::Error),
 }
 
@@ -139,6 +142,20 @@ impl From<AuthError> for Problem {
 /// Verified tokens kept so a hot path pays one hash, not one signature check, per request.
 const CACHE_CAPACITY: usize = 65_536;
 
+/// How old the set of revoked API keys may be before a verification re-reads it
+/// (one small query per process per interval, never one per request).
+pub const REVOKED_REFRESH: Duration = Duration::from_secs(2);
+
+/// The revoked API keys as last read, plus what this process revoked since.
+#[derive(Debug, Default)]
+struct Revoked {
+    keys: HashSet<ApiKeyId>,
+    /// When the set was read from PostgreSQL.
+    read_at: Option<Instant>,
+    /// Revoked here, and when: kept across a re-read that may have started before the commit.
+    here: Vec<(ApiKeyId, Instant)>,
+}
+
 /// Checks access tokens against the signing keys stored in PostgreSQL.
 pub struct Verifier {
     pool: PgPool,
@@ -147,6 +164,10 @@ pub struct Verifier {
     keys: RwLock<HashMap<String, Arc<DecodingKey>>>,
     last_reload: tokio::sync::Mutex<Option<Instant>>,
     cache: Mutex<HashMap<[u8; 32], (Principal, i64)>>,
+    /// API keys whose tokens are refused.
+    revoked: RwLock<Revoked>,
+    /// Held by the one verification re-reading `revoked`.
+    revoked_reload: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -167,6 +188,8 @@ impl Verifier {
             keys: RwLock::new(HashMap::new()),
             last_reload: tokio::sync::Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
+            revoked: RwLock::new(Revoked::default()),
+            revoked_reload: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -174,10 +197,13 @@ impl Verifier {
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = chrono::Utc::now().timestamp();
-        if let Some((principal, exp)) = self.cache.lock().expect("cache lock").get(&digest)
-            && *exp > now
-        {
-            return Ok(principal.clone());
+        let cached = match self.cache.lock().expect("cache lock").get(&digest) {
+            Some((principal, exp)) if *exp > now => Some(principal.clone()),
+            _ => None,
+        };
+        if let Some(principal) = cached {
+            self.refuse_revoked(&principal).await?;
+            return Ok(principal);
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("malformed token ({e})")))?;
@@ -209,6 +235,7 @@ impl Verifier {
             })
         })?;
         let principal = Principal::from_claims(&data.claims)?;
+        self.refuse_revoked(&principal).await?;
         let mut cache = self.cache.lock().expect("cache lock");
         if cache.len() >= CACHE_CAPACITY {
             cache.retain(|_, (_, exp)| *exp > now);
@@ -260,9 +287,72 @@ impl Verifier {
         Ok(())
     }
 
-    /// Forgets cached verifications (after an API key is revoked).
-    pub fn forget_cached(&self) {
-        self.cache.lock().expect("cache lock").clear();
+    /// Refuses tokens of `key` from now on in this process (the revoking one); other
+    /// processes read the revocation from PostgreSQL within [`REVOKED_REFRESH`].
+    pub fn revoked(&self, key: ApiKeyId) {
+        let mut revoked = self.revoked.write().expect("revoked lock");
+        revoked.keys.insert(key);
+        revoked.here.push((key, Instant::now()));
+    }
+
+    async fn refuse_revoked(&self, principal: &Principal) -> Result<(), AuthError> {
+        let loaded = self.revoked.read().expect("revoked lock").read_at;
+        let stale = loaded.is_none_or(|at| at.elapsed() >= REVOKED_REFRESH);
+        if stale {
+            // Before the first read every caller waits for it; later, one re-reads while
+            // the others go on with the set as it was a moment ago.
+            let guard = if loaded.is_none() {
+                Some(self.revoked_reload.lock().await)
+            } else {
+                self.revoked_reload.try_lock().ok()
+            };
+            if guard.is_some() {
+                self.reload_revoked(loaded.is_none()).await?;
+            }
+        }
+        if self
+            .revoked
+            .read()
+            .expect("revoked lock")
+            .keys
+            .contains(&principal.key_id)
+        {
+            return Err(AuthError::Invalid("its API key was revoked".into()));
+        }
+        Ok(())
+    }
+
+    /// Re-reads the revoked keys unless another caller just did. Without any earlier
+    /// read a failure refuses the request; after one it keeps the last set and logs.
+    async fn reload_revoked(&self, first: bool) -> Result<(), AuthError> {
+        let loaded = self.revoked.read().expect("revoked lock").read_at;
+        if loaded.is_some_and(|at| at.elapsed() < REVOKED_REFRESH) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        // Revoked keys are few (people revoke keys, not programs), so all of them are read.
+        let read = sqlx::query_scalar::<_, uuid::Uuid>(
+            "SELECT id FROM api_keys WHERE revoked_at IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await;
+        match read {
+            Ok(ids) => {
+                let mut revoked = self.revoked.write().expect("revoked lock");
+                revoked.here.retain(|(_, at)| *at >= started);
+                let mut keys: HashSet<ApiKeyId> = ids.into_iter().map(ApiKeyId::from).collect();
+                keys.extend(revoked.here.iter().map(|(key, _)| *key));
+                revoked.keys = keys;
+                revoked.read_at = Some(started);
+                Ok(())
+            }
+            Err(e) if first => Err(AuthError::Keys(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-read the revoked API keys; using the last set");
+                self.revoked.write().expect("revoked lock").read_at = Some(Instant::now());
+                Ok(())
+            }
+        }
     }
 }
 

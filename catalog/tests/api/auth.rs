@@ -1,5 +1,8 @@
 //! API keys, access tokens, refresh tokens, signing keys.
 
+use std::time::{Duration, Instant};
+
+use anika_shared::auth::{REVOKED_REFRESH, Verifier};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
@@ -163,6 +166,70 @@ async fn a_revoked_api_key_buys_nothing_and_its_refresh_tokens_die() {
         .status,
         401
     );
+}
+
+#[tokio::test]
+async fn a_revoked_api_keys_access_tokens_are_refused_at_once_and_by_other_processes_within_seconds()
+ {
+    let app = App::spawn().await;
+    let partner = app.partner("dealer").await;
+    let key = app
+        .api
+        .post(
+            "/v1/api-keys",
+            &partner.admin,
+            json!({"role": "admin", "name": "laptop"}),
+        )
+        .await
+        .expect(201);
+    let tokens = exchange(
+        &app,
+        json!({"grant_type": "api_key", "api_key": key["api_key"].as_str().unwrap()}),
+    )
+    .await
+    .expect(200);
+    let access = tokens["access_token"].as_str().unwrap();
+    app.api.get("/v1/api-keys", access).await.expect(200);
+    // Another process on the same database: its own verifier, which has seen the token.
+    let config = &app.ctx.config;
+    let elsewhere = Verifier::new(
+        app.ctx.pool.clone(),
+        &config.token_issuer,
+        &config.token_audience,
+    );
+    assert!(elsewhere.verify(access).await.is_ok());
+
+    app.api
+        .delete(
+            &format!("/v1/api-keys/{}", key["id"].as_str().unwrap()),
+            &partner.admin,
+        )
+        .await
+        .expect(204);
+    let refused = app.api.get("/v1/api-keys", access).await;
+    assert_eq!(refused.status, 401, "refused at once where it was revoked");
+    assert!(
+        refused.body["detail"].as_str().unwrap().contains("revoked"),
+        "{}",
+        refused.body
+    );
+    let revoked_at = Instant::now();
+    loop {
+        if elsewhere.verify(access).await.is_err() {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < REVOKED_REFRESH + Duration::from_secs(2),
+            "another process still accepts the token {:?} after the revocation",
+            revoked_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The partner's other keys are untouched.
+    app.api
+        .get("/v1/api-keys", &partner.admin)
+        .await
+        .expect(200);
 }
 
 /// The newest signing key, straight from the database, to forge tokens the server must still refuse.
