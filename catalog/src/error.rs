@@ -25,6 +25,9 @@ pub enum Error {
     /// Key material could not be generated or read.
     #[error("key material: {0}")]
     Keys(String),
+    /// A task doing part of the request panicked or was cancelled.
+    #[error("request task")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl From<lapin::Error> for Error {

@@ -1,7 +1,10 @@
 //! Subscriptions: a partner's webhook on a topic it owns or is granted, with its queue in RabbitMQ.
 
+use std::sync::Arc;
+
 use anika_shared::{
     Problem,
+    amqp::Broker,
     auth::Principal,
     changes::Change,
     domain::{Description, PartnerId, SubscriptionId, TopicId, WebhookSecret},
@@ -14,12 +17,16 @@ use axum::{extract::State as AxumState, http::StatusCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{PgConnection, types::Json as SqlJson};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction, types::Json as SqlJson};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use crate::{State, acting_partner, error::Result, require_admin};
+use crate::{
+    State, acting_partner,
+    error::{Error, Result},
+    require_admin,
+};
 
 pub(crate) fn routes() -> OpenApiRouter<State> {
     OpenApiRouter::new()
@@ -299,20 +306,18 @@ async fn create_subscription(
         .bind(secret.expose())
         .fetch_one(&mut *tx)
         .await?;
-    let channel = state.ctx.broker.channel().await?;
-    state
-        .ctx
-        .broker
-        .topology()
-        .declare_subscription(&channel, id, body.topic_id, body.ordered, true)
-        .await?;
-    let _ = channel.close(200, "done".into()).await;
-    Change::Subscription {
-        subscription_id: id,
-    }
-    .notify(&mut tx)
-    .await?;
-    tx.commit().await?;
+    // In a task of its own: a client hanging up must not cut the work between the declare
+    // and the commit.
+    let (broker, pool) = (Arc::clone(&state.ctx.broker), state.ctx.pool.clone());
+    let (topic, ordered) = (body.topic_id, body.ordered);
+    tokio::spawn(async move {
+        let committed = declare_and_commit(&broker, tx, id, topic, ordered).await;
+        if committed.is_err() {
+            remove_orphan_queues(&broker, &pool, id).await;
+        }
+        committed
+    })
+    .await??;
     Ok((
         StatusCode::CREATED,
         axum::Json(CreatedSubscription {
@@ -320,6 +325,60 @@ async fn create_subscription(
             secret: secret.expose(),
         }),
     ))
+}
+
+/// Declares the subscription's queues, announces the subscription and commits it.
+async fn declare_and_commit(
+    broker: &Broker,
+    mut tx: Transaction<'static, Postgres>,
+    id: SubscriptionId,
+    topic: TopicId,
+    ordered: bool,
+) -> Result<()> {
+    let channel = broker.channel().await?;
+    let declared = broker
+        .topology()
+        .declare_subscription(&channel, id, topic, ordered, true)
+        .await;
+    let _ = channel.close(200, "done".into()).await;
+    declared?;
+    Change::Subscription {
+        subscription_id: id,
+    }
+    .notify(&mut tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// After a failed creation: a queue bound to its topic without its subscription row
+/// would collect the topic's events forever, so it goes — unless the row exists after
+/// all (a commit that succeeded although its answer was lost); then the queue stays.
+async fn remove_orphan_queues(broker: &Broker, pool: &PgPool, id: SubscriptionId) {
+    let removed = async {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM subscriptions WHERE id = $1)")
+                .bind(id.uuid())
+                .fetch_one(pool)
+                .await?;
+        if exists {
+            return Ok(false);
+        }
+        let channel = broker.channel().await?;
+        broker.topology().delete_subscription(&channel, id).await?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok::<_, Error>(true)
+    }
+    .await;
+    match removed {
+        Ok(true) => {
+            tracing::info!(subscription = %id, "removed the queues of a subscription that was not created")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(subscription = %id, error = %e, "could not remove the queues of a subscription that was not created; delete anika.sub.{id} and anika.dlq.{id} by hand")
+        }
+    }
 }
 
 /// Filters of the subscription list.

@@ -156,6 +156,16 @@ impl TestEnv {
         result
     }
 
+    /// The names of the queues in this environment's vhost, read from the management API.
+    pub async fn queues(&self) -> Vec<String> {
+        let url = format!("{}/api/queues/{}?columns=name", rabbitmq_api(), self.vhost);
+        let response = management(reqwest::Method::GET, &url).await;
+        let list: Vec<serde_json::Value> = response.json().await.expect("queues JSON");
+        list.into_iter()
+            .filter_map(|q| q["name"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// The bindings of `queue` as `(exchange, routing key)`, read from the management API.
     pub async fn bindings(&self, queue: &str) -> Vec<(String, String)> {
         let url = format!(

@@ -106,6 +106,45 @@ async fn an_ordered_subscription_gets_a_single_active_consumer_queue() {
 }
 
 #[tokio::test]
+async fn a_subscription_whose_commit_fails_leaves_no_queue_collecting_the_topics_events() {
+    let app = App::spawn().await;
+    let dealer = app.partner("dealer").await;
+    let topic = app.topic(&dealer.admin, "t").await;
+    // PostgreSQL refuses the commit, after the queues were declared.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_commit() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'the test refuses this commit'; END $$; \
+         CREATE CONSTRAINT TRIGGER refuse_commit AFTER INSERT ON subscriptions \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_commit();",
+    )
+    .execute(&app.ctx.pool)
+    .await
+    .unwrap();
+    let answer = app
+        .api
+        .post(
+            "/v1/subscriptions",
+            &dealer.admin,
+            json!({"topic_id": topic, "url": "https://x.example.com/"}),
+        )
+        .await;
+    assert_eq!(answer.status, 500, "{}", answer.body);
+    let listed = app
+        .api
+        .get("/v1/subscriptions", &dealer.admin)
+        .await
+        .expect(200);
+    assert_eq!(listed["items"], json!([]));
+    let queues = app.env.queues().await;
+    assert!(
+        !queues
+            .iter()
+            .any(|q| q.starts_with("anika.sub.") || q.starts_with("anika.dlq.")),
+        "left behind: {queues:?}"
+    );
+}
+
+#[tokio::test]
 async fn who_may_subscribe() {
     let app = App::spawn().await;
     let dealer = app.partner("dealer").await;
