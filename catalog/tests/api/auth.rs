@@ -2,7 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use anika_shared::auth::{REVOKED_REFRESH, Verifier};
+use anika_shared::{
+    auth::{REVOKED_REFRESH, Verifier},
+    testing::Partner,
+};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
@@ -126,23 +129,27 @@ async fn refresh_tokens_rotate_and_a_reused_one_ends_the_login() {
     assert_eq!(after.status, 401);
 }
 
-#[tokio::test]
-async fn a_revoked_api_key_buys_nothing_and_its_refresh_tokens_die() {
-    let app = App::spawn().await;
-    let partner = app.partner("dealer").await;
+/// A new API key of `partner` with `role`, and the tokens it bought.
+async fn key_with_tokens(app: &App, partner: &Partner, role: &str) -> (Value, Value) {
     let key = app
         .api
         .post(
             "/v1/api-keys",
             &partner.admin,
-            json!({"role": "publisher", "name": "ci"}),
+            json!({"role": role, "name": "laptop"}),
         )
         .await
         .expect(201);
-    let api_key = key["api_key"].as_str().unwrap();
-    let tokens = exchange(&app, json!({"grant_type": "api_key", "api_key": api_key}))
-        .await
-        .expect(200);
+    let tokens = exchange(
+        app,
+        json!({"grant_type": "api_key", "api_key": key["api_key"].as_str().unwrap()}),
+    )
+    .await
+    .expect(200);
+    (key, tokens)
+}
+
+async fn revoke(app: &App, partner: &Partner, key: &Value) {
     app.api
         .delete(
             &format!("/v1/api-keys/{}", key["id"].as_str().unwrap()),
@@ -150,6 +157,15 @@ async fn a_revoked_api_key_buys_nothing_and_its_refresh_tokens_die() {
         )
         .await
         .expect(204);
+}
+
+#[tokio::test]
+async fn a_revoked_api_key_buys_nothing_and_its_refresh_tokens_die() {
+    let app = App::spawn().await;
+    let partner = app.partner("dealer").await;
+    let (key, tokens) = key_with_tokens(&app, &partner, "publisher").await;
+    let api_key = key["api_key"].as_str().unwrap();
+    revoke(&app, &partner, &key).await;
     assert_eq!(
         exchange(&app, json!({"grant_type": "api_key", "api_key": api_key}))
             .await
@@ -173,21 +189,7 @@ async fn a_revoked_api_keys_access_tokens_are_refused_at_once_and_by_other_proce
  {
     let app = App::spawn().await;
     let partner = app.partner("dealer").await;
-    let key = app
-        .api
-        .post(
-            "/v1/api-keys",
-            &partner.admin,
-            json!({"role": "admin", "name": "laptop"}),
-        )
-        .await
-        .expect(201);
-    let tokens = exchange(
-        &app,
-        json!({"grant_type": "api_key", "api_key": key["api_key"].as_str().unwrap()}),
-    )
-    .await
-    .expect(200);
+    let (key, tokens) = key_with_tokens(&app, &partner, "admin").await;
     let access = tokens["access_token"].as_str().unwrap();
     app.api.get("/v1/api-keys", access).await.expect(200);
     // Another process on the same database: its own verifier, which has seen the token.
@@ -199,13 +201,7 @@ async fn a_revoked_api_keys_access_tokens_are_refused_at_once_and_by_other_proce
     );
     assert!(elsewhere.verify(access).await.is_ok());
 
-    app.api
-        .delete(
-            &format!("/v1/api-keys/{}", key["id"].as_str().unwrap()),
-            &partner.admin,
-        )
-        .await
-        .expect(204);
+    revoke(&app, &partner, &key).await;
     let refused = app.api.get("/v1/api-keys", access).await;
     assert_eq!(refused.status, 401, "refused at once where it was revoked");
     assert!(
