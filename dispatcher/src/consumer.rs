@@ -208,7 +208,7 @@ async fn process(
         let matches = Envelope::decode(&data)
             .ok()
             .and_then(|e| serde_json::from_str::<serde_json::Value>(e.data.get()).ok())
-            .is_some_and(|data| contains(&data, filter));
+            .is_some_and(|data| crate::filter::contains(&data, filter));
         if !matches {
             deps.writer.skip(
                 skip("the event does not match the subscription's filter"),
@@ -530,46 +530,5 @@ async fn disable(deps: &Deps, sub: &Sub, reason: &str) {
         Err(e) => {
             tracing::warn!(subscription = %sub.id, error = %e, "cannot disable the subscription")
         }
-    }
-}
-
-/// JSON containment as PostgreSQL's `@>`: objects contain their subsets, arrays their elements.
-pub fn contains(value: &serde_json::Value, filter: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (value, filter) {
-        (Value::Object(v), Value::Object(f)) => f
-            .iter()
-            .all(|(k, fv)| v.get(k).is_some_and(|vv| contains(vv, fv))),
-        (Value::Array(v), Value::Array(f)) => {
-            f.iter().all(|fv| v.iter().any(|vv| contains(vv, fv)))
-        }
-        // A scalar array contains a scalar (a PostgreSQL special case).
-        (Value::Array(v), scalar) if !scalar.is_object() && !scalar.is_array() => {
-            v.iter().any(|vv| vv == scalar)
-        }
-        (v, f) => v == f,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::contains;
-    use serde_json::json;
-
-    #[test]
-    fn containment_follows_postgresql() {
-        let data = json!({"car": {"make": "VW", "price": 20000}, "tags": ["new", "blue"], "country": "DE"});
-        assert!(contains(&data, &json!({})));
-        assert!(contains(&data, &json!({"country": "DE"})));
-        assert!(contains(&data, &json!({"car": {"make": "VW"}})));
-        assert!(contains(&data, &json!({"tags": ["blue"]})));
-        assert!(!contains(&data, &json!({"country": "FR"})));
-        assert!(!contains(
-            &data,
-            &json!({"car": {"make": "VW", "price": 1}})
-        ));
-        assert!(!contains(&data, &json!({"missing": null})));
-        assert!(!contains(&data, &json!({"tags": ["red"]})));
-        assert!(contains(&json!(["a", "b"]), &json!("a")));
     }
 }

@@ -21,6 +21,7 @@ mod ack;
 mod breaker;
 mod consumer;
 pub mod deliver;
+pub mod filter;
 mod publisher;
 pub mod recovery;
 mod registry;
