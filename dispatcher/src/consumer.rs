@@ -206,9 +206,7 @@ async fn process(
     }
     if let Some(filter) = &config.filter {
         let matches = Envelope::decode(&data)
-            .ok()
-            .and_then(|e| serde_json::from_str::<serde_json::Value>(e.data.get()).ok())
-            .is_some_and(|data| crate::filter::contains(&data, filter));
+            .is_ok_and(|e| crate::filter::Filter::from_value(filter).matches(e.data.get()));
         if !matches {
             deps.writer.skip(
                 skip("the event does not match the subscription's filter"),

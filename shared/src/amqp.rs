@@ -91,8 +91,9 @@ impl Topology {
                 )
                 .await?;
         }
-        for delay in self.retry_schedule.delays() {
-            let name = retry_name(*delay);
+        // One queue per distinct delay: a repeated delay (12h,12h,12h) reuses its tier.
+        for delay in self.retry_schedule.tiers() {
+            let name = retry_name(delay);
             channel
                 .exchange_declare(
                     name.as_str().into(),

@@ -89,13 +89,23 @@ impl FromStr for LogFormat {
 }
 
 /// The delays between delivery attempts: attempt n+1 waits `delays[n-1]`.
+///
+/// Delays never shrink but may repeat (`5s,1m,10m,1h,12h,12h,12h`: "then every 12 h",
+/// the shape Svix and Hook0 ship); a repeated delay reuses its tier's queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetrySchedule(Vec<Duration>);
 
 impl RetrySchedule {
-    /// The delays, shortest first.
+    /// The delays, shortest first, repeats included (one per retry).
     pub fn delays(&self) -> &[Duration] {
         &self.0
+    }
+
+    /// The distinct delays: one retry queue each.
+    pub fn tiers(&self) -> Vec<Duration> {
+        let mut tiers = self.0.clone();
+        tiers.dedup();
+        tiers
     }
 
     /// The delay before attempt `next_attempt` (2 for the first retry), clamped to the last tier.
@@ -133,11 +143,12 @@ impl FromStr for RetrySchedule {
         if delays.is_empty() {
             return Err("the retry schedule needs at least one delay".into());
         }
-        let mut sorted = delays.clone();
-        sorted.sort();
-        sorted.dedup();
-        if sorted != delays {
-            return Err("retry delays must grow strictly (e.g. 5s,30s,2m)".into());
+        if let Some(pair) = delays.windows(2).find(|pair| pair[1] < pair[0]) {
+            return Err(format!(
+                "retry delays must not shrink (`{}` after `{}`; e.g. 5s,30s,2m,12h,12h)",
+                format_delay(pair[1]),
+                format_delay(pair[0])
+            ));
         }
         Ok(Self(delays))
     }
@@ -466,9 +477,10 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_schedule_must_grow() {
-        assert!("5s,5s".parse::<RetrySchedule>().is_err());
-        assert!("30s,5s".parse::<RetrySchedule>().is_err());
+    fn a_retry_schedule_must_not_shrink() {
+        let err = "30s,5s".parse::<RetrySchedule>().unwrap_err();
+        assert!(err.contains("`5s` after `30s`"), "{err}");
+        assert!("1m,30s,2m".parse::<RetrySchedule>().is_err());
         let s: RetrySchedule = "100ms,1s,1m".parse().unwrap();
         assert_eq!(s.delay_before(2), Duration::from_millis(100));
         assert_eq!(s.delay_before(9), Duration::from_secs(60));
@@ -479,6 +491,36 @@ mod tests {
         assert_eq!(
             s.tier_at_least(Duration::from_secs(3600)),
             Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn a_repeated_delay_is_one_more_retry_in_the_same_tier() {
+        let s: RetrySchedule = "5s,1m,10m,1h,12h,12h,12h".parse().unwrap();
+        assert_eq!(
+            s.default_max_attempts(),
+            8,
+            "one first try plus one per delay"
+        );
+        assert_eq!(s.delay_before(6), Duration::from_secs(12 * 3600));
+        assert_eq!(s.delay_before(8), Duration::from_secs(12 * 3600));
+        assert_eq!(s.delay_before(20), Duration::from_secs(12 * 3600));
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        assert_eq!(
+            s.tiers(),
+            [
+                Duration::from_secs(5),
+                Duration::from_secs(60),
+                Duration::from_secs(600),
+                hours(1),
+                hours(12)
+            ],
+            "one queue per distinct delay"
+        );
+        assert_eq!(s.tier_at_least(hours(2)), hours(12));
+        assert_eq!(
+            "5s,5s".parse::<RetrySchedule>().unwrap().tiers(),
+            [Duration::from_secs(5)]
         );
     }
 

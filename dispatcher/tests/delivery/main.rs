@@ -1,6 +1,7 @@
 //! The dispatcher against real PostgreSQL, RabbitMQ and HTTP receivers.
 
 mod access;
+mod filter;
 mod health;
 mod helpers;
 mod lifecycle;
