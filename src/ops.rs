@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anika_dispatcher::recovery::{LogReplay, Window};
 use anika_shared::{
     amqp::{Broker, Topology, dead_letter_queue, subscription_queue},
     config::Config,
@@ -271,7 +272,7 @@ pub async fn dlq_replay(
     );
     let total = limit.map_or(waiting, |l| l.min(waiting));
     let progress = Progress::new(total, "replaying dead letters");
-    let replayed = anika_dispatcher::recovery::replay_dead_letters(
+    let outcome = anika_dispatcher::recovery::replay_dead_letters(
         &ops.pool,
         &ops.broker,
         subscription,
@@ -280,10 +281,16 @@ pub async fn dlq_replay(
     )
     .await?;
     progress.finish();
+    let (replayed, kept) = (outcome.replayed, outcome.kept);
     if json {
-        print_json(&json!({"subscription_id": subscription, "replayed": replayed}))
+        print_json(&json!({"subscription_id": subscription, "replayed": replayed, "kept": kept}))
     } else {
         println!("replayed {replayed} dead letters of {subscription} with a fresh attempt budget");
+        if kept > 0 {
+            println!(
+                "the broker refused {kept}; they stay dead-lettered (is the subscription queue full?)"
+            );
+        }
         Ok(())
     }
 }
@@ -315,9 +322,8 @@ pub async fn replay(
     json: bool,
 ) -> Result<(), CliError> {
     let until = until.unwrap_or_else(Utc::now);
-    if since >= until {
-        return Err("--since must be before --until".into());
-    }
+    let window = Window::new(since, until, config.max_replay_window)
+        .map_err(|e| CliError::from(format!("--since/--until: {e}")))?;
     let ops = Ops::connect(config).await?;
     let total: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM events e JOIN subscriptions s ON s.topic_id = e.topic_id \
@@ -329,19 +335,24 @@ pub async fn replay(
     .fetch_one(&ops.pool)
     .await?;
     let progress = Progress::new(total.max(0) as u64, "re-delivering events");
-    let enqueued = anika_dispatcher::recovery::replay_log(
+    let how = LogReplay {
+        database_url: config.database_url.expose(),
+        rate_per_s: config.replay_rate_per_s,
+    };
+    let outcome = anika_dispatcher::recovery::replay_log(
         &ops.pool,
         &ops.broker,
+        &how,
         subscription,
-        since,
-        until,
+        window,
         &|n| progress.update(n),
     )
     .await?;
     progress.finish();
+    let (enqueued, refused) = (outcome.enqueued, outcome.refused);
     if json {
         print_json(
-            &json!({"subscription_id": subscription, "enqueued": enqueued, "since": since, "until": until}),
+            &json!({"subscription_id": subscription, "enqueued": enqueued, "refused": refused, "since": since, "until": until}),
         )
     } else {
         println!(
@@ -349,6 +360,9 @@ pub async fn replay(
             format_time(since),
             format_time(until)
         );
+        if refused > 0 {
+            println!("the broker refused one and the replay stopped there; run it again later");
+        }
         Ok(())
     }
 }

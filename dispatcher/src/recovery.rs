@@ -1,11 +1,20 @@
 //! Recovery: moving dead letters back to delivery, and re-delivering history from the event log.
 //!
-//! Both publish with confirms before anything is removed, so an interrupted
-//! run (a killed process) loses nothing: what was not yet acknowledged in the
-//! dead-letter queue goes back there, what was already published gets
-//! delivered (at worst twice, with the same `webhook-id`).
+//! Both publish with confirms before anything is removed, and each message's own
+//! confirm decides its fate: a dead letter leaves its queue (and its record is
+//! deleted) only once the broker confirmed its copy; one the broker refused
+//! (a nack, say from a full queue with `overflow: reject-publish`) or returned
+//! (no queue bound) stays dead-lettered. An interrupted run (a killed process)
+//! loses nothing: what was not yet acknowledged in the dead-letter queue goes
+//! back there, what was already published gets delivered (at worst twice, with
+//! the same `webhook-id`).
+//!
+//! A replay from the log runs on a PostgreSQL connection of its own (a long
+//! stream must not hold one of the pool that answers requests and writes
+//! acks), at most one per subscription across every process (an advisory lock
+//! on that connection), over a bounded window, at a paced rate.
 
-use std::sync::Arc;
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use anika_shared::{
     amqp::{Broker, BrokerError, DELIVER_EXCHANGE, dead_letter_queue},
@@ -16,11 +25,16 @@ use anika_shared::{
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use lapin::{
-    Channel,
-    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueuePurgeOptions},
+    Channel, Confirmation, PublisherConfirm,
+    options::{
+        BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueuePurgeOptions,
+    },
 };
 use serde_json::{Value, value::RawValue};
-use sqlx::{PgPool, types::Json as SqlJson};
+use sqlx::{
+    ConnectOptions, Connection, PgConnection, PgPool, postgres::PgConnectOptions,
+    types::Json as SqlJson,
+};
 use uuid::Uuid;
 
 /// Messages moved or published per confirm round.
@@ -43,6 +57,93 @@ pub enum RecoveryError {
         "the subscription's partner no longer owns or is granted the topic; nothing can be replayed"
     )]
     NotAllowed,
+    /// Another replay from the log of this subscription is running (in any process).
+    #[error("a replay from the log of this subscription is already running; wait until it ends")]
+    Busy,
+}
+
+/// A window of the event log to re-deliver: `[since, until)`, not empty and at most as long
+/// as the configured `ANIKA_MAX_REPLAY_WINDOW`; only [`Window::new`] makes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+}
+
+/// Why a window cannot be replayed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    /// `since` is not before `until`.
+    #[error("`since` must be before `until`")]
+    Empty,
+    /// The window is longer than the limit.
+    #[error("the window is longer than the limit of {limit}; replay it in parts")]
+    TooLong {
+        /// The limit, for people (`31days`).
+        limit: String,
+    },
+}
+
+impl Window {
+    /// The window `[since, until)` if it is not empty and at most `max` long.
+    pub fn new(
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        max: Duration,
+    ) -> Result<Self, WindowError> {
+        if since >= until {
+            return Err(WindowError::Empty);
+        }
+        let length = (until - since).to_std().unwrap_or(Duration::MAX);
+        if length > max {
+            return Err(WindowError::TooLong {
+                limit: humantime::format_duration(max).to_string(),
+            });
+        }
+        Ok(Self { since, until })
+    }
+
+    /// The start (inclusive).
+    pub fn since(&self) -> DateTime<Utc> {
+        self.since
+    }
+
+    /// The end (exclusive).
+    pub fn until(&self) -> DateTime<Utc> {
+        self.until
+    }
+}
+
+/// What a dead-letter replay did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeadLettersReplayed {
+    /// Moved back to delivery (confirmed by the broker) and removed from the dead-letter queue.
+    pub replayed: u64,
+    /// Refused or returned by the broker: still in the dead-letter queue, with their records.
+    pub kept: u64,
+}
+
+/// What a replay from the log did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogReplayed {
+    /// Published and confirmed by the broker.
+    pub enqueued: u64,
+    /// Refused or returned by the broker (the replay stopped at the first): not enqueued.
+    pub refused: u64,
+}
+
+/// How a replay from the log runs: its own PostgreSQL connection, at a paced rate.
+#[derive(Clone, Debug)]
+pub struct LogReplay<'a> {
+    /// The PostgreSQL URL for the replay's own connection.
+    pub database_url: &'a str,
+    /// Publishes per second at most (`ANIKA_REPLAY_RATE_PER_S`).
+    pub rate_per_s: u32,
+}
+
+/// Whether the broker took a message: confirmed and routed to a queue.
+fn taken(confirmation: &Confirmation) -> bool {
+    matches!(confirmation, Confirmation::Ack(None))
 }
 
 impl From<lapin::Error> for RecoveryError {
@@ -53,24 +154,46 @@ impl From<lapin::Error> for RecoveryError {
 
 /// Moves up to `limit` dead letters back to delivery with a fresh attempt budget.
 ///
-/// Each batch is published to `anika.deliver` and confirmed before its messages
-/// are acknowledged in the dead-letter queue and their records deleted.
-/// `progress` is told how many were moved so far.
+/// Each batch is published to `anika.deliver`; each message whose copy the broker
+/// confirmed is then acknowledged in the dead-letter queue and its record deleted,
+/// and each one it refused is requeued there and keeps its record. The replay stops
+/// after the first batch with a refusal (what the broker refuses now it would refuse
+/// again at once). `progress` is told how many were moved so far.
 pub async fn replay_dead_letters(
     pool: &PgPool,
     broker: &Arc<Broker>,
     subscription: SubscriptionId,
     limit: Option<u64>,
     progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<u64, RecoveryError> {
+) -> Result<DeadLettersReplayed, RecoveryError> {
     ensure_subscription(pool, subscription).await?;
     let get = broker.channel().await?;
     let publish = broker.confirm_channel().await?;
+    let outcome = move_dead_letters(pool, &get, &publish, subscription, limit, progress).await;
+    // Closing the channel returns whatever was fetched and not acknowledged to the queue.
+    close(get).await;
+    close(publish).await;
+    let outcome = outcome?;
+    if outcome.replayed > 0 {
+        announce(pool, subscription).await;
+    }
+    metrics::counter!("anika_dead_letters_replayed_total").increment(outcome.replayed);
+    Ok(outcome)
+}
+
+async fn move_dead_letters(
+    pool: &PgPool,
+    get: &Channel,
+    publish: &Channel,
+    subscription: SubscriptionId,
+    limit: Option<u64>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<DeadLettersReplayed, RecoveryError> {
     let queue = dead_letter_queue(subscription);
     let routing_key = subscription.to_string();
-    let mut moved = 0u64;
-    loop {
-        let want = limit.map_or(BATCH as u64, |l| (l - moved).min(BATCH as u64));
+    let mut outcome = DeadLettersReplayed::default();
+    while outcome.kept == 0 {
+        let want = limit.map_or(BATCH as u64, |l| (l - outcome.replayed).min(BATCH as u64));
         if want == 0 {
             break;
         }
@@ -85,19 +208,18 @@ pub async fn replay_dead_letters(
                 None => break,
             }
         }
-        let Some(last) = batch.last() else { break };
-        let last_tag = last.delivery.delivery_tag;
-        let mut events = Vec::with_capacity(batch.len());
+        if batch.is_empty() {
+            break;
+        }
+        let mut confirms = Vec::with_capacity(batch.len());
         for message in &batch {
             let delivery = &message.delivery;
-            if let Some(meta) = Meta::read(&delivery.properties) {
-                events.push(meta.event.uuid());
-            }
-            publish
+            let confirm = publish
                 .basic_publish(
                     DELIVER_EXCHANGE.into(),
                     routing_key.as_str().into(),
-                    // mandatory: if the subscription queue is gone, keep the dead letter.
+                    // mandatory: if the subscription queue is gone, the copy comes back and
+                    // the dead letter is kept.
                     BasicPublishOptions {
                         mandatory: true,
                         ..Default::default()
@@ -107,29 +229,65 @@ pub async fn replay_dead_letters(
                     with_attempts(&delivery.properties, 0),
                 )
                 .await?;
+            confirms.push(confirm);
         }
-        let returned = publish.wait_for_confirms().await?;
-        if !returned.is_empty() {
-            return Err(BrokerError::NotConfirmed(
-                "the subscription queue is missing; dead letters kept",
-            )
-            .into());
+        let mut moved = Vec::with_capacity(batch.len());
+        for (message, confirm) in batch.iter().zip(confirms) {
+            let tag = message.delivery.delivery_tag;
+            if taken(&confirm.await?) {
+                // multiple false: this message alone; a refused one before it stays.
+                get.basic_ack(tag, BasicAckOptions { multiple: false })
+                    .await?;
+                if let Some(meta) = Meta::read(&message.delivery.properties) {
+                    moved.push(meta.event.uuid());
+                }
+                outcome.replayed += 1;
+            } else {
+                // requeue true: the refused copy is gone, so the dead letter must stay.
+                get.basic_nack(
+                    tag,
+                    BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    },
+                )
+                .await?;
+                outcome.kept += 1;
+            }
         }
-        // multiple: acknowledges every message fetched on this channel up to the last one.
-        get.basic_ack(last_tag, BasicAckOptions { multiple: true })
-            .await?;
         sqlx::query("DELETE FROM dead_letters WHERE subscription_id = $1 AND event_id = ANY($2)")
             .bind(subscription.uuid())
-            .bind(&events)
+            .bind(&moved)
             .execute(pool)
             .await?;
-        moved += batch.len() as u64;
-        progress(moved);
+        progress(outcome.replayed);
     }
-    // Records whose message is no longer in the queue (an interrupted earlier replay) are stale.
-    let left = get
+    if outcome.kept > 0 {
+        tracing::warn!(subscription = %subscription, kept = outcome.kept, replayed = outcome.replayed,
+            "the broker refused some replayed dead letters; they stay in the dead-letter queue");
+    } else {
+        forget_stale_records(pool, get, subscription).await?;
+    }
+    Ok(outcome)
+}
+
+/// Deletes the records whose message is no longer in the dead-letter queue (an earlier
+/// replay interrupted between its ack and its delete), once the queue is empty.
+///
+/// A dead letter is published before it is recorded, so a record older than the moment
+/// the queue was seen empty has no message left; a newer one (recorded while the queue
+/// was being counted) has, and is kept.
+async fn forget_stale_records(
+    pool: &PgPool,
+    channel: &Channel,
+    subscription: SubscriptionId,
+) -> Result<(), RecoveryError> {
+    let before: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(pool)
+        .await?;
+    let left = channel
         .queue_declare(
-            queue.as_str().into(),
+            dead_letter_queue(subscription).as_str().into(),
             // passive: only read the count.
             lapin::options::QueueDeclareOptions {
                 passive: true,
@@ -140,18 +298,13 @@ pub async fn replay_dead_letters(
         .await?
         .message_count();
     if left == 0 {
-        sqlx::query("DELETE FROM dead_letters WHERE subscription_id = $1")
+        sqlx::query("DELETE FROM dead_letters WHERE subscription_id = $1 AND dead_at < $2")
             .bind(subscription.uuid())
+            .bind(before)
             .execute(pool)
             .await?;
     }
-    close(get).await;
-    close(publish).await;
-    if moved > 0 {
-        announce(pool, subscription).await;
-    }
-    metrics::counter!("anika_dead_letters_replayed_total").increment(moved);
-    Ok(moved)
+    Ok(())
 }
 
 /// Tells every dispatcher that the operator expects this endpoint to answer again.
@@ -201,16 +354,68 @@ struct EventRow {
     data: SqlJson<Box<RawValue>>,
 }
 
-/// Re-delivers the events of `[since, until)` that the subscription may read now:
+/// Re-delivers the events of `window` that the subscription may read now:
 /// its partner must own or be granted the topic, and its filter must match.
+///
+/// Counts only what the broker confirmed; stops at the first refusal. Refuses to
+/// start while another replay of the same subscription runs ([`RecoveryError::Busy`]).
 pub async fn replay_log(
     pool: &PgPool,
     broker: &Arc<Broker>,
+    how: &LogReplay<'_>,
     subscription: SubscriptionId,
-    since: DateTime<Utc>,
-    until: DateTime<Utc>,
+    window: Window,
     progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<u64, RecoveryError> {
+) -> Result<LogReplayed, RecoveryError> {
+    let options = how
+        .database_url
+        .parse::<PgConnectOptions>()?
+        // A paced stream runs for minutes by design: not a slow statement worth a warning.
+        .disable_statement_logging();
+    let mut conn = PgConnection::connect_with(&options).await?;
+    // Session-level: held until this connection closes, also when the process dies.
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(replay_lock_key(subscription))
+        .fetch_one(&mut conn)
+        .await?;
+    if !locked {
+        close_connection(conn).await;
+        return Err(RecoveryError::Busy);
+    }
+    let outcome = stream_window(&mut conn, broker, how, subscription, window, progress).await;
+    close_connection(conn).await;
+    let outcome = outcome?;
+    if outcome.enqueued > 0 {
+        announce(pool, subscription).await;
+    }
+    metrics::counter!("anika_log_replayed_total").increment(outcome.enqueued);
+    Ok(outcome)
+}
+
+/// The advisory-lock key of a subscription's log replay: its id's random half, in a
+/// namespace of its own so that it meets no other lock.
+fn replay_lock_key(subscription: SubscriptionId) -> i64 {
+    const NAMESPACE: i64 = 0x616e_696b_6172_706c; // "anikarpl"
+    let bytes = subscription.uuid().into_bytes();
+    let mut tail = [0u8; 8];
+    tail.copy_from_slice(&bytes[8..]);
+    i64::from_be_bytes(tail) ^ NAMESPACE
+}
+
+async fn close_connection(conn: PgConnection) {
+    if let Err(e) = conn.close().await {
+        tracing::debug!(error = %e, "closing the replay's connection failed; the server drops it");
+    }
+}
+
+async fn stream_window(
+    conn: &mut PgConnection,
+    broker: &Arc<Broker>,
+    how: &LogReplay<'_>,
+    subscription: SubscriptionId,
+    window: Window,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<LogReplayed, RecoveryError> {
     let row: Option<(Uuid, String, Option<SqlJson<Value>>, bool)> = sqlx::query_as(
         "SELECT s.topic_id, t.name, s.filter, \
                 (t.owner_partner_id = s.partner_id OR EXISTS \
@@ -218,7 +423,7 @@ pub async fn replay_log(
          FROM subscriptions s JOIN topics t ON t.id = s.topic_id WHERE s.id = $1",
     )
     .bind(subscription.uuid())
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?;
     let (topic, topic_name, filter, allowed) =
         row.ok_or(RecoveryError::NoSubscription(subscription))?;
@@ -228,6 +433,7 @@ pub async fn replay_log(
     let topic = TopicId::from(topic);
     let channel = broker.confirm_channel().await?;
     let routing_key = subscription.to_string();
+    let pace = Pace::new(how.rate_per_s);
     // The same containment the dispatcher applies, done by PostgreSQL with the GIN index.
     let mut rows = sqlx::query_as::<_, EventRow>(
         "SELECT id, publisher_partner_id, key, data FROM events \
@@ -236,13 +442,17 @@ pub async fn replay_log(
          ORDER BY received_at, id",
     )
     .bind(topic.uuid())
-    .bind(since)
-    .bind(until)
+    .bind(window.since())
+    .bind(window.until())
     .bind(filter)
-    .fetch(pool);
-    let mut enqueued = 0u64;
-    let mut pending = 0usize;
-    while let Some(event) = rows.try_next().await? {
+    .fetch(&mut *conn);
+    let mut outcome = LogReplayed::default();
+    let mut pending: VecDeque<PublisherConfirm> = VecDeque::with_capacity(BATCH);
+    let mut published = 0u64;
+    while outcome.refused == 0 {
+        let Some(event) = rows.try_next().await? else {
+            break;
+        };
         let id = EventId::from(event.id);
         let body = Envelope::encode(
             id,
@@ -253,11 +463,11 @@ pub async fn replay_log(
             id.timestamp(),
             &event.data.0,
         );
-        channel
+        let confirm = channel
             .basic_publish(
                 DELIVER_EXCHANGE.into(),
                 routing_key.as_str().into(),
-                // mandatory: a missing queue is an error, not a silent loss.
+                // mandatory: a missing queue is a refusal, not a silent loss.
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
@@ -266,29 +476,63 @@ pub async fn replay_log(
                 properties(id, topic, 0),
             )
             .await?;
-        pending += 1;
-        enqueued += 1;
-        if pending == BATCH {
-            confirm(&channel).await?;
-            pending = 0;
-            progress(enqueued);
+        pending.push_back(confirm);
+        published += 1;
+        if pending.len() == BATCH {
+            settle(&mut pending, BATCH / 2, &mut outcome).await?;
+            progress(outcome.enqueued);
         }
+        pace.wait(published).await;
     }
-    confirm(&channel).await?;
-    progress(enqueued);
+    drop(rows);
+    settle(&mut pending, 0, &mut outcome).await?;
+    progress(outcome.enqueued);
     close(channel).await;
-    if enqueued > 0 {
-        announce(pool, subscription).await;
+    if outcome.refused > 0 {
+        tracing::warn!(subscription = %subscription, enqueued = outcome.enqueued, refused = outcome.refused,
+            "the broker refused replayed events; the replay stopped");
     }
-    metrics::counter!("anika_log_replayed_total").increment(enqueued);
-    Ok(enqueued)
+    Ok(outcome)
 }
 
-async fn confirm(channel: &Channel) -> Result<(), RecoveryError> {
-    if channel.wait_for_confirms().await?.is_empty() {
-        Ok(())
-    } else {
-        Err(BrokerError::NotConfirmed("the subscription queue is missing").into())
+/// Awaits the oldest confirms until `keep` are left, counting each one's outcome.
+async fn settle(
+    pending: &mut VecDeque<PublisherConfirm>,
+    keep: usize,
+    outcome: &mut LogReplayed,
+) -> Result<(), RecoveryError> {
+    while pending.len() > keep {
+        let confirm = pending.pop_front().expect("more than `keep` are pending");
+        if taken(&confirm.await?) {
+            outcome.enqueued += 1;
+        } else {
+            outcome.refused += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps a replay at or under its rate, so that a large one cannot take the broker's
+/// and the subscription's whole capacity at once.
+struct Pace {
+    started: tokio::time::Instant,
+    per_message: Duration,
+}
+
+impl Pace {
+    fn new(rate_per_s: u32) -> Self {
+        Self {
+            started: tokio::time::Instant::now(),
+            per_message: Duration::from_secs(1) / rate_per_s.max(1),
+        }
+    }
+
+    /// Waits until `published` messages are due.
+    async fn wait(&self, published: u64) {
+        let due = self.started + self.per_message * u32::try_from(published).unwrap_or(u32::MAX);
+        if due > tokio::time::Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
     }
 }
 

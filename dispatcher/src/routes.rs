@@ -19,7 +19,10 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use crate::{State, recovery::RecoveryError};
+use crate::{
+    State,
+    recovery::{LogReplay, RecoveryError, Window, WindowError},
+};
 
 pub(crate) fn routes() -> OpenApiRouter<State> {
     OpenApiRouter::new()
@@ -60,7 +63,7 @@ impl IntoResponse for Error {
             Self::Recovery(RecoveryError::NoSubscription(id)) => {
                 Problem::not_found(format!("no subscription {id}")).into_response()
             }
-            Self::Recovery(e @ RecoveryError::NotAllowed) => {
+            Self::Recovery(e @ (RecoveryError::NotAllowed | RecoveryError::Busy)) => {
                 Problem::conflict(e.to_string()).into_response()
             }
         }
@@ -266,10 +269,14 @@ pub(crate) struct ReplayDeadLetters {
     limit: Option<u64>,
 }
 
-/// How many dead letters were moved.
+/// How many dead letters were moved, and how many the broker refused.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Replayed {
+    /// Moved back to delivery and out of the dead-letter queue.
     replayed: u64,
+    /// Refused by the broker (for example the subscription queue is full): still
+    /// dead-lettered and listed, ready for another replay.
+    kept: u64,
 }
 
 /// Move dead letters back to delivery, each with a fresh attempt budget.
@@ -297,7 +304,7 @@ async fn replay_dead_letters(
     if limit == Some(0) {
         return Err(Problem::invalid_field("/limit", "limit must be at least 1").into());
     }
-    let replayed = crate::recovery::replay_dead_letters(
+    let outcome = crate::recovery::replay_dead_letters(
         &state.ctx.pool,
         &state.ctx.broker,
         id,
@@ -305,8 +312,14 @@ async fn replay_dead_letters(
         &|_| {},
     )
     .await?;
-    tracing::info!(subscription = %id, replayed, "dead letters replayed");
-    Ok((StatusCode::ACCEPTED, axum::Json(Replayed { replayed })))
+    tracing::info!(subscription = %id, replayed = outcome.replayed, kept = outcome.kept, "dead letters replayed");
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Replayed {
+            replayed: outcome.replayed,
+            kept: outcome.kept,
+        }),
+    ))
 }
 
 /// How many dead letters were dropped.
@@ -350,10 +363,14 @@ pub(crate) struct ReplayLog {
     until: Option<DateTime<Utc>>,
 }
 
-/// How many events were enqueued.
+/// How many events were enqueued, and how many the broker refused.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Enqueued {
+    /// Published for delivery and confirmed by the broker.
     enqueued: u64,
+    /// Refused by the broker (for example the subscription queue is full); the replay
+    /// stopped at the first. Replay the rest of the window again later.
+    refused: u64,
 }
 
 /// Re-deliver events of a time window from the log, under the subscription's grant and filter now.
@@ -367,8 +384,8 @@ pub(crate) struct Enqueued {
     responses(
         (status = 202, description = "Enqueued for delivery", body = Enqueued),
         (status = 404, description = "Not yours", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The partner may no longer read the topic", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid window", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The partner may no longer read the topic, or a replay of this subscription is already running", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid window: empty, or longer than ANIKA_MAX_REPLAY_WINDOW", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn replay_log(
@@ -379,18 +396,34 @@ async fn replay_log(
 ) -> Result<(StatusCode, axum::Json<Enqueued>)> {
     authorize(&state, &principal, id).await?;
     let until = body.until.unwrap_or_else(Utc::now);
-    if body.since >= until {
-        return Err(Problem::invalid_field("/since", "`since` must be before `until`").into());
-    }
-    let enqueued = crate::recovery::replay_log(
+    let config = &state.ctx.config;
+    let window = Window::new(body.since, until, config.max_replay_window).map_err(|e| {
+        let pointer = match e {
+            WindowError::Empty => "/since",
+            WindowError::TooLong { .. } => "/until",
+        };
+        Problem::invalid_field(pointer, e.to_string())
+    })?;
+    let how = LogReplay {
+        database_url: config.database_url.expose(),
+        rate_per_s: config.replay_rate_per_s,
+    };
+    let outcome = crate::recovery::replay_log(
         &state.ctx.pool,
         &state.ctx.broker,
+        &how,
         id,
-        body.since,
-        until,
+        window,
         &|_| {},
     )
     .await?;
-    tracing::info!(subscription = %id, enqueued, since = %body.since, until = %until, "log replayed");
-    Ok((StatusCode::ACCEPTED, axum::Json(Enqueued { enqueued })))
+    tracing::info!(subscription = %id, enqueued = outcome.enqueued, refused = outcome.refused,
+        since = %body.since, until = %until, "log replayed");
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Enqueued {
+            enqueued: outcome.enqueued,
+            refused: outcome.refused,
+        }),
+    ))
 }

@@ -231,6 +231,14 @@ pub struct Config {
     pub circuit_breaker_after: u32,
     /// `ANIKA_SHUTDOWN_GRACE`: how long in-flight deliveries may finish at shutdown.
     pub shutdown_grace: Duration,
+    /// `ANIKA_MAX_REPLAY_WINDOW`: the longest window one replay from the log may cover.
+    pub max_replay_window: Duration,
+    /// `ANIKA_REPLAY_RATE_PER_S`: events per second a replay from the log publishes at most.
+    pub replay_rate_per_s: u32,
+    /// `ANIKA_METRICS_PER_SUBSCRIPTION`: also export gauges labelled by subscription id
+    /// (queue depth, dead letters). Off by default: one series per subscription grows
+    /// without bound with the partners' subscriptions, and its label names them to any scraper.
+    pub metrics_per_subscription: bool,
 }
 
 /// A setting that could not be understood; names the variable.
@@ -270,6 +278,9 @@ struct Raw {
     reconcile_interval: Option<String>,
     circuit_breaker_after: Option<String>,
     shutdown_grace: Option<String>,
+    max_replay_window: Option<String>,
+    replay_rate_per_s: Option<String>,
+    metrics_per_subscription: Option<String>,
 }
 
 /// Parses one setting or says which variable is wrong.
@@ -416,7 +427,23 @@ impl Config {
                 "5",
             )?,
             shutdown_grace: duration_setting("shutdown_grace", raw.shutdown_grace, "10s")?,
+            max_replay_window: duration_setting(
+                "max_replay_window",
+                raw.max_replay_window,
+                "31days",
+            )?,
+            replay_rate_per_s: setting("replay_rate_per_s", raw.replay_rate_per_s, "5000")?,
+            metrics_per_subscription: setting(
+                "metrics_per_subscription",
+                raw.metrics_per_subscription,
+                "false",
+            )?,
         };
+        if config.replay_rate_per_s == 0 {
+            return Err(ConfigError(
+                "ANIKA_REPLAY_RATE_PER_S: must be positive".into(),
+            ));
+        }
         if config.max_event_bytes < 1024 {
             return Err(ConfigError(
                 "ANIKA_MAX_EVENT_BYTES: must be at least 1024".into(),

@@ -222,6 +222,37 @@ impl TestEnv {
         closed
     }
 
+    /// Sets a policy on this vhost's queues matching `pattern` (e.g. a length limit that
+    /// makes the broker refuse publishes), as an operator would with `rabbitmqctl set_policy`.
+    pub async fn set_policy(&self, name: &str, pattern: &str, definition: serde_json::Value) {
+        let url = format!("{}/api/policies/{}/{name}", rabbitmq_api(), self.vhost);
+        let body = serde_json::json!({
+            "pattern": pattern,
+            "definition": definition,
+            "apply-to": "queues",
+            "priority": 100,
+        });
+        let response = try_management(reqwest::Method::PUT, &url, Some(body))
+            .await
+            .expect("set policy");
+        assert!(
+            response.status().is_success(),
+            "set policy: {}",
+            response.status()
+        );
+    }
+
+    /// Removes a policy set with [`TestEnv::set_policy`].
+    pub async fn clear_policy(&self, name: &str) {
+        let url = format!("{}/api/policies/{}/{name}", rabbitmq_api(), self.vhost);
+        let response = management(reqwest::Method::DELETE, &url).await;
+        assert!(
+            response.status().is_success(),
+            "clear policy: {}",
+            response.status()
+        );
+    }
+
     /// Queue arguments of `queue` as the broker reports them (`None` if it does not exist).
     pub async fn queue_info(&self, queue: &str) -> Option<serde_json::Value> {
         let url = format!("{}/api/queues/{}/{}", rabbitmq_api(), self.vhost, queue);

@@ -177,7 +177,7 @@ fn part_of(doc: Tree) -> BoxedStrategy<Tree> {
 
 /// Mostly a part of `doc`; one time in eight something else entirely.
 fn part_or_other(doc: Tree, seed: u64) -> BoxedStrategy<Tree> {
-    if seed % 8 == 0 {
+    if seed.is_multiple_of(8) {
         tree().boxed()
     } else {
         part_of(doc)

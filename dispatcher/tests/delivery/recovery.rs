@@ -11,7 +11,12 @@ use crate::helpers::{App, Setup};
 
 /// Dead-letters `n` events on a subscription whose endpoint always fails (max_attempts 1).
 async fn with_dead_letters(n: usize) -> Setup {
-    let s = Setup::new(&[], json!({"max_attempts": 1})).await;
+    with_dead_letters_on(&[], n).await
+}
+
+/// [`with_dead_letters`] with configuration overrides.
+async fn with_dead_letters_on(overrides: &[(&str, &str)], n: usize) -> Setup {
+    let s = Setup::new(overrides, json!({"max_attempts": 1})).await;
     s.receiver.always(Reply::Status(500));
     s.app
         .publish_many(
@@ -487,4 +492,212 @@ async fn a_backfill_delivers_exactly_the_window_under_the_filter_and_grant_of_no
             .status,
         422
     );
+}
+
+/// Pauses the subscription, waits until its consumer is gone, and makes its queue hold at
+/// most `room` messages, refusing (nacking) every publish past that.
+///
+/// The tests that use it run on classic queues: a quorum queue applies `reject-publish`
+/// a little late (it accepts what is in flight when it fills), a classic one exactly.
+async fn with_a_full_queue(s: &Setup, room: u32) {
+    let sub = s.sub_id();
+    s.app
+        .api
+        .patch(
+            &format!("/v1/subscriptions/{sub}"),
+            &s.dealer.admin,
+            json!({"status": "paused"}),
+        )
+        .await
+        .expect(200);
+    let queue = format!("anika.sub.{sub}");
+    let app = &s.app;
+    app.eventually("the consumer stopped", Duration::from_secs(10), || async {
+        app.env.consumers(&queue).await == Some(0)
+    })
+    .await;
+    app.env
+        .set_policy(
+            "full",
+            &format!("^anika\\.sub\\.{sub}$"),
+            json!({"max-length": room, "overflow": "reject-publish"}),
+        )
+        .await;
+    app.eventually(
+        "the length limit applies",
+        Duration::from_secs(10),
+        || async {
+            app.env
+                .queue_info(&queue)
+                .await
+                .is_some_and(|q| q["effective_policy_definition"]["max-length"] == json!(room))
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn dead_letters_the_broker_refuses_to_replay_stay_dead_lettered_with_their_records() {
+    let s = with_dead_letters_on(&[("queue_type", "classic")], 5).await;
+    let sub = s.sub_id().to_owned();
+    with_a_full_queue(&s, 2).await;
+    let replay = format!("/v1/subscriptions/{sub}/dead-letters/replay");
+    let out = s
+        .app
+        .api
+        .post(&replay, &s.dealer.admin, json!({}))
+        .await
+        .expect(202);
+    assert_eq!(out["replayed"], 2, "{out}");
+    assert_eq!(out["kept"], 3, "{out}");
+    let list = s
+        .app
+        .api
+        .get(
+            &format!("/v1/subscriptions/{sub}/dead-letters"),
+            &s.dealer.admin,
+        )
+        .await
+        .expect(200);
+    assert_eq!(list["total"], 3, "the refused ones are still listed");
+    let env = &s.app.env;
+    assert_eq!(env.queue_depth(&format!("anika.dlq.{sub}")).await, Some(3));
+    assert_eq!(env.queue_depth(&format!("anika.sub.{sub}")).await, Some(2));
+
+    // Once there is room and the endpoint answers, the kept ones replay too: all five arrive.
+    env.clear_policy("full").await;
+    s.receiver.always(Reply::Status(204));
+    let failed_requests = s.receiver.received().len();
+    s.app
+        .api
+        .patch(
+            &format!("/v1/subscriptions/{sub}"),
+            &s.dealer.admin,
+            json!({"status": "active"}),
+        )
+        .await
+        .expect(200);
+    let again = s
+        .app
+        .api
+        .post(&replay, &s.dealer.admin, json!({}))
+        .await
+        .expect(202);
+    assert_eq!(
+        (again["replayed"].clone(), again["kept"].clone()),
+        (json!(3), json!(0))
+    );
+    let got = s
+        .receiver
+        .wait_for(failed_requests + 5, Duration::from_secs(10))
+        .await;
+    let mut ids: Vec<&str> = got[failed_requests..]
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "every dead letter was delivered in the end");
+}
+
+#[tokio::test]
+async fn a_log_replay_counts_only_what_the_broker_confirmed() {
+    let s = Setup::new(&[("queue_type", "classic")], json!({})).await;
+    let now = Utc::now();
+    for n in 0..5 {
+        logged_event(
+            &s.app,
+            &s.topic,
+            &s.dealer.id,
+            now - chrono::Duration::minutes(10 - n),
+            json!({"n": n}),
+        )
+        .await;
+    }
+    with_a_full_queue(&s, 2).await;
+    let out = s
+        .app
+        .api
+        .post(
+            &format!("/v1/subscriptions/{}/replay", s.sub_id()),
+            &s.dealer.admin,
+            json!({"since": (now - chrono::Duration::hours(1)).to_rfc3339()}),
+        )
+        .await
+        .expect(202);
+    assert_eq!(out["enqueued"], 2, "{out}");
+    assert!(out["refused"].as_u64().unwrap() >= 1, "{out}");
+}
+
+#[tokio::test]
+async fn one_log_replay_runs_at_a_time_per_subscription_paced_and_within_the_window_cap() {
+    let s = Setup::new(
+        &[("replay_rate_per_s", "10"), ("max_replay_window", "2days")],
+        json!({}),
+    )
+    .await;
+    s.receiver.always(Reply::Status(204));
+    let now = Utc::now();
+    for n in 0..20 {
+        logged_event(
+            &s.app,
+            &s.topic,
+            &s.dealer.id,
+            now - chrono::Duration::minutes(30 - n),
+            json!({"n": n}),
+        )
+        .await;
+    }
+    let path = format!("/v1/subscriptions/{}/replay", s.sub_id());
+    let window = json!({"since": (now - chrono::Duration::hours(1)).to_rfc3339()});
+    let started = std::time::Instant::now();
+    let first = {
+        let (api, admin, path, window) = (
+            s.app.api.clone(),
+            s.dealer.admin.clone(),
+            path.clone(),
+            window.clone(),
+        );
+        tokio::spawn(async move { api.post(&path, &admin, window).await })
+    };
+    let app = &s.app;
+    app.eventually(
+        "the first replay is under way",
+        Duration::from_secs(10),
+        || async { s.receiver.received().len() >= 2 },
+    )
+    .await;
+    let second = app.api.post(&path, &s.dealer.admin, window.clone()).await;
+    assert_eq!(second.status, 409, "{:?}", second.body);
+    second.assert_problem();
+    assert!(
+        second.detail().contains("already running"),
+        "{}",
+        second.detail()
+    );
+
+    let first = first.await.unwrap().expect(202);
+    assert_eq!(first["enqueued"], 20);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "20 events at 10/s took only {:?}: not paced",
+        started.elapsed()
+    );
+    // Once it ended, the next one may run.
+    app.api
+        .post(&path, &s.dealer.admin, window)
+        .await
+        .expect(202);
+
+    let too_long = app
+        .api
+        .post(
+            &path,
+            &s.dealer.admin,
+            json!({"since": (now - chrono::Duration::days(3)).to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(too_long.status, 422);
+    assert_eq!(too_long.pointers(), ["/until"]);
+    assert!(too_long.detail().contains("2days"), "{}", too_long.detail());
 }
