@@ -97,6 +97,23 @@ fn print_json(value: &impl Serialize) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A webhook URL as the CLI shows it: any `user:password@` replaced by `***@`, since
+/// operators paste this output into tickets and chats.
+fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let hidden = parsed.set_password(None).is_ok() && parsed.set_username("***").is_ok();
+            if hidden {
+                parsed.to_string()
+            } else {
+                "<url with credentials>".to_owned()
+            }
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "<unparseable url>".to_owned(),
+    }
+}
+
 fn cut(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         text.to_owned()
@@ -194,6 +211,13 @@ pub async fn dlq_list(
             )
             .fetch_all(&ops.pool)
             .await?;
+            let rows: Vec<DeadLetterSummary> = rows
+                .into_iter()
+                .map(|r| DeadLetterSummary {
+                    url: shown_url(&r.url),
+                    ..r
+                })
+                .collect();
             if json {
                 return print_json(&rows);
             }
@@ -419,6 +443,7 @@ pub async fn subscriptions(
         .await?;
     for row in &mut rows {
         row.queued = ops.queue_depth(&subscription_queue(row.id.into())).await;
+        row.url = shown_url(&row.url);
     }
     if json {
         return print_json(&rows);
@@ -454,4 +479,25 @@ pub async fn subscriptions(
         &cells,
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_url;
+
+    #[test]
+    fn a_webhook_urls_credentials_are_never_shown() {
+        assert_eq!(
+            shown_url("https://bank:hunter2@hooks.example/in?x=1"),
+            "https://***@hooks.example/in?x=1"
+        );
+        assert_eq!(
+            shown_url("https://bank@hooks.example/"),
+            "https://***@hooks.example/"
+        );
+        assert_eq!(
+            shown_url("https://hooks.example/in"),
+            "https://hooks.example/in"
+        );
+    }
 }

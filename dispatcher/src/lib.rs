@@ -120,6 +120,7 @@ impl State {
             Arc::clone(&ctx.broker),
             // A Prometheus scrape every 15 s sees fresh figures; a shorter reconcile asks for more.
             ctx.config.reconcile_interval.min(GAUGE_INTERVAL),
+            ctx.config.metrics_per_subscription,
             shutdown.clone(),
         ));
         Ok(Self { ctx })
@@ -129,11 +130,15 @@ impl State {
 /// How often the queue gauges are read from RabbitMQ, at the longest.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(15);
 
-/// Publishes each subscription's queue depth and dead-letter count as gauges, every `every`.
+/// Publishes the queue depths and dead-letter counts as gauges, every `every`: their sums
+/// always, and each subscription's own (labelled by its id) only with
+/// `ANIKA_METRICS_PER_SUBSCRIPTION`, since one series per subscription grows with every
+/// partner's subscriptions and names them to anyone who can scrape `/metrics`.
 async fn queue_gauges(
     registry: Arc<registry::Registry>,
     broker: Arc<Broker>,
     every: Duration,
+    per_subscription: bool,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -145,10 +150,11 @@ async fn queue_gauges(
         let Ok(mut channel) = broker.channel().await else {
             continue;
         };
+        let (mut queued, mut dead) = (0u64, 0u64);
         for sub in registry.all().await {
-            for (queue, gauge) in [
-                (subscription_queue(sub.id), "anika_subscription_queue_depth"),
-                (dead_letter_queue(sub.id), "anika_subscription_dead_letters"),
+            for (queue, gauge, sum) in [
+                (subscription_queue(sub.id), meters::QUEUE_DEPTH, &mut queued),
+                (dead_letter_queue(sub.id), meters::DEAD_LETTERS, &mut dead),
             ] {
                 let declared = channel
                     .queue_declare(
@@ -162,8 +168,13 @@ async fn queue_gauges(
                     )
                     .await;
                 match declared {
-                    Ok(q) => metrics::gauge!(gauge, "subscription" => sub.id.to_string())
-                        .set(f64::from(q.message_count())),
+                    Ok(q) => {
+                        *sum += u64::from(q.message_count());
+                        if per_subscription {
+                            metrics::gauge!(gauge, "subscription" => sub.id.to_string())
+                                .set(f64::from(q.message_count()));
+                        }
+                    }
                     // A missing queue closes the channel; open another for the rest.
                     Err(_) => match broker.channel().await {
                         Ok(fresh) => channel = fresh,
@@ -172,8 +183,24 @@ async fn queue_gauges(
                 }
             }
         }
-        let _ = channel.close(200, "gauges read".into()).await;
+        metrics::gauge!(meters::QUEUED_SUM).set(queued as f64);
+        metrics::gauge!(meters::DEAD_LETTERS_SUM).set(dead as f64);
+        if let Err(e) = channel.close(200, "gauges read".into()).await {
+            tracing::debug!(error = %e, "closing the gauge channel failed; the broker drops it");
+        }
     }
+}
+
+/// The names of the queue gauges.
+mod meters {
+    /// Messages waiting in one subscription's queue (label `subscription`; opt-in).
+    pub const QUEUE_DEPTH: &str = "anika_subscription_queue_depth";
+    /// Messages in one subscription's dead-letter queue (label `subscription`; opt-in).
+    pub const DEAD_LETTERS: &str = "anika_subscription_dead_letters";
+    /// Messages waiting in all subscription queues together.
+    pub const QUEUED_SUM: &str = "anika_subscriptions_queued_messages";
+    /// Messages in all dead-letter queues together.
+    pub const DEAD_LETTERS_SUM: &str = "anika_subscriptions_dead_letters";
 }
 
 fn routes() -> OpenApiRouter<State> {

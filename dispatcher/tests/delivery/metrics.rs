@@ -28,7 +28,11 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn the_metrics_count_outcomes_and_show_each_subscriptions_queue_depth_and_dead_letters() {
     // One attempt only, so the failing event is dead-lettered at once.
-    let s = Setup::new(&[], json!({"max_attempts": 1, "filter": {"kind": "car"}})).await;
+    let s = Setup::new(
+        &[("metrics_per_subscription", "true")],
+        json!({"max_attempts": 1, "filter": {"kind": "car"}}),
+    )
+    .await;
     s.receiver
         .script([Reply::Body(500, "database on fire".into())]);
     s.publish(json!({"kind": "car", "n": 1})).await;
@@ -71,4 +75,31 @@ async fn the_metrics_count_outcomes_and_show_each_subscriptions_queue_depth_and_
         sample(&metrics, "anika_deliveries_in_flight").is_some(),
         "the in-flight gauge is rendered"
     );
+}
+
+#[tokio::test]
+async fn without_the_opt_in_no_series_names_a_subscription_but_the_sums_are_there() {
+    let s = Setup::new(&[], json!({"max_attempts": 1})).await;
+    s.receiver.always(Reply::Status(500));
+    s.publish(json!({"n": 1})).await;
+    let app = &s.app;
+    let sub = s.sub_id().to_owned();
+    let dlq = format!("anika.dlq.{sub}");
+    app.eventually("dead-lettered", Duration::from_secs(15), || async {
+        app.env.queue_depth(&dlq).await == Some(1)
+    })
+    .await;
+    // The gauges are read every reconcile interval (2 s in these tests): let two pass.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let metrics = scrape(app).await;
+    assert!(
+        !metrics.contains(&sub),
+        "a series names the subscription without ANIKA_METRICS_PER_SUBSCRIPTION"
+    );
+    for sum in [
+        "anika_subscriptions_queued_messages",
+        "anika_subscriptions_dead_letters",
+    ] {
+        assert!(sample(&metrics, sum).is_some(), "{sum} is not rendered");
+    }
 }

@@ -158,3 +158,50 @@ async fn the_attempt_log_keeps_status_duration_and_at_most_4_kib_of_the_response
     assert_eq!(rows[1].4.as_deref(), Some("thanks"));
     assert!(rows.iter().all(|r| r.3 >= 0));
 }
+
+#[tokio::test]
+async fn a_schedule_that_repeats_its_last_delay_retries_in_that_tier_until_max_attempts() {
+    // "Then every 200 ms": the shape of Svix's and Hook0's "then every 12 h" defaults.
+    let s = Setup::new(
+        &[("retry_schedule", "50ms,200ms,200ms,200ms")],
+        json!({"max_attempts": 5}),
+    )
+    .await;
+    s.receiver.always(Reply::Status(500));
+    s.publish(json!({"n": 1})).await;
+    let app = &s.app;
+    let sub = s.sub_id().to_owned();
+    app.eventually("a dead-letter record", Duration::from_secs(15), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM dead_letters WHERE subscription_id = $1::uuid",
+        )
+        .bind(&sub)
+        .fetch_one(&app.ctx.pool)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let got = s.receiver.received();
+    assert_eq!(got.len(), 5, "exactly max_attempts requests");
+    let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].at - w[0].at).collect();
+    for (gap, floor) in gaps.iter().zip([50, 200, 200, 200]) {
+        assert!(
+            *gap >= Duration::from_millis(floor),
+            "gap {gap:?} shorter than the {floor} ms tier: {gaps:?}"
+        );
+    }
+    let retry_queues: Vec<String> = app
+        .env
+        .queues()
+        .await
+        .into_iter()
+        .filter(|q| q.starts_with("anika.retry."))
+        .collect();
+    assert_eq!(
+        retry_queues.len(),
+        2,
+        "one queue per distinct delay: {retry_queues:?}"
+    );
+}
