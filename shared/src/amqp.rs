@@ -272,17 +272,29 @@ pub fn long_string(value: &str) -> AMQPValue {
 ///
 /// Callers ask for a channel; if the connection died, the first caller
 /// reconnects (and redeclares the static topology) while the others wait.
+/// `ANIKA_AMQP_URL` may list the nodes of a cluster: the first connection goes
+/// to a node chosen at random (so processes spread over the cluster), and a
+/// reconnect after a loss tries the next node first, then the others in turn.
 pub struct Broker {
-    url: lapin::uri::AMQPUri,
+    nodes: Vec<lapin::uri::AMQPUri>,
     name: String,
     topology: Topology,
-    current: Mutex<Option<Arc<Connection>>>,
+    current: Mutex<Option<Link>>,
+    /// The node the next connection attempt starts with.
+    next: std::sync::atomic::AtomicUsize,
+}
+
+/// The live connection and the node it goes to.
+struct Link {
+    node: usize,
+    conn: Arc<Connection>,
 }
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
             .field("name", &self.name)
+            .field("nodes", &self.nodes.len())
             .finish_non_exhaustive()
     }
 }
@@ -301,22 +313,59 @@ pub enum BrokerError {
     NotConfirmed(&'static str),
 }
 
+/// One node of `ANIKA_AMQP_URL` as it may be shown: `host:port`, no credentials.
+fn node_label(uri: &lapin::uri::AMQPUri) -> String {
+    format!("{}:{}", uri.authority.host, uri.authority.port)
+}
+
+/// Parses `ANIKA_AMQP_URL`: one URL, or several separated by commas (the nodes of one
+/// cluster, so one vhost). A bad entry is named by its position, never by its password.
+fn parse_nodes(urls: &str) -> Result<Vec<lapin::uri::AMQPUri>, BrokerError> {
+    let mut nodes: Vec<lapin::uri::AMQPUri> = Vec::new();
+    for (i, entry) in urls.split(',').map(str::trim).enumerate() {
+        let position = i + 1;
+        if entry.is_empty() {
+            return Err(BrokerError::BadUrl(format!("entry {position} is empty")));
+        }
+        let mut uri: lapin::uri::AMQPUri = entry.parse().map_err(|e| {
+            BrokerError::BadUrl(format!(
+                "entry {position} ({}): {e}",
+                crate::config::redact_url(entry)
+            ))
+        })?;
+        // A dead peer is noticed within ~20 s instead of the 60 s server default.
+        uri.query.heartbeat.get_or_insert(10);
+        uri.query.connection_timeout.get_or_insert(5_000);
+        if let Some(first) = nodes.first()
+            && first.vhost != uri.vhost
+        {
+            return Err(BrokerError::BadUrl(format!(
+                "entry {position} names vhost `{}` but entry 1 `{}`; the nodes of one installation share a vhost",
+                uri.vhost, first.vhost
+            )));
+        }
+        nodes.push(uri);
+    }
+    Ok(nodes)
+}
+
 impl Broker {
     /// A broker handle; nothing is opened until the first channel is asked for.
+    ///
+    /// `url` is one AMQP URL or a comma-separated list of a cluster's nodes.
     pub fn new(
         url: &str,
         name: impl Into<String>,
         topology: Topology,
     ) -> Result<Arc<Self>, BrokerError> {
-        let mut uri: lapin::uri::AMQPUri = url.parse().map_err(BrokerError::BadUrl)?;
-        // A dead peer is noticed within ~20 s instead of the 60 s server default.
-        uri.query.heartbeat.get_or_insert(10);
-        uri.query.connection_timeout.get_or_insert(5_000);
+        let nodes = parse_nodes(url)?;
+        let first = rand::random_range(0..nodes.len());
         Ok(Arc::new(Self {
-            url: uri,
+            nodes,
             name: name.into(),
             topology,
             current: Mutex::new(None),
+            next: std::sync::atomic::AtomicUsize::new(first),
         }))
     }
 
@@ -327,25 +376,93 @@ impl Broker {
 
     /// The vhost this installation lives in.
     pub fn vhost(&self) -> &str {
-        &self.url.vhost
+        &self.nodes[0].vhost
     }
 
-    /// A live connection, opening a new one (once) if the last one broke.
+    /// How many nodes `ANIKA_AMQP_URL` lists.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The node of the live connection (`host:port`), if there is one.
+    pub async fn connected_node(&self) -> Option<String> {
+        let current = self.current.lock().await;
+        current
+            .as_ref()
+            .filter(|link| link.conn.status().connected())
+            .map(|link| node_label(&self.nodes[link.node]))
+    }
+
+    /// Whether each node accepts TCP connections now (for `/readyz`): `(host:port, error)`.
+    pub async fn probe_nodes(&self) -> Vec<(String, Option<String>)> {
+        let probes = self.nodes.iter().map(|uri| async move {
+            let address = (uri.authority.host.clone(), uri.authority.port);
+            let connect = tokio::net::TcpStream::connect(address);
+            let error = match tokio::time::timeout(Duration::from_secs(2), connect).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("no answer within 2 s".to_owned()),
+            };
+            (node_label(uri), error)
+        });
+        futures::future::join_all(probes).await
+    }
+
+    /// A live connection, opening a new one (once) if the last one broke: to the next
+    /// node after the one that was lost, then to each other node in turn.
     pub async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
+        use std::sync::atomic::Ordering;
         let mut current = self.current.lock().await;
-        if let Some(conn) = current.as_ref()
-            && conn.status().connected()
-        {
-            return Ok(Arc::clone(conn));
+        if let Some(link) = current.as_ref() {
+            if link.conn.status().connected() {
+                return Ok(Arc::clone(&link.conn));
+            }
+            tracing::warn!(connection = %self.name, node = %node_label(&self.nodes[link.node]),
+                "lost the RabbitMQ connection; trying the next node");
+            self.next
+                .store((link.node + 1) % self.nodes.len(), Ordering::Relaxed);
+            *current = None;
         }
+        let start = self.next.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for step in 0..self.nodes.len() {
+            let node = (start + step) % self.nodes.len();
+            match self.open(node).await {
+                Ok(conn) => {
+                    self.next.store(node, Ordering::Relaxed);
+                    *current = Some(Link {
+                        node,
+                        conn: Arc::clone(&conn),
+                    });
+                    return Ok(conn);
+                }
+                Err(e) => {
+                    if self.nodes.len() > 1 {
+                        tracing::warn!(connection = %self.name, node = %node_label(&self.nodes[node]),
+                            error = %e, "RabbitMQ node unavailable; trying the next");
+                    }
+                    last_error = Some(e);
+                }
+            }
+        }
+        // The next round starts after the node tried last, not always with the same one.
+        self.next
+            .store((start + 1) % self.nodes.len(), Ordering::Relaxed);
+        Err(last_error.expect("at least one node is configured"))
+    }
+
+    /// Connects to one node and declares the static topology there (idempotent).
+    async fn open(&self, node: usize) -> Result<Arc<Connection>, BrokerError> {
+        let uri = &self.nodes[node];
         let properties =
             ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        let conn = Arc::new(Connection::connect_uri(self.url.clone(), properties).await?);
+        let conn = Arc::new(Connection::connect_uri(uri.clone(), properties).await?);
         let channel = conn.create_channel().await?;
         self.topology.declare_static(&channel).await?;
-        let _ = channel.close(200, "topology declared".into()).await;
-        tracing::info!(connection = %self.name, vhost = %self.url.vhost, "connected to RabbitMQ");
-        *current = Some(Arc::clone(&conn));
+        if let Err(e) = channel.close(200, "topology declared".into()).await {
+            tracing::debug!(error = %e, "closing the topology channel failed");
+        }
+        tracing::info!(connection = %self.name, vhost = %uri.vhost, node = %node_label(uri), "connected to RabbitMQ");
         Ok(conn)
     }
 
@@ -396,8 +513,10 @@ impl Broker {
 
     /// Closes the connection politely (at shutdown).
     pub async fn close(&self) {
-        if let Some(conn) = self.current.lock().await.take() {
-            let _ = conn.close(200, "shutting down".into()).await;
+        if let Some(link) = self.current.lock().await.take()
+            && let Err(e) = link.conn.close(200, "shutting down".into()).await
+        {
+            tracing::debug!(error = %e, "closing the RabbitMQ connection failed");
         }
     }
 }
@@ -426,5 +545,40 @@ pub fn header_str(properties: &lapin::BasicProperties, name: &str) -> Option<Str
         AMQPValue::LongString(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
         AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BrokerError, parse_nodes};
+
+    #[test]
+    fn a_cluster_is_a_comma_separated_list_of_its_nodes() {
+        let nodes = parse_nodes(
+            "amqp://u:p@127.0.0.1:5701/%2f, amqp://u:p@127.0.0.1:5702/%2f,amqp://u:p@127.0.0.1:5703/%2f",
+        )
+        .unwrap();
+        let ports: Vec<u16> = nodes.iter().map(|n| n.authority.port).collect();
+        assert_eq!(ports, [5701, 5702, 5703]);
+        assert!(nodes.iter().all(|n| n.query.heartbeat == Some(10)));
+    }
+
+    #[test]
+    fn a_malformed_entry_is_named_by_its_position_without_its_password() {
+        let Err(BrokerError::BadUrl(message)) =
+            parse_nodes("amqp://u:secret@h1:5672/%2f,http://u:secret@h2/%2f")
+        else {
+            panic!("accepted a non-AMQP entry");
+        };
+        assert!(message.contains("entry 2"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+        let Err(BrokerError::BadUrl(message)) = parse_nodes("amqp://h1/%2f,,amqp://h3/%2f") else {
+            panic!("accepted an empty entry");
+        };
+        assert!(message.contains("entry 2 is empty"), "{message}");
+        let Err(BrokerError::BadUrl(message)) = parse_nodes("amqp://h1/a,amqp://h2/b") else {
+            panic!("accepted two vhosts");
+        };
+        assert!(message.contains("vhost"), "{message}");
     }
 }

@@ -58,6 +58,18 @@ struct ReadyReport {
 struct ReadyChecks {
     postgres: Check,
     rabbitmq: Check,
+    /// Each node of `ANIKA_AMQP_URL`: whether it accepts connections, and which one this
+    /// process uses. A node down does not make the process unready while another serves.
+    rabbitmq_nodes: Vec<NodeCheck>,
+}
+
+#[derive(Serialize)]
+struct NodeCheck {
+    node: String,
+    ok: bool,
+    connected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 async fn timed<F, E>(check: F) -> Check
@@ -102,14 +114,29 @@ async fn healthz() -> impl IntoResponse {
 )]
 async fn readyz(State(readiness): State<Readiness>) -> Response {
     let pool = readiness.pool.clone();
-    let (postgres, rabbitmq) = tokio::join!(
+    let (postgres, rabbitmq, nodes) = tokio::join!(
         timed(async move { sqlx::query("SELECT 1").execute(&pool).await.map(|_| ()) }),
         timed(readiness.broker.ping()),
+        readiness.broker.probe_nodes(),
     );
+    let connected = readiness.broker.connected_node().await;
+    let rabbitmq_nodes = nodes
+        .into_iter()
+        .map(|(node, error)| NodeCheck {
+            connected: connected.as_deref() == Some(node.as_str()),
+            ok: error.is_none(),
+            node,
+            error,
+        })
+        .collect();
     let ready = postgres.ok && rabbitmq.ok;
     let report = ReadyReport {
         status: if ready { "ready" } else { "unavailable" },
-        checks: ReadyChecks { postgres, rabbitmq },
+        checks: ReadyChecks {
+            postgres,
+            rabbitmq,
+            rabbitmq_nodes,
+        },
     };
     let status = if ready {
         StatusCode::OK
