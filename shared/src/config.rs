@@ -30,8 +30,16 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Where a connection URL points, without its password (for logs and banners).
+/// Where a connection URL points, without its password (for logs and banners); each
+/// entry of a comma-separated list (a cluster's nodes) on its own.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return url
+            .split(',')
+            .map(|entry| redact_url(entry.trim()))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
@@ -558,6 +566,10 @@ mod tests {
         assert_eq!(
             redact_url("amqp://guest:pw@h:5672/%2f"),
             "amqp://guest:***@h:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("amqp://u:pw@h1:5701/%2f, amqp://u:pw@h2:5702/%2f"),
+            "amqp://u:***@h1:5701/%2f,amqp://u:***@h2:5702/%2f"
         );
     }
 

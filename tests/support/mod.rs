@@ -170,6 +170,43 @@ impl Anika {
     }
 }
 
+/// A running `anika serve <role>` process (no banner: it is found by its effects).
+pub struct Role {
+    child: Child,
+    /// Its process id.
+    pub pid: u32,
+}
+
+impl Role {
+    /// Starts `anika serve <role>` with the test's environment plus `extra`.
+    pub fn start(env: &TestEnv, role: &str, extra: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_anika"))
+            .args(["serve", role])
+            .envs(child_env(env, extra))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn anika serve");
+        let pid = child.id().expect("pid");
+        let stderr = child.stderr.take().expect("stderr");
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("\"ERROR\"") || line.contains("panicked") {
+                    eprintln!("[anika serve {pid}] {line}");
+                }
+            }
+        });
+        Self { child, pid }
+    }
+
+    /// Kills the process with SIGKILL.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("SIGKILL");
+    }
+}
+
 /// A dealer with a topic, a publisher token, and one subscription per receiver.
 pub struct World {
     pub topic: String,
