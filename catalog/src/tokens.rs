@@ -443,7 +443,7 @@ async fn list_keys(
     })))
 }
 
-/// Revoke an API key; its refresh tokens stop working at once, its access tokens when they expire.
+/// Revoke an API key; its refresh and access tokens stop working at once, in every process.
 #[utoipa::path(
     delete,
     path = "/v1/api-keys/{id}",
@@ -479,8 +479,14 @@ async fn revoke_key(
     .bind(id.uuid())
     .execute(&mut *tx)
     .await?;
+    // Every process's verifier hears of it when this commits, before the answer.
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(anika_shared::auth::REVOCATIONS)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
-    // Its access tokens stop here at once, and in other processes within REVOKED_REFRESH.
+    // Its access tokens stop here at once, and in other processes with the announcement.
     state.ctx.verifier.revoked(id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -81,12 +81,13 @@ pub(crate) async fn run_once(pool: &PgPool, retention: Duration) -> Result<Repor
         Duration::from_secs(24 * 3600).as_millis() as f64,
     )
     .await?;
-    // Refresh tokens that can no longer be used, a day after they stopped being usable
-    // (the day keeps reuse of a just-rotated token detectable).
+    // Refresh tokens a day after they expired. A used (rotated) or revoked one is kept
+    // until then too: presenting it again is how a stolen token's reuse is detected
+    // (and its whole login revoked), for as long as the token could have been used.
     report.rows_deleted += delete_chunked(
         pool,
         "DELETE FROM refresh_tokens WHERE ctid = ANY(ARRAY(SELECT ctid FROM refresh_tokens \
-         WHERE least(expires_at, used_at, revoked_at) < now() - $1 * interval '1 millisecond' LIMIT $2))",
+         WHERE expires_at < now() - $1 * interval '1 millisecond' LIMIT $2))",
         Duration::from_secs(24 * 3600).as_millis() as f64,
     )
     .await?;

@@ -5,8 +5,10 @@
 //! unknown one, so a key rotated in by another process is picked up), and checks
 //! `iss`, `aud`, `exp` and `nbf`. A token whose API key was revoked is refused
 //! too: the verifier keeps the set of revoked keys, updated at once in the
-//! process that revokes and re-read by the others at most [`REVOKED_REFRESH`]
-//! after a revocation.
+//! process that revokes and, in every other, by the announcement on
+//! [`REVOCATIONS`] sent in the revoking transaction; a process whose listener is
+//! down reads the set before each verification instead. The set is also re-read
+//! every [`REVOKED_REFRESH`], as a safety net.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -142,18 +144,27 @@ impl From<AuthError> for Problem {
 /// Verified tokens kept so a hot path pays one hash, not one signature check, per request.
 const CACHE_CAPACITY: usize = 65_536;
 
-/// How old the set of revoked API keys may be before a verification re-reads it
-/// (one small query per process per interval, never one per request).
-pub const REVOKED_REFRESH: Duration = Duration::from_secs(2);
+/// How old the set of revoked API keys may get while revocations are followed live
+/// (a safety net: the set is then also re-read this often, by one verification).
+pub const REVOKED_REFRESH: Duration = Duration::from_secs(60);
 
-/// The revoked API keys as last read, plus what this process revoked since.
+/// The `LISTEN` channel on which a revocation is announced (payload: the key's id),
+/// in the revoking transaction, so every process hears of it when it commits.
+pub const REVOCATIONS: &str = "anika_revoked_keys";
+
+/// The revoked API keys as last read, plus what this process revoked or heard of since.
 #[derive(Debug, Default)]
 struct Revoked {
     keys: HashSet<ApiKeyId>,
-    /// When the set was read from PostgreSQL.
+    /// When the last read of the whole set from PostgreSQL began.
     read_at: Option<Instant>,
-    /// Revoked here, and when: kept across a re-read that may have started before the commit.
-    here: Vec<(ApiKeyId, Instant)>,
+    /// Revoked here or announced, and when: kept across a re-read that may have
+    /// started before the commit.
+    recent: Vec<(ApiKeyId, Instant)>,
+    /// Whether announcements are followed: the listener is connected and read the
+    /// whole set after it started listening. Without it, every verification waits
+    /// for a read of the set that began after the request arrived.
+    live: bool,
 }
 
 /// Checks access tokens against the signing keys stored in PostgreSQL.
@@ -287,28 +298,71 @@ impl Verifier {
         Ok(())
     }
 
-    /// Refuses tokens of `key` from now on in this process (the revoking one); other
-    /// processes read the revocation from PostgreSQL within [`REVOKED_REFRESH`].
+    /// Refuses tokens of `key` from now on in this process (the revoking one, and
+    /// every process that hears the announcement on [`REVOCATIONS`]).
     pub fn revoked(&self, key: ApiKeyId) {
         let mut revoked = self.revoked.write().expect("revoked lock");
         revoked.keys.insert(key);
-        revoked.here.push((key, Instant::now()));
+        revoked.recent.push((key, Instant::now()));
+    }
+
+    /// Follows revocations announced on [`REVOCATIONS`] until the verifier is dropped:
+    /// listens, then reads the whole set (so nothing revoked before listening is
+    /// missed), then applies each announcement as it comes. While the listener is down,
+    /// every verification reads the set itself first (see [`Revoked::live`]).
+    pub fn follow(self: &Arc<Self>) {
+        let verifier = Arc::downgrade(self);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let listening = async {
+                    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                    listener.listen(REVOCATIONS).await?;
+                    Ok::<_, sqlx::Error>(listener)
+                }
+                .await;
+                match listening {
+                    Ok(listener) => {
+                        backoff = Duration::from_millis(100);
+                        if !follow_announcements(&verifier, listener).await {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, ?backoff, "cannot listen for revoked API keys; every verification reads them meanwhile");
+                    }
+                }
+                let Some(alive) = verifier.upgrade() else {
+                    return;
+                };
+                alive.revoked.write().expect("revoked lock").live = false;
+                drop(alive);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
     }
 
     async fn refuse_revoked(&self, principal: &Principal) -> Result<(), AuthError> {
-        let loaded = self.revoked.read().expect("revoked lock").read_at;
-        let stale = loaded.is_none_or(|at| at.elapsed() >= REVOKED_REFRESH);
-        if stale {
-            // Before the first read every caller waits for it; later, one re-reads while
-            // the others go on with the set as it was a moment ago.
-            let guard = if loaded.is_none() {
-                Some(self.revoked_reload.lock().await)
-            } else {
-                self.revoked_reload.try_lock().ok()
-            };
-            if guard.is_some() {
-                self.reload_revoked(loaded.is_none()).await?;
+        let arrived = Instant::now();
+        let (live, loaded) = {
+            let revoked = self.revoked.read().expect("revoked lock");
+            (revoked.live, revoked.read_at)
+        };
+        if !live || loaded.is_none() {
+            // Nothing announces revocations to this process now: wait for a read of the
+            // set that began after this request arrived (one read serves every request
+            // that was waiting for it).
+            let _one_reader = self.revoked_reload.lock().await;
+            let read_at = self.revoked.read().expect("revoked lock").read_at;
+            if read_at.is_none_or(|at| at < arrived) {
+                self.reload_revoked(true).await?;
             }
+        } else if loaded.is_some_and(|at| at.elapsed() >= REVOKED_REFRESH)
+            && let Ok(_one_reader) = self.revoked_reload.try_lock()
+        {
+            self.reload_revoked(false).await?;
         }
         if self
             .revoked
@@ -322,13 +376,9 @@ impl Verifier {
         Ok(())
     }
 
-    /// Re-reads the revoked keys unless another caller just did. Without any earlier
-    /// read a failure refuses the request; after one it keeps the last set and logs.
-    async fn reload_revoked(&self, first: bool) -> Result<(), AuthError> {
-        let loaded = self.revoked.read().expect("revoked lock").read_at;
-        if loaded.is_some_and(|at| at.elapsed() < REVOKED_REFRESH) {
-            return Ok(());
-        }
+    /// Reads the whole set of revoked keys. When `required`, a failure refuses the
+    /// request (nothing else can vouch for the key); otherwise the last set stays.
+    async fn reload_revoked(&self, required: bool) -> Result<(), AuthError> {
         let started = Instant::now();
         // Revoked keys are few (people revoke keys, not programs), so all of them are read.
         let read = sqlx::query_scalar::<_, uuid::Uuid>(
@@ -339,18 +389,63 @@ impl Verifier {
         match read {
             Ok(ids) => {
                 let mut revoked = self.revoked.write().expect("revoked lock");
-                revoked.here.retain(|(_, at)| *at >= started);
+                revoked.recent.retain(|(_, at)| *at >= started);
                 let mut keys: HashSet<ApiKeyId> = ids.into_iter().map(ApiKeyId::from).collect();
-                keys.extend(revoked.here.iter().map(|(key, _)| *key));
+                keys.extend(revoked.recent.iter().map(|(key, _)| *key));
                 revoked.keys = keys;
                 revoked.read_at = Some(started);
                 Ok(())
             }
-            Err(e) if first => Err(AuthError::Keys(e)),
+            Err(e) if required => Err(AuthError::Keys(e)),
             Err(e) => {
                 tracing::warn!(error = %e, "could not re-read the revoked API keys; using the last set");
                 self.revoked.write().expect("revoked lock").read_at = Some(Instant::now());
                 Ok(())
+            }
+        }
+    }
+}
+
+/// Applies announcements until the listener fails (true: listen again) or the verifier
+/// is gone (false). Marks the verifier live once the whole set was read after `LISTEN`.
+async fn follow_announcements(
+    verifier: &std::sync::Weak<Verifier>,
+    mut listener: sqlx::postgres::PgListener,
+) -> bool {
+    {
+        let Some(alive) = verifier.upgrade() else {
+            return false;
+        };
+        let _one_reader = alive.revoked_reload.lock().await;
+        if let Err(e) = alive.reload_revoked(true).await {
+            tracing::warn!(error = %e, "cannot read the revoked API keys after listening; retrying");
+            return true;
+        }
+        alive.revoked.write().expect("revoked lock").live = true;
+    }
+    loop {
+        let received = listener.try_recv().await;
+        let Some(alive) = verifier.upgrade() else {
+            return false;
+        };
+        match received {
+            Ok(Some(notification)) => match uuid::Uuid::parse_str(notification.payload()) {
+                Ok(id) => alive.revoked(ApiKeyId::from(id)),
+                Err(_) => tracing::warn!(
+                    payload = notification.payload(),
+                    "an unreadable revocation announcement; ignored"
+                ),
+            },
+            // The connection broke: announcements may have been missed.
+            Ok(None) => {
+                tracing::warn!("lost the revocation listener's connection; reconnecting");
+                alive.revoked.write().expect("revoked lock").live = false;
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the revocation listener failed; reconnecting");
+                alive.revoked.write().expect("revoked lock").live = false;
+                return true;
             }
         }
     }

@@ -57,6 +57,8 @@ impl Context {
         };
         let broker = Broker::new(config.amqp_url.expose(), name, topology)?;
         let verifier = Verifier::new(pool.clone(), &config.token_issuer, &config.token_audience);
+        // Revocations announced by any process reach this one's verifier at once.
+        verifier.follow();
         Ok(Self {
             policy: TargetPolicy::new(config.allowed_target_nets.clone()),
             config: Arc::new(config),

@@ -421,3 +421,81 @@ async fn the_openapi_document_of_anika_up_describes_exactly_the_api_contract() {
     assert_eq!(docs.status(), 200, "the interactive docs are served");
     anika.terminate_cleanly().await;
 }
+
+/// A free loopback port (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `anika serve <role>` on a port of its own, once it answers `/healthz`.
+async fn serve(env: &TestEnv, role: &str) -> (support::Role, anika_shared::testing::Api) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let process = support::Role::start(env, role, &[("ANIKA_LISTEN", &listen)]);
+    let api = anika_shared::testing::Api::new(listen.parse().unwrap());
+    for _ in 0..300 {
+        if reqwest::get(format!("{}/healthz", api.base))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return (process, api);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("anika serve {role} did not answer within 30 s");
+}
+
+#[tokio::test]
+async fn a_key_revoked_in_the_catalog_process_is_refused_by_the_ingest_process_on_the_very_next_request()
+ {
+    let env = TestEnv::new().await;
+    let (catalog_process, catalog) = serve(&env, "catalog").await;
+    let (ingest_process, ingest) = serve(&env, "ingest").await;
+    let operator = catalog.token(support::OPERATOR_KEY).await;
+    let dealer = catalog.partner(&operator, "dealer").await;
+    let topic = catalog
+        .post("/v1/topics", &dealer.admin, json!({"name": "car.chosen"}))
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let events = format!("/v1/topics/{topic}/events");
+    for round in 0..3 {
+        // A fresh publisher key each round; its token is verified (and cached) by ingest first.
+        let key = catalog
+            .post(
+                "/v1/api-keys",
+                &dealer.admin,
+                json!({"role": "publisher", "name": format!("round {round}"), "partner_id": dealer.id}),
+            )
+            .await
+            .expect(201);
+        let token = catalog.token(key["api_key"].as_str().unwrap()).await;
+        ingest
+            .post(&events, &token, json!({"data": {"round": round}}))
+            .await
+            .expect(202);
+        catalog
+            .delete(
+                &format!("/v1/api-keys/{}", key["id"].as_str().unwrap()),
+                &dealer.admin,
+            )
+            .await
+            .expect(204);
+        let after = ingest
+            .post(&events, &token, json!({"data": {"round": round}}))
+            .await;
+        assert_eq!(
+            after.status, 401,
+            "round {round}: the ingest process accepted a revoked key's token: {:?}",
+            after.body
+        );
+        after.assert_problem();
+    }
+    catalog_process.kill().await;
+    ingest_process.kill().await;
+}

@@ -114,7 +114,14 @@ async fn maintenance_keeps_partitions_ahead_and_removes_what_is_past_retention()
         .await
         .unwrap();
     let tokens_before = count(&app, "SELECT count(*) FROM refresh_tokens").await;
-    sqlx::query("UPDATE refresh_tokens SET used_at = now() - interval '2 days' WHERE token_hash = (SELECT token_hash FROM refresh_tokens LIMIT 1)")
+    // Expired two days ago: gone. Used (rotated) two days ago but valid for weeks: kept,
+    // since presenting it again is how its theft is detected.
+    sqlx::query("UPDATE refresh_tokens SET expires_at = now() - interval '2 days' WHERE token_hash = (SELECT token_hash FROM refresh_tokens LIMIT 1)")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, api_key_id, expires_at, used_at) \
+                 SELECT '\\x01', family_id, api_key_id, now() + interval '20 days', now() - interval '2 days' FROM refresh_tokens LIMIT 1")
         .execute(pool)
         .await
         .unwrap();
@@ -141,7 +148,13 @@ async fn maintenance_keeps_partitions_ahead_and_removes_what_is_past_retention()
             )
             .await
                 == 0
-            && count(&app, "SELECT count(*) FROM refresh_tokens").await == tokens_before - 1
+            && count(&app, "SELECT count(*) FROM refresh_tokens").await == tokens_before
+            && count(
+                &app,
+                "SELECT count(*) FROM refresh_tokens WHERE token_hash = '\\x01'",
+            )
+            .await
+                == 1
     })
     .await;
     assert!(cleaned, "maintenance removed everything past retention");
