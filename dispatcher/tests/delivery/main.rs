@@ -3,6 +3,7 @@
 mod access;
 mod health;
 mod helpers;
+mod isolation;
 mod lifecycle;
 mod metrics;
 mod ordering;
