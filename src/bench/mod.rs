@@ -41,7 +41,9 @@ pub enum Scenario {
     Ceiling,
     /// A million events: flat memory, no backlog left.
     Soak,
-    /// Every scenario but soak.
+    /// A healthy partner beside one whose endpoint answers after 2 s: p99 with and without.
+    Noisy,
+    /// Every scenario but soak and noisy.
     All,
 }
 
@@ -78,6 +80,12 @@ pub struct BenchArgs {
     /// Events/s posted in the fan-out scenario (each delivered to every subscription).
     #[arg(long, default_value_t = 300)]
     pub fanout_rate: u32,
+    /// Events/s the healthy partner of the noisy scenario posts (to each of its 10 subscriptions).
+    #[arg(long, default_value_t = 100)]
+    pub calm_rate: u32,
+    /// Events/s the noisy partner posts (to each of its 8 subscriptions to a 2 s endpoint).
+    #[arg(long, default_value_t = 200)]
+    pub noisy_rate: u32,
     /// Events per batch request.
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
@@ -130,8 +138,15 @@ impl BenchArgs {
 
 /// `anika bench`.
 pub async fn bench(config: Config, args: BenchArgs) -> Result<(), CliError> {
-    if args.runs == 0 || args.rates.contains(&0) || args.concurrency == 0 {
-        return Err("--runs, --rates and --concurrency must be positive".into());
+    if args.runs == 0
+        || args.rates.contains(&0)
+        || args.concurrency == 0
+        || args.calm_rate == 0
+        || args.noisy_rate == 0
+    {
+        return Err(
+            "--runs, --rates, --concurrency, --calm-rate and --noisy-rate must be positive".into(),
+        );
     }
     let mut target: Option<server::Target> = None;
     let outcome = tokio::select! {
@@ -199,6 +214,7 @@ async fn run(
                 Scenario::Batch => bench.batch(&mut run).await?,
                 Scenario::Ceiling => bench.ceiling(&mut run).await?,
                 Scenario::Soak => bench.soak(&mut run).await?,
+                Scenario::Noisy => bench.noisy(&mut run).await?,
                 Scenario::All => {}
             }
         }
@@ -273,6 +289,7 @@ fn ratios(run: &mut report::Run) {
         ("fanout", "deliveries_per_s"),
         receiver,
     );
+    scenarios::noisy_ratio(run);
 }
 
 fn cpu_model() -> String {
