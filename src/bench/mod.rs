@@ -83,9 +83,14 @@ pub struct BenchArgs {
     /// Events/s the healthy partner of the noisy scenario posts (to each of its 10 subscriptions).
     #[arg(long, default_value_t = 100)]
     pub calm_rate: u32,
-    /// Events/s the noisy partner posts (to each of its 8 subscriptions to a 2 s endpoint).
-    #[arg(long, default_value_t = 200)]
-    pub noisy_rate: u32,
+    /// Events the noisy partner posts before the measured phase (each to its 8 subscriptions
+    /// to a 2 s endpoint: a backlog its fair share of the slots takes longer than --duration).
+    #[arg(long, default_value_t = 1000)]
+    pub noisy_events: u64,
+    /// `max_in_flight` of the noisy partner's subscriptions (default: the most the API allows,
+    /// so that only the fair share of delivery slots holds them back).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub noisy_max_in_flight: u32,
     /// Events per batch request.
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
@@ -142,10 +147,11 @@ pub async fn bench(config: Config, args: BenchArgs) -> Result<(), CliError> {
         || args.rates.contains(&0)
         || args.concurrency == 0
         || args.calm_rate == 0
-        || args.noisy_rate == 0
+        || args.noisy_events == 0
     {
         return Err(
-            "--runs, --rates, --concurrency, --calm-rate and --noisy-rate must be positive".into(),
+            "--runs, --rates, --concurrency, --calm-rate and --noisy-events must be positive"
+                .into(),
         );
     }
     let mut target: Option<server::Target> = None;
