@@ -70,19 +70,15 @@ async fn consume(
     deps: &Arc<Deps>,
     stop: &CancellationToken,
 ) -> Result<Ended, Box<dyn std::error::Error + Send + Sync>> {
-    // The queue may have been deleted with its subscription: never resurrect it.
-    let exists: Option<String> =
-        sqlx::query_scalar("SELECT status FROM subscriptions WHERE id = $1")
-            .bind(sub.id.uuid())
-            .fetch_optional(&deps.pool)
-            .await?;
-    if exists.is_none() {
+    // The queue may have been deleted with its subscription: never resurrect it. And the
+    // standing comes fresh from the catalog: a cached "revoked" whose grant is back (a
+    // notification not heard yet) must not unbind the queue below.
+    let Some(config) = sub.refresh(deps, Instant::now()).await? else {
         return Ok(Ended::Gone);
-    }
+    };
     let Some(conn) = deps.broker.connection_with_retry(stop).await else {
         return Ok(Ended::Stopped);
     };
-    let config = sub.config();
     let channel = conn.create_channel().await?;
     // Repair drift (a queue deleted by hand, a binding lost): declaring is idempotent.
     deps.broker

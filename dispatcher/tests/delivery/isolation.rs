@@ -177,6 +177,24 @@ impl Granted {
         sub["id"].as_str().unwrap().to_owned()
     }
 
+    /// Grants again the way `PUT …/grants` does (row, binding of `sub`'s queue), minus the
+    /// notification: no dispatcher hears of it.
+    async fn grant_unannounced(&self, app: &App, sub: &str) {
+        sqlx::query("INSERT INTO grants (topic_id, partner_id) VALUES ($1::uuid, $2::uuid)")
+            .bind(&self.topic)
+            .bind(&self.bank.id)
+            .execute(&app.ctx.pool)
+            .await
+            .unwrap();
+        let channel = app.ctx.broker.channel().await.unwrap();
+        app.ctx
+            .broker
+            .topology()
+            .bind_to_topic(&channel, sub.parse().unwrap(), self.topic.parse().unwrap())
+            .await
+            .unwrap();
+    }
+
     /// Revokes the grant; returns when the call returned.
     async fn revoke(&self, app: &App) -> Instant {
         app.api
@@ -304,20 +322,7 @@ async fn a_grant_the_dispatcher_has_not_heard_of_is_never_answered_with_a_skip()
     // The dispatcher hears of the revoke (NOTIFY); of the grant below it hears nothing.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // What `PUT …/grants` does, minus the notification.
-    sqlx::query("INSERT INTO grants (topic_id, partner_id) VALUES ($1::uuid, $2::uuid)")
-        .bind(&g.topic)
-        .bind(&g.bank.id)
-        .execute(&app.ctx.pool)
-        .await
-        .unwrap();
-    let channel = app.ctx.broker.channel().await.unwrap();
-    app.ctx
-        .broker
-        .topology()
-        .bind_to_topic(&channel, sub.parse().unwrap(), g.topic.parse().unwrap())
-        .await
-        .unwrap();
+    g.grant_unannounced(&app, &sub).await;
 
     let id = app.publish(&g.topic, &g.dealer.id, json!({"n": 1})).await;
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
@@ -329,4 +334,30 @@ async fn a_grant_the_dispatcher_has_not_heard_of_is_never_answered_with_a_skip()
     );
     assert_eq!(got[0].header("webhook-id"), Some(id.to_string().as_str()));
     assert!(skips(&app, &sub).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_reconnecting_consumer_keeps_the_binding_of_a_grant_it_has_not_heard_of() {
+    let app = App::spawn(&[("reconcile_interval", "1h")]).await;
+    let g = Granted::new(&app).await;
+    let receiver = Receiver::start().await;
+    let sub = g.subscribe(&app, &receiver, json!({})).await;
+    g.revoke(&app).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    g.grant_unannounced(&app, &sub).await;
+
+    // The consumer reconnects (and repairs its topology) with a cache that says "revoked".
+    assert!(app.env.close_connections().await > 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.wait_for_consumer(&sub).await;
+    let queue = format!("anika.sub.{sub}");
+    assert!(
+        app.env
+            .bindings(&queue)
+            .await
+            .contains(&("anika.events".to_owned(), g.topic.clone())),
+        "the granted queue is still bound to its topic"
+    );
+    app.publish(&g.topic, &g.dealer.id, json!({"n": 1})).await;
+    assert_eq!(receiver.wait_for(1, Duration::from_secs(10)).await.len(), 1);
 }
