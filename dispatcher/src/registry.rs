@@ -196,26 +196,29 @@ impl Sub {
     }
 
     fn update(&self, config: SubConfig) {
-        let before = self.config();
-        if config.read_at < before.read_at {
-            // A reload that started before a refresh (or a local disable) finished later.
-            return;
-        }
-        let reactivated = before.status != Status::Active && config.status == Status::Active;
-        if reactivated {
-            // The catalog clears `failing_since` on re-enabling; failures from before must not
-            // disable it again at the first error.
-            *self.failing_since.lock().expect("health lock") = config.failing_since;
-        }
-        if reactivated || before.url != config.url {
-            // Resumed, re-enabled or moved: deliver at once instead of waiting out a cool-down.
-            self.breaker.reset();
-        }
-        self.in_flight.resize(config.max_in_flight.get());
-        let changed = before.verdict() != config.verdict();
-        *self.config.write().expect("config lock") = Arc::new(config);
+        let config = Arc::new(config);
+        let before = {
+            // Held throughout: the check against a newer read and the swap are one step.
+            let mut current = self.config.write().expect("config lock");
+            if config.read_at < current.read_at {
+                // A reload that started before a refresh (or a local disable) finished later.
+                return;
+            }
+            let reactivated = current.status != Status::Active && config.status == Status::Active;
+            if reactivated {
+                // The catalog clears `failing_since` on re-enabling; failures from before must
+                // not disable it again at the first error.
+                *self.failing_since.lock().expect("health lock") = config.failing_since;
+            }
+            if reactivated || current.url != config.url {
+                // Resumed, re-enabled or moved: deliver at once instead of waiting out a cool-down.
+                self.breaker.reset();
+            }
+            self.in_flight.resize(config.max_in_flight.get());
+            std::mem::replace(&mut *current, Arc::clone(&config))
+        };
         self.sync_limiter();
-        if changed {
+        if before.verdict() != config.verdict() {
             self.standing.notify_waiters();
         }
     }
