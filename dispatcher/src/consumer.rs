@@ -70,14 +70,15 @@ async fn consume(
     deps: &Arc<Deps>,
     stop: &CancellationToken,
 ) -> Result<Ended, Box<dyn std::error::Error + Send + Sync>> {
-    // The queue may have been deleted with its subscription: never resurrect it. And the
-    // standing comes fresh from the catalog: a cached "revoked" whose grant is back (a
-    // notification not heard yet) must not unbind the queue below.
-    let Some(config) = sub.refresh(deps, Instant::now()).await? else {
-        return Ok(Ended::Gone);
-    };
     let Some(conn) = deps.broker.connection_with_retry(stop).await else {
         return Ok(Ended::Stopped);
+    };
+    // Read once connected (waiting for the broker may take long). The queue may have been
+    // deleted with its subscription: never resurrect it. And the standing comes fresh from
+    // the catalog: a cached "revoked" whose grant is back (a notification not heard yet)
+    // must not unbind the queue below.
+    let Some(config) = sub.refresh(deps, Instant::now()).await? else {
+        return Ok(Ended::Gone);
     };
     let channel = conn.create_channel().await?;
     // Repair drift (a queue deleted by hand, a binding lost): declaring is idempotent.
@@ -102,7 +103,8 @@ async fn consume(
     } else {
         deps.config.prefetch
     };
-    // prefetch bounds the unacknowledged messages this consumer holds (its parallelism).
+    // prefetch bounds the unacknowledged messages this consumer holds; of those, at most
+    // max_in_flight are on the wire at once (the rest wait their turn here, not in the queue).
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
