@@ -248,14 +248,11 @@ impl Job {
     /// dispatcher has not heard of yet never turns into a skip.
     async fn admit(&self) -> Result<Arc<SubConfig>, Refusal> {
         let cached = self.sub.config();
-        let verdict = cached.verdict();
-        if verdict == Verdict::Send {
-            return Ok(cached);
+        match judge(cached.verdict(), cached.read_at, self.received) {
+            Judgement::Send => Ok(cached),
+            Judgement::Refuse(refusal) => Err(refusal),
+            Judgement::AskCatalog => Box::pin(self.admit_from_catalog()).await,
         }
-        if cached.read_at < self.received {
-            return Box::pin(self.admit_from_catalog()).await;
-        }
-        Err(refusal(verdict))
     }
 
     async fn admit_from_catalog(&self) -> Result<Arc<SubConfig>, Refusal> {
@@ -566,6 +563,24 @@ struct Failure {
     retry_after: Option<Duration>,
 }
 
+/// What the cached standing allows for a message received at `received`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Judgement {
+    Send,
+    Refuse(Refusal),
+    /// The cache says no but may predate the message: PostgreSQL decides.
+    AskCatalog,
+}
+
+/// A cached "yes" is trusted; a cached "no" only if it was read after the message arrived.
+fn judge(verdict: Verdict, read_at: Instant, received: Instant) -> Judgement {
+    match verdict {
+        Verdict::Send => Judgement::Send,
+        _ if read_at < received => Judgement::AskCatalog,
+        verdict => Judgement::Refuse(refusal(verdict)),
+    }
+}
+
 fn refusal(verdict: Verdict) -> Refusal {
     match verdict {
         Verdict::Skip(reason) => Refusal::Skip(reason),
@@ -682,6 +697,29 @@ async fn disable(deps: &Deps, sub: &Sub, reason: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_no_older_than_the_message_is_checked_with_the_catalog_a_yes_never() {
+        let earlier = Instant::now();
+        let later = earlier + Duration::from_millis(1);
+        let revoked = Verdict::Skip(crate::registry::REVOKED);
+        assert_eq!(judge(Verdict::Send, earlier, later), Judgement::Send);
+        assert_eq!(judge(Verdict::Send, later, earlier), Judgement::Send);
+        assert_eq!(judge(revoked, earlier, later), Judgement::AskCatalog);
+        assert_eq!(
+            judge(Verdict::Requeue, earlier, later),
+            Judgement::AskCatalog
+        );
+        assert_eq!(
+            judge(revoked, later, earlier),
+            Judgement::Refuse(Refusal::Skip(crate::registry::REVOKED)),
+            "read after the message arrived: it already saw every grant made before"
+        );
+        assert_eq!(
+            judge(Verdict::Requeue, later, earlier),
+            Judgement::Refuse(Refusal::Requeue)
+        );
+    }
 
     #[test]
     fn retry_after_is_honoured_up_to_the_cap_and_never_shortens_the_schedule() {
