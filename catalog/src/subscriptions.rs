@@ -7,7 +7,7 @@ use anika_shared::{
     amqp::Broker,
     auth::Principal,
     changes::Change,
-    domain::{Description, PartnerId, SubscriptionId, TopicId, WebhookSecret},
+    domain::{Description, MaxInFlight, PartnerId, SubscriptionId, TopicId, WebhookSecret},
     extract::{Json, Path, Query},
     net::WebhookUrl,
     page::{Limit, Page, decode_cursor},
@@ -134,6 +134,9 @@ pub(crate) struct SubscriptionOut {
     disabled_reason: Option<String>,
     max_attempts: u32,
     rate_limit_per_s: Option<u32>,
+    /// Requests in flight to the endpoint at most: the subscription's own cap or the server's default.
+    #[schema(minimum = 1, maximum = 1000)]
+    max_in_flight: u32,
     ordered: bool,
     created_at: DateTime<Utc>,
 }
@@ -159,16 +162,24 @@ struct Row {
     disabled_reason: Option<String>,
     max_attempts: i32,
     rate_limit_per_s: Option<i32>,
+    max_in_flight: Option<i32>,
     ordered: bool,
     created_at: DateTime<Utc>,
 }
 
 const COLUMNS: &str = "id, topic_id, partner_id, url, description, filter, status, disabled_reason, \
-                       max_attempts, rate_limit_per_s, ordered, created_at";
+                       max_attempts, rate_limit_per_s, max_in_flight, ordered, created_at";
 
-impl From<Row> for SubscriptionOut {
-    fn from(row: Row) -> Self {
-        Self {
+impl Row {
+    /// The answer for this row; `default` is the cap of a subscription that chose none.
+    fn into_out(self, default: MaxInFlight) -> SubscriptionOut {
+        let row = self;
+        let max_in_flight = row
+            .max_in_flight
+            .and_then(|m| MaxInFlight::try_from(i64::from(m)).ok())
+            .unwrap_or(default)
+            .get();
+        SubscriptionOut {
             id: row.id.into(),
             topic_id: row.topic_id.into(),
             partner_id: row.partner_id.into(),
@@ -183,6 +194,7 @@ impl From<Row> for SubscriptionOut {
             disabled_reason: row.disabled_reason,
             max_attempts: row.max_attempts as u32,
             rate_limit_per_s: row.rate_limit_per_s.map(|r| r as u32),
+            max_in_flight,
             ordered: row.ordered,
             created_at: row.created_at,
         }
@@ -228,6 +240,9 @@ pub(crate) struct CreateSubscription {
     max_attempts: Option<MaxAttempts>,
     #[serde(default)]
     rate_limit_per_s: Option<RateLimit>,
+    /// Requests in flight to the endpoint at most (1–1000); default: the server's setting.
+    #[serde(default)]
+    max_in_flight: Option<MaxInFlight>,
     /// Deliver one at a time in publish order.
     #[serde(default)]
     ordered: bool,
@@ -290,8 +305,8 @@ async fn create_subscription(
     );
     let sql = format!(
         "INSERT INTO subscriptions (id, topic_id, partner_id, url, description, filter, max_attempts, \
-                                    rate_limit_per_s, ordered, secret) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
+                                    rate_limit_per_s, ordered, secret, max_in_flight) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLUMNS}"
     );
     let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id.uuid())
@@ -304,6 +319,7 @@ async fn create_subscription(
         .bind(body.rate_limit_per_s.map(|r| r.0))
         .bind(body.ordered)
         .bind(secret.expose())
+        .bind(body.max_in_flight.map(|m| m.get() as i32))
         .fetch_one(&mut *tx)
         .await?;
     // In a task of its own: a client hanging up must not cut the work between the declare
@@ -321,7 +337,7 @@ async fn create_subscription(
     Ok((
         StatusCode::CREATED,
         axum::Json(CreatedSubscription {
-            subscription: row.into(),
+            subscription: row.into_out(state.ctx.config.subscription_max_in_flight),
             secret: secret.expose(),
         }),
     ))
@@ -446,7 +462,8 @@ async fn list_subscriptions(
         .bind(limit.fetch())
         .fetch_all(&state.ctx.pool)
         .await?;
-    let items: Vec<SubscriptionOut> = rows.into_iter().map(Into::into).collect();
+    let default = state.ctx.config.subscription_max_in_flight;
+    let items: Vec<SubscriptionOut> = rows.into_iter().map(|r| r.into_out(default)).collect();
     Ok(axum::Json(Page::from_rows(items, limit, |s| {
         (s.created_at, s.id.uuid())
     })))
@@ -473,7 +490,7 @@ async fn get_subscription(
     Ok(axum::Json(
         own_subscription(&mut conn, &principal, id, false)
             .await?
-            .into(),
+            .into_out(state.ctx.config.subscription_max_in_flight),
     ))
 }
 
@@ -494,12 +511,16 @@ pub(crate) struct UpdateSubscription {
     #[serde(default)]
     #[schema(value_type = Option<u32>)]
     rate_limit_per_s: Patch<RateLimit>,
+    /// 1–1000; `null` returns to the server's default.
+    #[serde(default)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    max_in_flight: Patch<MaxInFlight>,
     /// `active` or `paused`.
     #[serde(default)]
     status: Option<SettableStatus>,
 }
 
-/// Change a subscription (URL, filter, description, attempts, rate limit, active/paused).
+/// Change a subscription (URL, filter, description, attempts, rate limit, requests in flight, active/paused).
 #[utoipa::path(
     patch,
     path = "/v1/subscriptions/{id}",
@@ -539,7 +560,8 @@ async fn update_subscription(
         "UPDATE subscriptions SET url = $2, filter = $3, description = $4, max_attempts = $5, \
              rate_limit_per_s = $6, status = $7, \
              disabled_reason = CASE WHEN $7 = 'disabled' THEN disabled_reason END, \
-             failing_since = CASE WHEN $8 THEN NULL ELSE failing_since END, updated_at = now() \
+             failing_since = CASE WHEN $8 THEN NULL ELSE failing_since END, max_in_flight = $9, \
+             updated_at = now() \
          WHERE id = $1 RETURNING {COLUMNS}"
     );
     let updated: Row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -555,6 +577,11 @@ async fn update_subscription(
         )
         .bind(status)
         .bind(reenabled)
+        .bind(
+            body.max_in_flight
+                .map(|m| m.get() as i32)
+                .apply(row.max_in_flight),
+        )
         .fetch_one(&mut *tx)
         .await?;
     Change::Subscription {
@@ -563,7 +590,9 @@ async fn update_subscription(
     .notify(&mut tx)
     .await?;
     tx.commit().await?;
-    Ok(axum::Json(updated.into()))
+    Ok(axum::Json(
+        updated.into_out(state.ctx.config.subscription_max_in_flight),
+    ))
 }
 
 /// Delete a subscription and its queues (queued and dead-lettered messages go with them).

@@ -1,5 +1,7 @@
 //! The dispatcher: one consumer per subscription queue, signed webhook delivery, retries through
 //! delay queues, dead letters, an ACL check at delivery, and an SSRF guard that resolves once.
+//! Requests are capped per subscription (`max_in_flight`) and share the process's delivery
+//! slots fairly across partners (`fair`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,7 +14,7 @@ use anika_shared::{
 };
 use axum::{Router, extract::FromRef};
 use sqlx::PgPool;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -21,7 +23,9 @@ mod ack;
 mod breaker;
 mod consumer;
 pub mod deliver;
+mod fair;
 pub mod filter;
+mod in_flight;
 mod publisher;
 pub mod recovery;
 mod registry;
@@ -53,8 +57,8 @@ pub struct Deps {
     sender: deliver::Sender,
     publisher: publisher::Publisher,
     writer: writer::Writer,
-    /// The global limit on webhook requests in flight.
-    http_slots: Semaphore,
+    /// The global limit on webhook requests in flight, shared fairly across partners.
+    slots: fair::FairSlots,
 }
 
 impl std::fmt::Debug for Deps {
@@ -101,7 +105,7 @@ impl State {
             sender: deliver::Sender::new(&ctx.config, lookup)?,
             publisher: publisher::Publisher::new(Arc::clone(&ctx.broker)),
             writer,
-            http_slots: Semaphore::new(ctx.config.dispatch_concurrency),
+            slots: fair::FairSlots::new(ctx.config.dispatch_concurrency),
         });
         let registry = registry::Registry::new(Arc::clone(&deps));
         tasks.spawn({

@@ -8,6 +8,8 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::domain::MaxInFlight;
+
 /// A value that must never be printed (URLs with passwords, API keys).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -247,6 +249,11 @@ pub struct Config {
     /// (queue depth, dead letters). Off by default: one series per subscription grows
     /// without bound with the partners' subscriptions, and its label names them to any scraper.
     pub metrics_per_subscription: bool,
+    // Delivery isolation (issue 13).
+    /// `ANIKA_SUBSCRIPTION_MAX_IN_FLIGHT`: requests in flight per subscription when it sets no `max_in_flight`.
+    pub subscription_max_in_flight: MaxInFlight,
+    /// `ANIKA_MAX_RETRY_AFTER`: the longest `Retry-After` an endpoint can make a retry wait.
+    pub max_retry_after: Duration,
 }
 
 /// A setting that could not be understood; names the variable.
@@ -289,6 +296,8 @@ struct Raw {
     max_replay_window: Option<String>,
     replay_rate_per_s: Option<String>,
     metrics_per_subscription: Option<String>,
+    subscription_max_in_flight: Option<String>,
+    max_retry_after: Option<String>,
 }
 
 /// Parses one setting or says which variable is wrong.
@@ -446,6 +455,12 @@ impl Config {
                 raw.metrics_per_subscription,
                 "false",
             )?,
+            subscription_max_in_flight: setting(
+                "subscription_max_in_flight",
+                raw.subscription_max_in_flight,
+                "32",
+            )?,
+            max_retry_after: duration_setting("max_retry_after", raw.max_retry_after, "1h")?,
         };
         if config.replay_rate_per_s == 0 {
             return Err(ConfigError(
@@ -496,6 +511,8 @@ mod tests {
         assert_eq!(c.max_event_bytes, 262_144);
         assert_eq!(c.queue_type, QueueType::Quorum);
         assert!(c.allowed_target_nets.is_empty());
+        assert_eq!(c.subscription_max_in_flight.get(), 32);
+        assert_eq!(c.max_retry_after, Duration::from_secs(3600));
     }
 
     #[test]
@@ -509,6 +526,11 @@ mod tests {
         );
         let err = Config::with_overrides([("access_token_ttl", "1h")]).unwrap_err();
         assert!(err.to_string().contains("ANIKA_ACCESS_TOKEN_TTL"), "{err}");
+        let err = Config::with_overrides([("subscription_max_in_flight", "0")]).unwrap_err();
+        assert!(
+            err.to_string().contains("ANIKA_SUBSCRIPTION_MAX_IN_FLIGHT"),
+            "{err}"
+        );
     }
 
     #[test]

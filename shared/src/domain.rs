@@ -309,6 +309,59 @@ impl From<Description> for String {
     }
 }
 
+/// The requests one subscription may have in flight to its endpoint at once: 1–1000.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(try_from = "i64", into = "u32")]
+#[schema(value_type = u32, minimum = 1, maximum = 1000)]
+pub struct MaxInFlight(u32);
+
+impl MaxInFlight {
+    /// The smallest cap: one request at a time.
+    pub const MIN: Self = Self(1);
+    /// The largest cap a subscription may ask for.
+    pub const MAX: Self = Self(1000);
+
+    /// The cap.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for MaxInFlight {
+    type Error = String;
+    fn try_from(value: i64) -> Result<Self, Self::Error> {
+        if (i64::from(Self::MIN.0)..=i64::from(Self::MAX.0)).contains(&value) {
+            Ok(Self(value as u32))
+        } else {
+            Err(format!(
+                "max_in_flight must be between 1 and 1000, not {value}"
+            ))
+        }
+    }
+}
+
+impl From<MaxInFlight> for u32 {
+    fn from(value: MaxInFlight) -> Self {
+        value.0
+    }
+}
+
+impl FromStr for MaxInFlight {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let value: i64 = s
+            .parse()
+            .map_err(|_| format!("`{}` is not a number", truncate(s, 32)))?;
+        Self::try_from(value)
+    }
+}
+
+impl fmt::Display for MaxInFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 const WEBHOOK_SECRET_PREFIX: &str = "whsec_";
 
 /// A webhook signing secret: `whsec_` + base64 of 24–64 random bytes.
@@ -395,6 +448,23 @@ mod tests {
         assert!(TopicName::parse(&"a".repeat(128)).is_ok());
         assert!(TopicName::parse(&"a".repeat(129)).is_err());
         assert!(TopicName::parse("ünïcode").is_err());
+    }
+
+    #[test]
+    fn max_in_flight_accepts_only_1_to_1000() {
+        assert_eq!(MaxInFlight::try_from(1).unwrap().get(), 1);
+        assert_eq!(MaxInFlight::try_from(1000).unwrap().get(), 1000);
+        for bad in [0, -1, 1001, i64::MAX] {
+            let err = MaxInFlight::try_from(bad).unwrap_err();
+            assert!(err.contains("max_in_flight"), "{err}");
+        }
+        assert_eq!("32".parse::<MaxInFlight>().unwrap().get(), 32);
+        assert!("lots".parse::<MaxInFlight>().is_err());
+        assert!(serde_json::from_str::<MaxInFlight>("0").is_err());
+        assert_eq!(
+            serde_json::to_string(&MaxInFlight::try_from(7).unwrap()).unwrap(),
+            "7"
+        );
     }
 
     #[test]

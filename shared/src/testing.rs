@@ -10,7 +10,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -466,8 +466,10 @@ pub struct Received {
     pub headers: HeaderMap,
     /// Its body.
     pub body: Bytes,
-    /// When it arrived.
+    /// When it was answered (after any [`Reply::Delay`]).
     pub at: Instant,
+    /// When it arrived, before any delay: when the sender had sent it.
+    pub started: Instant,
     /// The path it was sent to.
     pub path: String,
 }
@@ -506,6 +508,26 @@ struct ReceiverState {
     fallback: Mutex<Option<Reply>>,
     poison: Mutex<Option<(String, u16)>>,
     notify: Notify,
+    /// Requests being answered now, and the most there were at once.
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// Counts one request as in flight until dropped (also when the client gives up on it).
+struct Counted<'a>(&'a ReceiverState);
+
+impl<'a> Counted<'a> {
+    fn new(state: &'a ReceiverState) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak.fetch_max(now, Ordering::SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A real HTTP server on a loopback port that records every request and
@@ -559,6 +581,24 @@ impl Receiver {
         *self.state.poison.lock().expect("poison") = Some((pattern.to_owned(), status));
     }
 
+    /// Requests being answered right now.
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests that were being answered at once (since the start or [`Receiver::reset_peak`]).
+    pub fn peak_in_flight(&self) -> usize {
+        self.state.peak.load(Ordering::SeqCst)
+    }
+
+    /// Starts counting the peak afresh from the requests in flight now.
+    pub fn reset_peak(&self) {
+        self.state.peak.store(
+            self.state.in_flight.load(Ordering::SeqCst),
+            Ordering::SeqCst,
+        );
+    }
+
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().expect("received").clone()
@@ -589,6 +629,8 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let started = Instant::now();
+    let _counted = Counted::new(&state);
     let poisoned = state
         .poison
         .lock()
@@ -610,6 +652,7 @@ async fn receive(
         headers,
         body,
         at: Instant::now(),
+        started,
         path: uri.path().to_owned(),
     });
     state.notify.notify_waiters();

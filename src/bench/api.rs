@@ -245,6 +245,21 @@ impl Fixture {
         Ok(())
     }
 
+    /// Points every subscription at `url` with this `max_in_flight`.
+    pub async fn repoint(&self, api: &Api, url: &str, max_in_flight: u32) -> Result<(), CliError> {
+        let token = self.admin.get().await?;
+        for sub in &self.subs {
+            api.call(
+                reqwest::Method::PATCH,
+                &format!("/v1/subscriptions/{}", sub.id),
+                Some(&token),
+                Some(json!({"url": url, "max_in_flight": max_in_flight})),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Deletes the subscriptions (and so their queues) and the topic.
     pub async fn delete(&self, api: &Api) -> Result<(), CliError> {
         let token = self.admin.get().await?;

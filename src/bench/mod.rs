@@ -41,7 +41,9 @@ pub enum Scenario {
     Ceiling,
     /// A million events: flat memory, no backlog left.
     Soak,
-    /// Every scenario but soak.
+    /// A healthy partner beside one whose endpoint answers after 2 s: p99 with and without.
+    Noisy,
+    /// Every scenario but soak and noisy.
     All,
 }
 
@@ -78,6 +80,17 @@ pub struct BenchArgs {
     /// Events/s posted in the fan-out scenario (each delivered to every subscription).
     #[arg(long, default_value_t = 300)]
     pub fanout_rate: u32,
+    /// Events/s the healthy partner of the noisy scenario posts (to each of its 10 subscriptions).
+    #[arg(long, default_value_t = 100)]
+    pub calm_rate: u32,
+    /// Events the noisy partner posts before the measured phase (each to its 8 subscriptions
+    /// to a 2 s endpoint: a backlog its fair share of the slots takes longer than --duration).
+    #[arg(long, default_value_t = 1000)]
+    pub noisy_events: u64,
+    /// `max_in_flight` of the noisy partner's subscriptions (default: the most the API allows,
+    /// so that only the fair share of delivery slots holds them back).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub noisy_max_in_flight: u32,
     /// Events per batch request.
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
@@ -130,8 +143,16 @@ impl BenchArgs {
 
 /// `anika bench`.
 pub async fn bench(config: Config, args: BenchArgs) -> Result<(), CliError> {
-    if args.runs == 0 || args.rates.contains(&0) || args.concurrency == 0 {
-        return Err("--runs, --rates and --concurrency must be positive".into());
+    if args.runs == 0
+        || args.rates.contains(&0)
+        || args.concurrency == 0
+        || args.calm_rate == 0
+        || args.noisy_events == 0
+    {
+        return Err(
+            "--runs, --rates, --concurrency, --calm-rate and --noisy-events must be positive"
+                .into(),
+        );
     }
     let mut target: Option<server::Target> = None;
     let outcome = tokio::select! {
@@ -199,6 +220,7 @@ async fn run(
                 Scenario::Batch => bench.batch(&mut run).await?,
                 Scenario::Ceiling => bench.ceiling(&mut run).await?,
                 Scenario::Soak => bench.soak(&mut run).await?,
+                Scenario::Noisy => bench.noisy(&mut run).await?,
                 Scenario::All => {}
             }
         }
@@ -273,6 +295,7 @@ fn ratios(run: &mut report::Run) {
         ("fanout", "deliveries_per_s"),
         receiver,
     );
+    scenarios::noisy_ratio(run);
 }
 
 fn cpu_model() -> String {

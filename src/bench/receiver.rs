@@ -13,7 +13,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -72,6 +72,7 @@ impl Receiver {
         let addr = listener.local_addr()?;
         let app = Router::new()
             .route("/s/{sub}", post(receive))
+            .route("/slow/{ms}", post(slow))
             .with_state(Arc::clone(&shared));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -82,6 +83,11 @@ impl Receiver {
     /// The URL a subscription with receiver index `sub` points at.
     pub fn url(&self, sub: u32) -> String {
         format!("http://{}/s/{sub}", self.addr)
+    }
+
+    /// A URL that answers 204 after `delay` and records nothing (the noisy neighbour's endpoint).
+    pub fn slow_url(&self, delay: Duration) -> String {
+        format!("http://{}/slow/{}", self.addr, delay.as_millis())
     }
 
     /// Remembers the secret of subscription `sub` so that samples of it can be verified.
@@ -153,5 +159,11 @@ async fn receive(
         .lock()
         .expect("arrival shard")
         .push(Arrival { id, sub, at });
+    StatusCode::NO_CONTENT
+}
+
+/// A slow endpoint: answers after the number of milliseconds in its path, keeps no record.
+async fn slow(Path(ms): Path<u64>) -> StatusCode {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
     StatusCode::NO_CONTENT
 }

@@ -22,6 +22,9 @@ use super::{
 };
 use crate::cli::CliError;
 
+mod noisy;
+pub use noisy::ratio as noisy_ratio;
+
 /// The drain gives up when no delivery arrived for this long.
 const STALL: Duration = Duration::from_secs(20);
 

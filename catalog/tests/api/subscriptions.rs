@@ -489,3 +489,70 @@ async fn deleting_a_subscription_deletes_its_queues() {
         .await
         .expect(404);
 }
+
+#[tokio::test]
+async fn max_in_flight_is_validated_defaulted_and_described_in_openapi() {
+    let app = App::spawn().await;
+    let dealer = app.partner("dealer").await;
+    let topic = app.topic(&dealer.admin, "t").await;
+    let create = |extra: serde_json::Value| {
+        let mut body = json!({"topic_id": topic, "url": "https://a.example.com/"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let chosen = app
+        .api
+        .post(
+            "/v1/subscriptions",
+            &dealer.admin,
+            create(json!({"max_in_flight": 7})),
+        )
+        .await
+        .expect(201);
+    assert_eq!(chosen["max_in_flight"], 7);
+    let default = app
+        .api
+        .post("/v1/subscriptions", &dealer.admin, create(json!({})))
+        .await
+        .expect(201);
+    assert_eq!(
+        default["max_in_flight"], 32,
+        "ANIKA_SUBSCRIPTION_MAX_IN_FLIGHT"
+    );
+    let stored: Option<i32> =
+        sqlx::query_scalar("SELECT max_in_flight FROM subscriptions WHERE id = $1::uuid")
+            .bind(default["id"].as_str().unwrap())
+            .fetch_one(&app.ctx.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, None, "no choice stored: a later default applies");
+    for bad in [json!(0), json!(1001), json!(-3), json!("8")] {
+        let answer = app
+            .api
+            .post(
+                "/v1/subscriptions",
+                &dealer.admin,
+                create(json!({"max_in_flight": bad})),
+            )
+            .await;
+        assert_eq!(answer.status, 422, "{bad}");
+        assert_eq!(answer.pointers(), vec!["/max_in_flight"], "{bad}");
+    }
+
+    let api = serde_json::to_value(anika_catalog::openapi()).unwrap();
+    let schemas = &api["components"]["schemas"];
+    for schema in [
+        "CreateSubscription",
+        "UpdateSubscription",
+        "SubscriptionOut",
+    ] {
+        let field = &schemas[schema]["properties"]["max_in_flight"];
+        assert!(
+            field.is_object(),
+            "{schema} describes max_in_flight: {}",
+            schemas[schema]
+        );
+    }
+}

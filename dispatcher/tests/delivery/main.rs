@@ -4,6 +4,7 @@ mod access;
 mod filter;
 mod health;
 mod helpers;
+mod isolation;
 mod lifecycle;
 mod metrics;
 mod ordering;

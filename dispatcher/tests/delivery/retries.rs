@@ -88,6 +88,20 @@ async fn a_retry_after_on_503_is_honoured_with_a_tier_at_least_that_long() {
 }
 
 #[tokio::test]
+async fn an_ordered_subscription_retrying_in_place_waits_no_longer_than_the_retry_after_cap() {
+    let s = Setup::new(&[("max_retry_after", "1s")], json!({"ordered": true})).await;
+    s.receiver.script([Reply::RetryAfter(503, 86_400)]);
+    s.publish(json!({"n": 1})).await;
+    let got = s.receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2, "retried within the cap, not after a day");
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(1000),
+        "waited {gap:?}: Retry-After is honoured up to the cap"
+    );
+}
+
+#[tokio::test]
 async fn a_redirect_is_not_followed_and_counts_as_a_failure() {
     let s = Setup::new(&[], json!({"max_attempts": 1})).await;
     s.receiver
