@@ -15,6 +15,7 @@ pub mod net;
 pub mod page;
 pub mod patch;
 pub mod problem;
+pub mod storable;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
