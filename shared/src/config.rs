@@ -220,6 +220,14 @@ pub struct Config {
     pub circuit_breaker_after: u32,
     /// `ANIKA_SHUTDOWN_GRACE`: how long in-flight deliveries may finish at shutdown.
     pub shutdown_grace: Duration,
+    /// `ANIKA_MAX_BACKLOG`: unpublished events (outbox rows) past which ingest answers 503.
+    pub max_backlog: u64,
+    /// `ANIKA_REQUEST_READ_TIMEOUT`: a request body must have arrived whole within this time.
+    pub request_read_timeout: Duration,
+    /// `ANIKA_MAX_REQUESTS_IN_FLIGHT`: `/v1` requests handled at once; more get a 503.
+    pub max_requests_in_flight: usize,
+    /// `ANIKA_MAX_BODY_BYTES_IN_FLIGHT`: request body bytes held at once; more get a 503.
+    pub max_body_bytes_in_flight: usize,
 }
 
 /// A setting that could not be understood; names the variable.
@@ -259,6 +267,10 @@ struct Raw {
     reconcile_interval: Option<String>,
     circuit_breaker_after: Option<String>,
     shutdown_grace: Option<String>,
+    max_backlog: Option<String>,
+    request_read_timeout: Option<String>,
+    max_requests_in_flight: Option<String>,
+    max_body_bytes_in_flight: Option<String>,
 }
 
 /// Parses one setting or says which variable is wrong.
@@ -405,6 +417,22 @@ impl Config {
                 "5",
             )?,
             shutdown_grace: duration_setting("shutdown_grace", raw.shutdown_grace, "10s")?,
+            max_backlog: setting("max_backlog", raw.max_backlog, "100000")?,
+            request_read_timeout: duration_setting(
+                "request_read_timeout",
+                raw.request_read_timeout,
+                "10s",
+            )?,
+            max_requests_in_flight: setting(
+                "max_requests_in_flight",
+                raw.max_requests_in_flight,
+                "4096",
+            )?,
+            max_body_bytes_in_flight: setting(
+                "max_body_bytes_in_flight",
+                raw.max_body_bytes_in_flight,
+                "268435456",
+            )?,
         };
         if config.max_event_bytes < 1024 {
             return Err(ConfigError(
@@ -419,6 +447,21 @@ impl Config {
         if config.dispatch_concurrency == 0 || config.prefetch == 0 || config.database_pool == 0 {
             return Err(ConfigError(
                 "ANIKA_DISPATCH_CONCURRENCY, ANIKA_PREFETCH and ANIKA_DATABASE_POOL must be positive".into(),
+            ));
+        }
+        if config.max_backlog == 0
+            || config.max_requests_in_flight == 0
+            || config.request_read_timeout.is_zero()
+        {
+            return Err(ConfigError(
+                "ANIKA_MAX_BACKLOG, ANIKA_MAX_REQUESTS_IN_FLIGHT and ANIKA_REQUEST_READ_TIMEOUT must be positive"
+                    .into(),
+            ));
+        }
+        if config.max_body_bytes_in_flight < config.max_batch_bytes {
+            // Otherwise one largest allowed batch could never be read.
+            return Err(ConfigError(
+                "ANIKA_MAX_BODY_BYTES_IN_FLIGHT: must be at least ANIKA_MAX_BATCH_BYTES".into(),
             ));
         }
         if config.http_connect_timeout > config.http_timeout {
@@ -450,6 +493,10 @@ mod tests {
         assert_eq!(c.max_event_bytes, 262_144);
         assert_eq!(c.queue_type, QueueType::Quorum);
         assert!(c.allowed_target_nets.is_empty());
+        assert_eq!(c.max_backlog, 100_000);
+        assert_eq!(c.request_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_requests_in_flight, 4096);
+        assert_eq!(c.max_body_bytes_in_flight, 256 << 20);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use crate::{
+    edge::BodyError,
     problem::{FieldError, Problem},
     storable::{find_nul, raw_has_nul},
 };
@@ -129,8 +130,12 @@ pub fn require_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), 
     }
 }
 
-/// Maps a body that could not be read: over the size limit is 413.
+/// Maps a body that could not be read: over the size limit is 413; too slow 408;
+/// over the server's body budget 503 (see [`crate::edge`]).
 pub fn body_rejection(rejection: BytesRejection) -> Problem {
+    if let Some(error) = BodyError::find(&rejection) {
+        return error.problem();
+    }
     if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         Problem::payload_too_large(format!(
             "the body is larger than allowed ({})",

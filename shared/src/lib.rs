@@ -7,6 +7,7 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod domain;
+pub mod edge;
 pub mod envelope;
 pub mod extract;
 pub mod http;
