@@ -172,7 +172,16 @@ fn count_accepted(accepted: &[Accepted], started: Instant) {
         (status = 409, description = "Idempotency key reused for a different event", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than ANIKA_MAX_EVENT_BYTES", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not declared as JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within ANIKA_REQUEST_READ_TIMEOUT", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Schema violations or invalid fields, with pointers", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the partner's ingest quota; nothing was stored", body = Problem, content_type = "application/problem+json",
+            headers(
+                ("Retry-After" = u64, description = "Seconds until the event fits the quota"),
+                ("RateLimit-Policy" = String, description = "IETF httpapi draft: `\"default\";q=<events per second>;w=1`"),
+                ("RateLimit" = String, description = "IETF httpapi draft: `\"default\";r=0;t=<seconds>`"),
+            )),
+        (status = 503, description = "Past the bounded backlog (ANIKA_MAX_BACKLOG) or the server's in-flight caps; nothing was stored", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn post_event(
@@ -187,10 +196,17 @@ async fn post_event(
         let principal = principal?;
         let Path(topic_id) = topic?;
         let (topic, publisher) = postable(&state, &principal, topic_id).await?;
+        // Before the body is read: past the backlog bound nothing is accepted at all.
+        state.0.backlog.admit()?;
         let idempotency_key = input::idempotency_header(&headers)?;
         let bytes = input::read_body(&headers, body, state.0.ctx.config.max_event_bytes).await?;
         let event = input::single(&topic, publisher, &bytes, idempotency_key)?;
         drop(bytes);
+        state
+            .0
+            .quotas
+            .check(&state.0.ctx.pool, publisher, 1)
+            .await?;
         let accepted = state
             .0
             .writer
@@ -239,7 +255,16 @@ async fn post_event(
         (status = 409, description = "An idempotency key reused for a different event", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over ANIKA_MAX_BATCH_BYTES, or an event's data over ANIKA_MAX_EVENT_BYTES", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not declared as JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid events, each with a pointer", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within ANIKA_REQUEST_READ_TIMEOUT", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid events, each with a pointer; more than 1000 events; or more events than the partner's ingest_burst", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the partner's ingest quota (each event counts); nothing was stored", body = Problem, content_type = "application/problem+json",
+            headers(
+                ("Retry-After" = u64, description = "Seconds until the batch fits the quota"),
+                ("RateLimit-Policy" = String, description = "IETF httpapi draft: `\"default\";q=<events per second>;w=1`"),
+                ("RateLimit" = String, description = "IETF httpapi draft: `\"default\";r=0;t=<seconds>`"),
+            )),
+        (status = 503, description = "Past the bounded backlog (ANIKA_MAX_BACKLOG) or the server's in-flight caps; nothing was stored", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn post_batch(
@@ -265,10 +290,16 @@ async fn post_batch(
             )
             .into());
         }
+        state.0.backlog.admit()?;
         let bytes = input::read_body(&headers, body, config.max_batch_bytes).await?;
         let items = input::batch(&topic, publisher, &bytes, config.max_event_bytes)?;
         drop(bytes);
         events = items.len();
+        state
+            .0
+            .quotas
+            .check(&state.0.ctx.pool, publisher, items.len())
+            .await?;
         state.0.writer.submit(topic.id, publisher, items).await
     }
     .await;

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
+    backlog::Backlog,
     error::Error,
     meters as m,
     publisher::{Outgoing, PublishQueue},
@@ -164,6 +165,7 @@ pub(crate) fn start(
     writers: usize,
     pool: &PgPool,
     publish: &PublishQueue,
+    backlog: &Arc<Backlog>,
     tasks: &tokio_util::task::TaskTracker,
     shutdown: &CancellationToken,
 ) -> Writer {
@@ -174,6 +176,7 @@ pub(crate) fn start(
             pool: pool.clone(),
             receiver: Arc::clone(&receiver),
             publish: publish.clone(),
+            backlog: Arc::clone(backlog),
             shutdown: shutdown.clone(),
             carry: VecDeque::new(),
         };
@@ -186,6 +189,8 @@ struct WriterTask {
     pool: PgPool,
     receiver: Arc<Mutex<mpsc::Receiver<Submission>>>,
     publish: PublishQueue,
+    /// Told how many outbox rows each group added.
+    backlog: Arc<Backlog>,
     shutdown: CancellationToken,
     /// Submissions put off to the next group because an earlier one in the group used the same key.
     carry: VecDeque<Submission>,
@@ -306,6 +311,8 @@ impl WriterTask {
             // The client may have gone; its events are committed and will be published all the same.
             let _ = submission.reply.send(answer);
         }
+        // Every new event got an outbox row in its commit.
+        self.backlog.added(outgoing.len());
         if !outgoing.is_empty() {
             self.publish.hand_over(outgoing);
         }
