@@ -43,6 +43,9 @@ pub enum Error {
         /// The bound.
         max: u64,
     },
+    /// The group-commit queue is full: the writers are behind (503); nothing was written.
+    #[error("the event writers are behind")]
+    Busy,
     /// A topic's stored schema could not be compiled (the catalog checks schemas, so this is a bug).
     #[error("topic schema: {0}")]
     Schema(String),
@@ -66,6 +69,7 @@ impl Error {
             },
             Self::RateLimited { .. } => "rate_limited",
             Self::Backlog { .. } => "backlog",
+            Self::Busy => "busy",
             Self::Db(_) => "database",
             Self::WriterGone => "shutting_down",
             Self::Schema(_) => "internal",
@@ -110,6 +114,11 @@ impl IntoResponse for Error {
                      nothing was stored, retry shortly"
                 ),
                 BACKLOG_RETRY_AFTER,
+            )
+            .into_response(),
+            Self::Busy => Problem::overloaded(
+                "the server is storing as many events as it can; nothing was stored, retry shortly",
+                1,
             )
             .into_response(),
             Self::WriterGone => Problem::unavailable(
