@@ -41,7 +41,9 @@ pub enum Scenario {
     Ceiling,
     /// A million events: flat memory, no backlog left.
     Soak,
-    /// Every scenario but soak.
+    /// Single events offered at twice the measured capacity: accepted rate, latency, refusals, losses.
+    Overload,
+    /// Every scenario but soak and overload.
     All,
 }
 
@@ -66,6 +68,9 @@ pub struct BenchArgs {
     /// How long each load phase lasts.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// How long the overload scenario offers twice the measured capacity.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub overload_duration: Duration,
     /// How long each ceiling is measured.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub ceiling_duration: Duration,
@@ -199,6 +204,7 @@ async fn run(
                 Scenario::Batch => bench.batch(&mut run).await?,
                 Scenario::Ceiling => bench.ceiling(&mut run).await?,
                 Scenario::Soak => bench.soak(&mut run).await?,
+                Scenario::Overload => bench.overload(&mut run).await?,
                 Scenario::All => {}
             }
         }
