@@ -253,23 +253,34 @@ async fn read_answer(stream: &mut TcpStream, limit: Duration) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
+/// Sends `body` a byte every 100 ms until the server stops reading; returns the stream.
+async fn trickle(mut stream: TcpStream, body: &[u8]) -> TcpStream {
+    for byte in body {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break; // closed by the server: that is the point
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stream
+}
+
 #[tokio::test]
 async fn a_body_trickled_a_byte_at_a_time_gets_a_408_and_others_are_served_meanwhile() {
     let app = App::spawn_with(&[("request_read_timeout", "1s")]).await;
     let dealer = app.partner("dealer").await;
     let topic = app.topic(&dealer.admin, "t", None).await;
     let path = format!("/v1/topics/{topic}/events");
-    let body = br#"{"data": {"slow": "loris", "padding": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#;
-    let mut stream = open_post(&app, &dealer.publisher, &path, body.len()).await;
-    let trickle = async {
-        for byte in body {
-            if stream.write_all(&[*byte]).await.is_err() {
-                break; // closed by the server: that is the point
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        stream
-    };
+    let event = br#"{"data": {"slow": "loris", "padding": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#;
+    let new_topic = br#"{"name": "slow.loris", "description": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+    // Ingest reads its bodies itself, the catalog through the shared extractor: both are bounded.
+    let ingest = trickle(
+        open_post(&app, &dealer.publisher, &path, event.len()).await,
+        event,
+    );
+    let catalog = trickle(
+        open_post(&app, &dealer.admin, "/v1/topics", new_topic.len()).await,
+        new_topic,
+    );
     let others = async {
         // Meanwhile the server serves others as usual.
         for n in 0..5 {
@@ -279,15 +290,22 @@ async fn a_body_trickled_a_byte_at_a_time_gets_a_408_and_others_are_served_meanw
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let (mut stream, ()) = tokio::join!(trickle, others);
-    let text = read_answer(&mut stream, Duration::from_secs(5)).await;
-    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    assert!(text.contains("application/problem+json"), "{text}");
-    assert!(text.contains("ANIKA_REQUEST_READ_TIMEOUT"), "{text}");
+    let (ingest, catalog, ()) = tokio::join!(ingest, catalog, others);
+    for mut stream in [ingest, catalog] {
+        let text = read_answer(&mut stream, Duration::from_secs(5)).await;
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("application/problem+json"), "{text}");
+        assert!(text.contains("ANIKA_REQUEST_READ_TIMEOUT"), "{text}");
+    }
     assert_eq!(
         app.events_in_log(&topic).await,
         5,
         "the slow event is not stored"
+    );
+    let topics = app.api.get("/v1/topics", &dealer.admin).await.expect(200);
+    assert!(
+        !topics.to_string().contains("slow.loris"),
+        "nor the slow topic"
     );
 }
 
