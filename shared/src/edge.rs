@@ -7,6 +7,15 @@
 //! did not arrive in time, 503 with `Retry-After` past the in-flight caps — and
 //! keeps serving everyone else.
 //!
+//! A cap on requests in flight bounds memory, not latency: with thousands of
+//! requests sharing the cores, each waits for all the others. So the edge also
+//! sheds load the way CoDel drops packets: when even the fastest request of
+//! the last [`SHED_INTERVAL`] took longer than [`SHED_TARGET`], a queue has
+//! formed that does not drain by itself, and new requests beyond
+//! [`SHED_FLOOR`] in flight get a 503 with `Retry-After` at once, until the
+//! fastest are fast again. Below the floor nothing is ever shed, so a few slow
+//! requests (a subscription's RabbitMQ round trips) never trigger it.
+//!
 //! The caps apply to `/v1` routes only: `/healthz`, `/readyz` and `/metrics`
 //! must still answer when the API is saturated, or an orchestrator would kill
 //! a process that is merely busy.
@@ -15,7 +24,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -78,6 +87,13 @@ impl BodyError {
     }
 }
 
+/// A standing queue is declared when the fastest request of an interval took longer than this.
+pub const SHED_TARGET: Duration = Duration::from_millis(25);
+/// The interval over which the fastest request is taken.
+pub const SHED_INTERVAL: Duration = Duration::from_millis(100);
+/// Requests in flight that are never shed (the closed-loop benchmarks run 64 clients).
+pub const SHED_FLOOR: usize = 128;
+
 /// The process-wide bounds, shared by every request.
 #[derive(Clone, Debug)]
 pub struct EdgeLimits {
@@ -86,6 +102,66 @@ pub struct EdgeLimits {
     max_requests: usize,
     body_bytes: Arc<AtomicUsize>,
     max_body_bytes: usize,
+    queue: Arc<QueueWatch>,
+}
+
+/// CoDel's test for a standing queue, over request durations (see the module docs).
+#[derive(Debug)]
+struct QueueWatch {
+    epoch: std::time::Instant,
+    /// Start of the current interval, in microseconds since `epoch`.
+    interval_start: AtomicU64,
+    /// The fastest request of the current interval, in microseconds.
+    fastest: AtomicU64,
+    /// Whether the last complete interval showed a standing queue.
+    standing: AtomicBool,
+}
+
+impl QueueWatch {
+    fn new() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            interval_start: AtomicU64::new(0),
+            fastest: AtomicU64::new(u64::MAX),
+            standing: AtomicBool::new(false),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// A request took `took`; closes the interval when it is over.
+    fn finished(&self, took: Duration) {
+        self.fastest
+            .fetch_min(took.as_micros() as u64, Ordering::AcqRel);
+        let now = self.now_us();
+        let start = self.interval_start.load(Ordering::Acquire);
+        if now.saturating_sub(start) >= SHED_INTERVAL.as_micros() as u64
+            && self
+                .interval_start
+                .compare_exchange(start, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let fastest = self.fastest.swap(u64::MAX, Ordering::AcqRel);
+            let standing = fastest != u64::MAX && fastest > SHED_TARGET.as_micros() as u64;
+            if standing != self.standing.swap(standing, Ordering::AcqRel) {
+                tracing::info!(
+                    fastest_ms = fastest as f64 / 1000.0,
+                    "{}",
+                    if standing {
+                        "requests queue up: shedding new ones beyond the floor"
+                    } else {
+                        "the request queue drained: no longer shedding"
+                    }
+                );
+            }
+        }
+    }
+
+    fn standing(&self) -> bool {
+        self.standing.load(Ordering::Acquire)
+    }
 }
 
 impl EdgeLimits {
@@ -97,6 +173,7 @@ impl EdgeLimits {
             max_requests: config.max_requests_in_flight,
             body_bytes: Arc::new(AtomicUsize::new(0)),
             max_body_bytes: config.max_body_bytes_in_flight,
+            queue: Arc::new(QueueWatch::new()),
         }
     }
 }
@@ -206,6 +283,15 @@ pub async fn enforce(State(limits): State<EdgeLimits>, request: Request, next: N
     if !request.uri().path().starts_with("/v1/") {
         return next.run(request).await;
     }
+    let in_flight = limits.max_requests - limits.requests.available_permits();
+    if in_flight >= SHED_FLOOR && limits.queue.standing() {
+        metrics::counter!("anika_http_requests_refused_total", "reason" => "queue").increment(1);
+        return Problem::overloaded(
+            "the server is past its capacity: requests queue up; nothing was done, retry shortly",
+            1,
+        )
+        .into_response();
+    }
     let Ok(_slot) = Arc::clone(&limits.requests).try_acquire_owned() else {
         metrics::counter!("anika_http_requests_refused_total", "reason" => "in_flight")
             .increment(1);
@@ -233,7 +319,9 @@ pub async fn enforce(State(limits): State<EdgeLimits>, request: Request, next: N
         reservation: Arc::clone(&reservation),
         done: false,
     });
+    let started = std::time::Instant::now();
     let mut response = next.run(Request::from_parts(parts, body)).await;
+    limits.queue.finished(started.elapsed());
     if reservation.failed.load(Ordering::Acquire) {
         // The rest of the body is still on the wire: the connection cannot carry another request.
         response
@@ -242,4 +330,23 @@ pub async fn enforce(State(limits): State<EdgeLimits>, request: Request, next: N
     }
     drop(reservation);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_stands_only_while_even_the_fastest_request_is_slow() {
+        let watch = QueueWatch::new();
+        watch.finished(Duration::from_millis(80));
+        assert!(!watch.standing(), "judged only once an interval is over");
+        std::thread::sleep(SHED_INTERVAL);
+        watch.finished(Duration::from_millis(60));
+        assert!(watch.standing(), "every request of the interval was slow");
+        watch.finished(Duration::from_millis(1));
+        std::thread::sleep(SHED_INTERVAL);
+        watch.finished(Duration::from_millis(90));
+        assert!(!watch.standing(), "one fast request: the queue drains");
+    }
 }
