@@ -7,10 +7,7 @@ use anika_shared::{
     Problem,
     problem::{internal_error, problem_from_db},
 };
-use axum::{
-    http::HeaderValue,
-    response::{IntoResponse, Response},
-};
+use axum::response::{IntoResponse, Response};
 
 /// Seconds a client is asked to wait when the backlog is full: the relay drains it in batches.
 const BACKLOG_RETRY_AFTER: u64 = 2;
@@ -97,15 +94,8 @@ impl IntoResponse for Error {
                     retry_after,
                 )
                 .into_response();
-                // draft-ietf-httpapi-ratelimit-headers: the policy, and what is left of it now.
-                let headers = response.headers_mut();
-                if let Ok(policy) = HeaderValue::from_str(&format!("\"default\";q={rate};w=1")) {
-                    headers.insert("ratelimit-policy", policy);
-                }
-                if let Ok(left) = HeaderValue::from_str(&format!("\"default\";r=0;t={retry_after}"))
-                {
-                    headers.insert("ratelimit", left);
-                }
+                // draft-ietf-httpapi-ratelimit-headers: the policy, and nothing left of it for now.
+                crate::quotas::rate_limit_headers(response.headers_mut(), rate, 0, retry_after);
                 response
             }
             Self::Backlog { max } => Problem::overloaded(

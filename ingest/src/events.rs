@@ -29,6 +29,7 @@ use crate::{
     State,
     error::{Error, Result},
     input, meters as m,
+    quotas::{Allowance, rate_limit_headers},
     topics::Topic,
     writer::{Accepted, Item},
 };
@@ -136,6 +137,13 @@ async fn postable(
     }
 }
 
+/// For a partner with a quota: what is left of it, so a client can pace itself before a 429.
+fn with_allowance(response: &mut Response, allowance: Option<Allowance>) {
+    if let Some(a) = allowance {
+        rate_limit_headers(response.headers_mut(), a.rate, a.remaining, a.reset);
+    }
+}
+
 fn rejected(error: Error, events: usize) -> Response {
     metrics::counter!(m::REJECTED, "reason" => error.reason()).increment(events as u64);
     error.into_response()
@@ -165,7 +173,11 @@ fn count_accepted(accepted: &[Accepted], started: Instant) {
     request_body = EventIn,
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Stored; will be delivered", body = EventAccepted),
+        (status = 202, description = "Stored; will be delivered", body = EventAccepted,
+            headers(
+                ("RateLimit-Policy" = String, description = "For a partner with an ingest quota: `\"default\";q=<events per second>;w=1`"),
+                ("RateLimit" = String, description = "For a partner with an ingest quota: `\"default\";r=<events left now>;t=<seconds until full>`"),
+            )),
         (status = 400, description = "Not JSON, or no `data`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the owner's admin or publisher", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic visible to you", body = Problem, content_type = "application/problem+json"),
@@ -202,7 +214,7 @@ async fn post_event(
         let bytes = input::read_body(&headers, body, state.0.ctx.config.max_event_bytes).await?;
         let event = input::single(&topic, publisher, &bytes, idempotency_key)?;
         drop(bytes);
-        state
+        let allowance = state
             .0
             .quotas
             .check(&state.0.ctx.pool, publisher, 1)
@@ -212,11 +224,11 @@ async fn post_event(
             .writer
             .submit(topic.id, publisher, vec![Item::Event(event)])
             .await?;
-        Ok::<_, Error>((topic.id, accepted))
+        Ok::<_, Error>((topic.id, accepted, allowance))
     }
     .await;
     match accepted {
-        Ok((topic_id, accepted)) => {
+        Ok((topic_id, accepted, allowance)) => {
             count_accepted(&accepted, started);
             let first = accepted[0];
             let body = EventAccepted {
@@ -230,6 +242,7 @@ async fn post_event(
                     .headers_mut()
                     .insert("idempotent-replayed", HeaderValue::from_static("true"));
             }
+            with_allowance(&mut response, allowance);
             response
         }
         Err(error) => rejected(error, 1),
@@ -248,7 +261,11 @@ async fn post_event(
     request_body = BatchIn,
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "All stored; will be delivered", body = BatchAccepted),
+        (status = 202, description = "All stored; will be delivered", body = BatchAccepted,
+            headers(
+                ("RateLimit-Policy" = String, description = "For a partner with an ingest quota: `\"default\";q=<events per second>;w=1`"),
+                ("RateLimit" = String, description = "For a partner with an ingest quota: `\"default\";r=<events left now>;t=<seconds until full>`"),
+            )),
         (status = 400, description = "Not JSON, or no `events`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the owner's admin or publisher", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic visible to you", body = Problem, content_type = "application/problem+json"),
@@ -276,7 +293,7 @@ async fn post_batch(
 ) -> Response {
     let started = Instant::now();
     let mut events = 1;
-    let accepted: Result<Vec<Accepted>> = async {
+    let accepted: Result<(Vec<Accepted>, Option<Allowance>)> = async {
         let principal = principal?;
         let Path(topic_id) = topic?;
         let (topic, publisher) = postable(&state, &principal, topic_id).await?;
@@ -295,16 +312,17 @@ async fn post_batch(
         let items = input::batch(&topic, publisher, &bytes, config.max_event_bytes)?;
         drop(bytes);
         events = items.len();
-        state
+        let allowance = state
             .0
             .quotas
             .check(&state.0.ctx.pool, publisher, items.len())
             .await?;
-        state.0.writer.submit(topic.id, publisher, items).await
+        let accepted = state.0.writer.submit(topic.id, publisher, items).await?;
+        Ok((accepted, allowance))
     }
     .await;
     match accepted {
-        Ok(accepted) => {
+        Ok((accepted, allowance)) => {
             count_accepted(&accepted, started);
             let items = accepted
                 .iter()
@@ -313,7 +331,10 @@ async fn post_batch(
                     received_at: format_time(a.received_at()),
                 })
                 .collect();
-            (StatusCode::ACCEPTED, axum::Json(BatchAccepted { items })).into_response()
+            let mut response =
+                (StatusCode::ACCEPTED, axum::Json(BatchAccepted { items })).into_response();
+            with_allowance(&mut response, allowance);
+            response
         }
         Err(error) => rejected(error, events),
     }

@@ -24,16 +24,40 @@ use std::{
 };
 
 use anika_shared::{Problem, domain::PartnerId};
+use axum::http::{HeaderMap, HeaderValue};
 use governor::{
     Quota, RateLimiter,
     clock::{Clock, DefaultClock},
+    middleware::StateInformationMiddleware,
     state::{InMemoryState, NotKeyed},
 };
 use sqlx::PgPool;
 
 use crate::error::{Error, Result};
 
-type Bucket = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+type Bucket = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// What an accepted request left of its partner's quota, for the `RateLimit` headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Allowance {
+    /// Events per second.
+    pub(crate) rate: u32,
+    /// Events that may be posted at once right now.
+    pub(crate) remaining: u32,
+    /// Whole seconds until the bucket is full again.
+    pub(crate) reset: u64,
+}
+
+/// The IETF httpapi draft's headers: the policy (`q` events per `w` = 1 second) and what is
+/// left of it (`r` events now, the bucket full again in `t` seconds).
+pub(crate) fn rate_limit_headers(headers: &mut HeaderMap, rate: u32, remaining: u32, reset: u64) {
+    if let Ok(policy) = HeaderValue::from_str(&format!("\"default\";q={rate};w=1")) {
+        headers.insert("ratelimit-policy", policy);
+    }
+    if let Ok(left) = HeaderValue::from_str(&format!("\"default\";r={remaining};t={reset}")) {
+        headers.insert("ratelimit", left);
+    }
+}
 
 /// How long an entry is trusted while catalog notifications cannot be heard.
 const UNHEARD_TTL: Duration = Duration::from_secs(1);
@@ -81,21 +105,30 @@ pub(crate) struct Quotas {
 }
 
 impl Quotas {
-    /// Takes `events` tokens from the partner's bucket, or says when to come back (429).
+    /// Takes `events` tokens from the partner's bucket, or says when to come back (429);
+    /// `None` for a partner without a limit.
     pub(crate) async fn check(
         &self,
         pool: &PgPool,
         partner: PartnerId,
         events: usize,
-    ) -> Result<()> {
+    ) -> Result<Option<Allowance>> {
         let entry = self.entry(pool, partner).await?;
         let (Some(limit), Some(bucket)) = (entry.limit, &entry.bucket) else {
-            return Ok(());
+            return Ok(None);
         };
         let n = NonZeroU32::new(u32::try_from(events.max(1)).unwrap_or(u32::MAX))
             .expect("at least one event");
         match bucket.check_n(n) {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(snapshot)) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                let missing = f64::from(limit.burst.get().saturating_sub(remaining));
+                Ok(Some(Allowance {
+                    rate: limit.rate.get(),
+                    remaining,
+                    reset: (missing / f64::from(limit.rate.get())).ceil() as u64,
+                }))
+            }
             Ok(Err(not_until)) => {
                 let wait = not_until.wait_time_from(bucket.clock().now());
                 Err(Error::RateLimited {
@@ -140,9 +173,10 @@ impl Quotas {
         let bucket = match &previous {
             Some(previous) if previous.limit == limit => previous.bucket.clone(),
             _ => limit.map(|l| {
-                Arc::new(RateLimiter::direct(
-                    Quota::per_second(l.rate).allow_burst(l.burst),
-                ))
+                Arc::new(
+                    RateLimiter::direct(Quota::per_second(l.rate).allow_burst(l.burst))
+                        .with_middleware::<StateInformationMiddleware>(),
+                )
             }),
         };
         let entry = Arc::new(Entry {

@@ -466,6 +466,7 @@ async fn the_openapi_document_describes_the_event_routes() {
             );
         }
         assert!(responses["503"]["headers"]["Retry-After"].is_object());
+        assert!(responses["202"]["headers"]["RateLimit"].is_object());
         assert!(responses["408"].is_object());
     }
     let params = paths["/v1/events"]["get"]["parameters"].as_array().unwrap();

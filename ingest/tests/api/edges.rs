@@ -106,18 +106,24 @@ async fn a_partner_over_its_ingest_quota_gets_a_429_with_rate_limit_headers_and_
     assert_eq!(answer.status, 422, "{}", answer.body);
     assert_eq!(answer.pointers(), vec!["/events"]);
 
-    // Another partner is not slowed down at all.
+    // Another partner is not slowed down at all, and without a quota gets no RateLimit headers.
     for n in 0..20 {
-        app.post_event(&other.publisher, &other_topic, json!({"data": n}), None)
-            .await
-            .expect(202);
+        let answer = app
+            .post_event(&other.publisher, &other_topic, json!({"data": n}), None)
+            .await;
+        assert!(!answer.headers.contains_key("ratelimit"));
+        answer.expect(202);
     }
-    // Once the bucket refilled, the whole burst goes through at once.
+    // Once the bucket refilled, the whole burst goes through at once, and the answer says
+    // what is left: nothing, full again in 3 s.
     tokio::time::sleep(Duration::from_millis(3100)).await;
-    app.api
+    let answer = app
+        .api
         .post(&batch_path, &dealer.publisher, three.clone())
-        .await
-        .expect(202);
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(header(&answer, "ratelimit-policy"), "\"default\";q=1;w=1");
+    assert_eq!(header(&answer, "ratelimit"), "\"default\";r=0;t=3");
 
     app.api
         .patch(
