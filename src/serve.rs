@@ -64,7 +64,7 @@ pub async fn up(config: Config) -> Result<(), CliError> {
     api.merge(anika_catalog::openapi());
     api.merge(anika_ingest::openapi());
     api.merge(anika_dispatcher::openapi());
-    let app = http::finish(
+    let app = http::finish_with(
         anika_catalog::router(catalog)
             .merge(anika_ingest::router(ingest))
             .merge(anika_dispatcher::router(dispatcher))
@@ -73,6 +73,7 @@ pub async fn up(config: Config) -> Result<(), CliError> {
                 api,
                 ctx.metrics.clone(),
             )),
+        &ctx.config,
     );
     banner(&ctx, listener.local_addr()?);
     http::serve(listener, app, shutdown.clone()).await?;

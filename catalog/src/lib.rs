@@ -99,11 +99,14 @@ pub async fn run(
         .map_err(|e| std::io::Error::other(format!("catalog start-up: {e}")))?;
     let mut api = anika_shared::http::openapi_base();
     api.merge(openapi());
-    let app = anika_shared::http::finish(router(state).merge(anika_shared::http::service_router(
-        ctx.readiness(),
-        api,
-        ctx.metrics.clone(),
-    )));
+    let app = anika_shared::http::finish_with(
+        router(state).merge(anika_shared::http::service_router(
+            ctx.readiness(),
+            api,
+            ctx.metrics.clone(),
+        )),
+        &ctx.config,
+    );
     anika_shared::http::serve(listener, app, shutdown).await
 }
 

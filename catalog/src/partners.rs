@@ -3,9 +3,11 @@
 use anika_shared::{
     Problem,
     auth::Principal,
+    changes::Change,
     domain::{Description, DisplayName, PartnerId},
     extract::{Json, Path, Query},
-    page::{Limit, Page, decode_cursor},
+    page::{Limit, Page, decode_time_cursor},
+    patch::Patch,
 };
 use axum::{extract::State as AxumState, http::StatusCode};
 use chrono::{DateTime, Utc};
@@ -22,7 +24,26 @@ use crate::{
 pub(crate) fn routes() -> OpenApiRouter<State> {
     OpenApiRouter::new()
         .routes(routes!(create_partner, list_partners))
-        .routes(routes!(get_partner))
+        .routes(routes!(get_partner, update_partner))
+}
+
+/// An ingest quota value: 1 to 1,000,000 (events per second, or events in the bucket).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(try_from = "i64")]
+#[schema(value_type = u32, minimum = 1, maximum = 1000000)]
+pub(crate) struct QuotaValue(i32);
+
+impl TryFrom<i64> for QuotaValue {
+    type Error = String;
+    fn try_from(value: i64) -> Result<Self, Self::Error> {
+        if (1..=1_000_000).contains(&value) {
+            Ok(Self(value as i32))
+        } else {
+            Err(format!(
+                "must be between 1 and 1000000 (or null for no limit), not {value}"
+            ))
+        }
+    }
 }
 
 /// A new partner.
@@ -43,8 +64,20 @@ pub(crate) struct PartnerOut {
     name: String,
     /// Shown to the partner itself and to operators; `null` for the partners you share topics with.
     description: Option<String>,
+    /// Events per second all of the partner's principals may post together; `null`: no limit.
+    /// Like `description`, shown only to the partner itself and to operators.
+    #[schema(minimum = 1, maximum = 1000000)]
+    ingest_rate_per_s: Option<i32>,
+    /// Size of the partner's token bucket (events that may be posted at once); `null` with a rate
+    /// means one second's worth.
+    #[schema(minimum = 1, maximum = 1000000)]
+    ingest_burst: Option<i32>,
     created_at: DateTime<Utc>,
 }
+
+/// The columns of a [`PartnerOut`].
+const COLUMNS: &str =
+    "p.id, p.name, p.description, p.ingest_rate_per_s, p.ingest_burst, p.created_at";
 
 /// Create a partner (operators only).
 #[utoipa::path(
@@ -69,14 +102,19 @@ async fn create_partner(
         return Err(Problem::forbidden("only operators create partners").into());
     }
     let partner: PartnerOut = sqlx::query_as(
-        "INSERT INTO partners (id, name, description) VALUES ($1, $2, $3) RETURNING id, name, description, created_at",
+        "INSERT INTO partners (id, name, description) VALUES ($1, $2, $3) \
+         RETURNING id, name, description, ingest_rate_per_s, ingest_burst, created_at",
     )
     .bind(PartnerId::new().uuid())
     .bind(body.name.as_str())
     .bind(body.description.as_ref().map(Description::as_str))
     .fetch_one(&state.ctx.pool)
     .await
-    .map_err(|e| conflict_on_unique(e, || format!("a partner named `{}` already exists", body.name.as_str())))?;
+    .map_err(|e| {
+        conflict_on_unique(e, || {
+            format!("a partner named `{}` already exists", body.name.as_str())
+        })
+    })?;
     Ok((StatusCode::CREATED, axum::Json(partner)))
 }
 
@@ -100,6 +138,8 @@ const VISIBLE: &str = "($1::uuid IS NULL OR p.id = $1 \
 fn redact(mut partner: PartnerOut, principal: &Principal) -> PartnerOut {
     if !principal.sees_partner(partner.id.into()) {
         partner.description = None;
+        partner.ingest_rate_per_s = None;
+        partner.ingest_burst = None;
     }
     partner
 }
@@ -119,10 +159,13 @@ async fn list_partners(
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<Page<PartnerOut>>> {
     let limit = query.limit.unwrap_or_default();
-    let after: Option<(DateTime<Utc>, Uuid)> =
-        query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> = query
+        .cursor
+        .as_deref()
+        .map(decode_time_cursor)
+        .transpose()?;
     let sql = format!(
-        "SELECT p.id, p.name, p.description, p.created_at FROM partners p WHERE {VISIBLE} \
+        "SELECT {COLUMNS} FROM partners p WHERE {VISIBLE} \
          AND ($2::timestamptz IS NULL OR (p.created_at, p.id) > ($2, $3)) ORDER BY p.created_at, p.id LIMIT $4"
     );
     let rows: Vec<PartnerOut> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -155,9 +198,7 @@ async fn get_partner(
     principal: Principal,
     Path(id): Path<PartnerId>,
 ) -> Result<axum::Json<PartnerOut>> {
-    let sql = format!(
-        "SELECT p.id, p.name, p.description, p.created_at FROM partners p WHERE p.id = $2 AND {VISIBLE}"
-    );
+    let sql = format!("SELECT {COLUMNS} FROM partners p WHERE p.id = $2 AND {VISIBLE}");
     let partner: Option<PartnerOut> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(principal.partner().map(PartnerId::uuid))
         .bind(id.uuid())
@@ -165,4 +206,95 @@ async fn get_partner(
         .await?;
     let partner = partner.ok_or_else(|| Problem::not_found(format!("no partner {id}")))?;
     Ok(axum::Json(redact(partner, &principal)))
+}
+
+/// Changes to a partner; absent fields stay, `null` clears.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdatePartner {
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    name: Patch<DisplayName>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    description: Patch<Description>,
+    /// Events per second (1–1000000) all of the partner's principals may post together
+    /// (a batch counts each event); `null` removes the limit.
+    #[serde(default)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000000)]
+    ingest_rate_per_s: Patch<QuotaValue>,
+    /// Token-bucket size (1–1000000); `null`: one second's worth of the rate.
+    #[serde(default)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000000)]
+    ingest_burst: Patch<QuotaValue>,
+}
+
+/// Change a partner's name, description or ingest quota (operators only).
+///
+/// A new quota applies to the partner's next events within moments, in every
+/// ingest process (they hear of it over PostgreSQL `NOTIFY`); the bucket starts full.
+#[utoipa::path(
+    patch,
+    path = "/v1/partners/{id}",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id")),
+    request_body = UpdatePartner,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The updated partner", body = PartnerOut),
+        (status = 403, description = "Not an operator", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such partner", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Name taken", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn update_partner(
+    AxumState(state): AxumState<State>,
+    principal: Principal,
+    Path(id): Path<PartnerId>,
+    Json(body): Json<UpdatePartner>,
+) -> Result<axum::Json<PartnerOut>> {
+    if !principal.is_operator() {
+        // A partner may see itself, but only the platform sets names and quotas.
+        return Err(Problem::forbidden("only operators change partners").into());
+    }
+    if matches!(body.name, Patch::Null) {
+        return Err(Problem::invalid_field("/name", "a partner always has a name").into());
+    }
+    let mut tx = state.ctx.pool.begin().await?;
+    let current: Option<PartnerOut> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM partners p WHERE p.id = $1 FOR UPDATE"
+    )))
+    .bind(id.uuid())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let current = current.ok_or_else(|| Problem::not_found(format!("no partner {id}")))?;
+    let name = match body.name {
+        Patch::Value(name) => name.as_str().to_owned(),
+        _ => current.name.clone(),
+    };
+    let description = body
+        .description
+        .map(String::from)
+        .apply(current.description.clone());
+    let rate = body
+        .ingest_rate_per_s
+        .map(|q| q.0)
+        .apply(current.ingest_rate_per_s);
+    let burst = body.ingest_burst.map(|q| q.0).apply(current.ingest_burst);
+    let updated: PartnerOut = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE partners p SET name = $2, description = $3, ingest_rate_per_s = $4, ingest_burst = $5 \
+         WHERE p.id = $1 RETURNING {COLUMNS}"
+    )))
+    .bind(id.uuid())
+    .bind(&name)
+    .bind(description)
+    .bind(rate)
+    .bind(burst)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| conflict_on_unique(e, || format!("a partner named `{name}` already exists")))?;
+    Change::Partner { partner_id: id }.notify(&mut tx).await?;
+    tx.commit().await?;
+    Ok(axum::Json(updated))
 }

@@ -10,7 +10,7 @@ use anika_shared::{
     domain::{Description, MaxInFlight, PartnerId, SubscriptionId, TopicId, WebhookSecret},
     extract::{Json, Path, Query},
     net::WebhookUrl,
-    page::{Limit, Page, decode_cursor},
+    page::{Limit, Page, decode_time_cursor},
     patch::Patch,
 };
 use axum::{extract::State as AxumState, http::StatusCode};
@@ -436,8 +436,11 @@ async fn list_subscriptions(
 ) -> Result<axum::Json<Page<SubscriptionOut>>> {
     require_admin(&principal)?;
     let limit = query.limit.unwrap_or_default();
-    let after: Option<(DateTime<Utc>, Uuid)> =
-        query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> = query
+        .cursor
+        .as_deref()
+        .map(decode_time_cursor)
+        .transpose()?;
     let partner = principal.partner().or(query.partner_id);
     let status = query.status.map(|s| {
         serde_json::to_value(s)

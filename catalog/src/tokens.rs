@@ -5,7 +5,7 @@ use anika_shared::{
     auth::Principal,
     domain::{ApiKeyId, DisplayName, PartnerId, Role},
     extract::{Json, Path, Query},
-    page::{Limit, Page, decode_cursor},
+    page::{Limit, Page, decode_time_cursor},
 };
 use axum::{
     extract::State as AxumState,
@@ -411,8 +411,11 @@ async fn list_keys(
 ) -> Result<axum::Json<Page<ApiKeyOut>>> {
     require_admin(&principal)?;
     let limit = query.limit.unwrap_or_default();
-    let after: Option<(DateTime<Utc>, Uuid)> =
-        query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> = query
+        .cursor
+        .as_deref()
+        .map(decode_time_cursor)
+        .transpose()?;
     let partner = principal.partner().or(query.partner_id);
     let rows: Vec<KeyListRow> = sqlx::query_as(
         "SELECT id, role, name, partner_id, created_at FROM api_keys \

@@ -9,7 +9,7 @@ use anika_shared::{
     changes::Change,
     domain::{Description, PartnerId, SubscriptionId, TopicId, TopicName},
     extract::{Json, Path, Query},
-    page::{Limit, Page, decode_cursor},
+    page::{Limit, Page, decode_time_cursor},
     patch::Patch,
 };
 use axum::{extract::State as AxumState, http::StatusCode};
@@ -234,8 +234,11 @@ async fn list_topics(
     Query(query): Query<TopicQuery>,
 ) -> Result<axum::Json<Page<TopicOut>>> {
     let limit = query.limit.unwrap_or_default();
-    let after: Option<(DateTime<Utc>, Uuid)> =
-        query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> = query
+        .cursor
+        .as_deref()
+        .map(decode_time_cursor)
+        .transpose()?;
     let sql = format!(
         "SELECT {TOPIC_COLUMNS} FROM topics t \
          WHERE ($2::uuid IS NULL OR t.owner_partner_id = $2 \
@@ -455,8 +458,11 @@ async fn list_grants(
         return Err(Problem::forbidden("only the topic's owner sees its grants").into());
     }
     let limit = query.limit.unwrap_or_default();
-    let after: Option<(DateTime<Utc>, Uuid)> =
-        query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> = query
+        .cursor
+        .as_deref()
+        .map(decode_time_cursor)
+        .transpose()?;
     let rows: Vec<GrantOut> = sqlx::query_as(
         "SELECT partner_id, granted_at FROM grants WHERE topic_id = $1 \
          AND ($2::timestamptz IS NULL OR (granted_at, partner_id) > ($2, $3)) \

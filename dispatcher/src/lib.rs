@@ -233,11 +233,14 @@ pub async fn run(
         .map_err(std::io::Error::other)?;
     let mut api = anika_shared::http::openapi_base();
     api.merge(openapi());
-    let app = anika_shared::http::finish(router(state).merge(anika_shared::http::service_router(
-        ctx.readiness(),
-        api,
-        ctx.metrics.clone(),
-    )));
+    let app = anika_shared::http::finish_with(
+        router(state).merge(anika_shared::http::service_router(
+            ctx.readiness(),
+            api,
+            ctx.metrics.clone(),
+        )),
+        &ctx.config,
+    );
     anika_shared::http::serve(listener, app, shutdown).await?;
     tasks.close();
     tasks.wait().await;

@@ -397,6 +397,8 @@ impl Registry {
                             Some(Change::Subscription { subscription_id }) => Scope::Subscription(subscription_id),
                             Some(Change::Topic { topic_id }) => Scope::Topic(topic_id),
                             Some(Change::Grant { topic_id, .. }) => Scope::Topic(topic_id),
+                            // Ingest quotas: nothing a dispatcher holds.
+                            Some(Change::Partner { .. }) => continue,
                             Some(Change::Recovered { subscription_id }) => {
                                 self.recovered(subscription_id).await;
                                 continue;

@@ -3,9 +3,9 @@
 use anika_shared::{
     Problem,
     auth::Principal,
-    domain::{Role, SubscriptionId},
+    domain::{Role, SubscriptionId, Timestamp},
     extract::{Json, Path, Query},
-    page::{Limit, Page, decode_cursor},
+    page::{Limit, Page, decode_time_cursor},
     problem::{internal_error, problem_from_db},
 };
 use axum::{
@@ -109,9 +109,9 @@ pub(crate) struct AttemptQuery {
     /// Only attempts with this outcome.
     #[param(value_type = Option<AttemptStatus>)]
     status: Option<AttemptStatus>,
-    /// Only attempts at or after this time (RFC 3339).
+    /// Only attempts at or after this time (RFC 3339, years 1–9999).
     #[param(value_type = Option<String>, format = DateTime)]
-    since: Option<DateTime<Utc>>,
+    since: Option<Timestamp>,
     /// Page size (1–1000, default 50).
     #[param(value_type = Option<u32>)]
     limit: Option<Limit>,
@@ -158,8 +158,11 @@ async fn list_attempts(
 ) -> Result<axum::Json<Page<AttemptOut>>> {
     authorize(&state, &principal, id).await?;
     let limit = query.limit.unwrap_or_default();
-    let before: Option<(DateTime<Utc>, Uuid)> =
-        query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let before: Option<(DateTime<Utc>, Uuid)> = query
+        .cursor
+        .as_deref()
+        .map(decode_time_cursor)
+        .transpose()?;
     let status = query.status.map(|s| match s {
         AttemptStatus::Succeeded => "succeeded",
         AttemptStatus::Failed => "failed",
@@ -173,7 +176,7 @@ async fn list_attempts(
     )
     .bind(id.uuid())
     .bind(status)
-    .bind(query.since)
+    .bind(query.since.map(Timestamp::get))
     .bind(before.map(|b| b.0))
     .bind(before.map(|b| b.1))
     .bind(limit.fetch())
@@ -233,8 +236,11 @@ async fn list_dead_letters(
 ) -> Result<axum::Json<DeadLetters>> {
     authorize(&state, &principal, id).await?;
     let limit = query.limit.unwrap_or_default();
-    let before: Option<(DateTime<Utc>, Uuid)> =
-        query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let before: Option<(DateTime<Utc>, Uuid)> = query
+        .cursor
+        .as_deref()
+        .map(decode_time_cursor)
+        .transpose()?;
     let total: i64 =
         sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE subscription_id = $1")
             .bind(id.uuid())
@@ -356,11 +362,13 @@ async fn purge_dead_letters(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReplayLog {
-    /// From this time (inclusive, RFC 3339).
-    since: DateTime<Utc>,
+    /// From this time (inclusive, RFC 3339, years 1–9999).
+    #[schema(value_type = String, format = DateTime)]
+    since: Timestamp,
     /// Until this time (exclusive; default: now).
     #[serde(default)]
-    until: Option<DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    until: Option<Timestamp>,
 }
 
 /// How many events were enqueued, and how many the broker refused.
@@ -395,9 +403,10 @@ async fn replay_log(
     Json(body): Json<ReplayLog>,
 ) -> Result<(StatusCode, axum::Json<Enqueued>)> {
     authorize(&state, &principal, id).await?;
-    let until = body.until.unwrap_or_else(Utc::now);
+    let since = body.since.get();
+    let until = body.until.map_or_else(Utc::now, Timestamp::get);
     let config = &state.ctx.config;
-    let window = Window::new(body.since, until, config.max_replay_window).map_err(|e| {
+    let window = Window::new(since, until, config.max_replay_window).map_err(|e| {
         let pointer = match e {
             WindowError::Empty => "/since",
             WindowError::TooLong { .. } => "/until",
@@ -418,7 +427,7 @@ async fn replay_log(
     )
     .await?;
     tracing::info!(subscription = %id, enqueued = outcome.enqueued, refused = outcome.refused,
-        since = %body.since, until = %until, "log replayed");
+        since = %since, until = %until, "log replayed");
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(Enqueued {

@@ -29,6 +29,7 @@ use crate::{
     State,
     error::{Error, Result},
     input, meters as m,
+    quotas::{Allowance, rate_limit_headers},
     topics::Topic,
     writer::{Accepted, Item},
 };
@@ -136,6 +137,13 @@ async fn postable(
     }
 }
 
+/// For a partner with a quota: what is left of it, so a client can pace itself before a 429.
+fn with_allowance(response: &mut Response, allowance: Option<Allowance>) {
+    if let Some(a) = allowance {
+        rate_limit_headers(response.headers_mut(), a.rate, a.remaining, a.reset);
+    }
+}
+
 fn rejected(error: Error, events: usize) -> Response {
     metrics::counter!(m::REJECTED, "reason" => error.reason()).increment(events as u64);
     error.into_response()
@@ -165,14 +173,27 @@ fn count_accepted(accepted: &[Accepted], started: Instant) {
     request_body = EventIn,
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Stored; will be delivered", body = EventAccepted),
+        (status = 202, description = "Stored; will be delivered", body = EventAccepted,
+            headers(
+                ("RateLimit-Policy" = String, description = "For a partner with an ingest quota: `\"default\";q=<events per second>;w=1`"),
+                ("RateLimit" = String, description = "For a partner with an ingest quota: `\"default\";r=<events left now>;t=<seconds until full>`"),
+            )),
         (status = 400, description = "Not JSON, or no `data`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the owner's admin or publisher", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic visible to you", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency key reused for a different event", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than ANIKA_MAX_EVENT_BYTES", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not declared as JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within ANIKA_REQUEST_READ_TIMEOUT", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Schema violations or invalid fields, with pointers", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the partner's ingest quota; nothing was stored", body = Problem, content_type = "application/problem+json",
+            headers(
+                ("Retry-After" = u64, description = "Seconds until the event fits the quota"),
+                ("RateLimit-Policy" = String, description = "IETF httpapi draft: `\"default\";q=<events per second>;w=1`"),
+                ("RateLimit" = String, description = "IETF httpapi draft: `\"default\";r=0;t=<seconds>`"),
+            )),
+        (status = 503, description = "Past the bounded backlog (ANIKA_MAX_BACKLOG) or the server's in-flight caps; nothing was stored", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn post_event(
@@ -187,20 +208,27 @@ async fn post_event(
         let principal = principal?;
         let Path(topic_id) = topic?;
         let (topic, publisher) = postable(&state, &principal, topic_id).await?;
+        // Before the body is read: past the backlog bound nothing is accepted at all.
+        state.0.backlog.admit()?;
         let idempotency_key = input::idempotency_header(&headers)?;
         let bytes = input::read_body(&headers, body, state.0.ctx.config.max_event_bytes).await?;
         let event = input::single(&topic, publisher, &bytes, idempotency_key)?;
         drop(bytes);
+        let allowance = state
+            .0
+            .quotas
+            .check(&state.0.ctx.pool, publisher, 1)
+            .await?;
         let accepted = state
             .0
             .writer
             .submit(topic.id, publisher, vec![Item::Event(event)])
             .await?;
-        Ok::<_, Error>((topic.id, accepted))
+        Ok::<_, Error>((topic.id, accepted, allowance))
     }
     .await;
     match accepted {
-        Ok((topic_id, accepted)) => {
+        Ok((topic_id, accepted, allowance)) => {
             count_accepted(&accepted, started);
             let first = accepted[0];
             let body = EventAccepted {
@@ -214,6 +242,7 @@ async fn post_event(
                     .headers_mut()
                     .insert("idempotent-replayed", HeaderValue::from_static("true"));
             }
+            with_allowance(&mut response, allowance);
             response
         }
         Err(error) => rejected(error, 1),
@@ -232,14 +261,27 @@ async fn post_event(
     request_body = BatchIn,
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "All stored; will be delivered", body = BatchAccepted),
+        (status = 202, description = "All stored; will be delivered", body = BatchAccepted,
+            headers(
+                ("RateLimit-Policy" = String, description = "For a partner with an ingest quota: `\"default\";q=<events per second>;w=1`"),
+                ("RateLimit" = String, description = "For a partner with an ingest quota: `\"default\";r=<events left now>;t=<seconds until full>`"),
+            )),
         (status = 400, description = "Not JSON, or no `events`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the owner's admin or publisher", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic visible to you", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "An idempotency key reused for a different event", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over ANIKA_MAX_BATCH_BYTES, or an event's data over ANIKA_MAX_EVENT_BYTES", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not declared as JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid events, each with a pointer", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within ANIKA_REQUEST_READ_TIMEOUT", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid events, each with a pointer; more than 1000 events; or more events than the partner's ingest_burst", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the partner's ingest quota (each event counts); nothing was stored", body = Problem, content_type = "application/problem+json",
+            headers(
+                ("Retry-After" = u64, description = "Seconds until the batch fits the quota"),
+                ("RateLimit-Policy" = String, description = "IETF httpapi draft: `\"default\";q=<events per second>;w=1`"),
+                ("RateLimit" = String, description = "IETF httpapi draft: `\"default\";r=0;t=<seconds>`"),
+            )),
+        (status = 503, description = "Past the bounded backlog (ANIKA_MAX_BACKLOG) or the server's in-flight caps; nothing was stored", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn post_batch(
@@ -251,7 +293,7 @@ async fn post_batch(
 ) -> Response {
     let started = Instant::now();
     let mut events = 1;
-    let accepted: Result<Vec<Accepted>> = async {
+    let accepted: Result<(Vec<Accepted>, Option<Allowance>)> = async {
         let principal = principal?;
         let Path(topic_id) = topic?;
         let (topic, publisher) = postable(&state, &principal, topic_id).await?;
@@ -265,15 +307,22 @@ async fn post_batch(
             )
             .into());
         }
+        state.0.backlog.admit()?;
         let bytes = input::read_body(&headers, body, config.max_batch_bytes).await?;
         let items = input::batch(&topic, publisher, &bytes, config.max_event_bytes)?;
         drop(bytes);
         events = items.len();
-        state.0.writer.submit(topic.id, publisher, items).await
+        let allowance = state
+            .0
+            .quotas
+            .check(&state.0.ctx.pool, publisher, items.len())
+            .await?;
+        let accepted = state.0.writer.submit(topic.id, publisher, items).await?;
+        Ok((accepted, allowance))
     }
     .await;
     match accepted {
-        Ok(accepted) => {
+        Ok((accepted, allowance)) => {
             count_accepted(&accepted, started);
             let items = accepted
                 .iter()
@@ -282,7 +331,10 @@ async fn post_batch(
                     received_at: format_time(a.received_at()),
                 })
                 .collect();
-            (StatusCode::ACCEPTED, axum::Json(BatchAccepted { items })).into_response()
+            let mut response =
+                (StatusCode::ACCEPTED, axum::Json(BatchAccepted { items })).into_response();
+            with_allowance(&mut response, allowance);
+            response
         }
         Err(error) => rejected(error, events),
     }

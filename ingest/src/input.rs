@@ -9,8 +9,10 @@ use std::collections::HashMap;
 
 use anika_shared::{
     FieldError, Problem,
+    edge::BodyError,
     envelope::Envelope,
     extract::{escape_pointer, require_json_content_type},
+    storable::{find_nul, raw_has_nul},
 };
 use axum::{
     body::Body,
@@ -62,9 +64,11 @@ pub(crate) async fn read_body(
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(too_large("the body is larger than allowed", limit))
         }
-        Err(e) => Err(Problem::bad_request(format!(
-            "the body could not be read: {e}"
-        ))),
+        Err(e) => Err(match BodyError::find(&*e) {
+            // Too slow, or the server's body budget is spent (see `anika_shared::edge`).
+            Some(error) => error.problem(),
+            None => Problem::bad_request(format!("the body could not be read: {e}")),
+        }),
     }
 }
 
@@ -105,8 +109,83 @@ struct RawItem<'a> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBatch<'a> {
-    #[serde(default, borrow)]
-    events: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "bounded_events")]
+    events: Option<EventList<'a>>,
+}
+
+/// The `events` of a batch, read no further than [`MAX_BATCH_EVENTS`] + 1 items.
+enum EventList<'a> {
+    Items(Vec<&'a RawValue>),
+    /// Present, but not an array.
+    NotArray,
+}
+
+/// The detail of a batch with too many events; also how the parse error is recognised.
+const TOO_MANY_EVENTS: &str = "must hold 1 to 1000 events; this batch has more";
+
+/// Stops at the 1001st event, so a huge `[0,0,0,…]` is refused without building a vector
+/// of millions of items (or even reading the rest of the array).
+fn bounded_events<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<EventList<'de>>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = EventList<'de>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array of events")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_BATCH_EVENTS));
+            while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                if items.len() == MAX_BATCH_EVENTS {
+                    return Err(serde::de::Error::custom(TOO_MANY_EVENTS));
+                }
+                items.push(item);
+            }
+            Ok(EventList::Items(items))
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(EventList::NotArray)
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(EventList::NotArray)
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(EventList::NotArray)
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(EventList::NotArray)
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(EventList::NotArray)
+        }
+
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(EventList::NotArray)
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(EventList::NotArray)
+        }
+    }
+    deserializer.deserialize_any(Bounded).map(Some)
 }
 
 /// What the body must look like, for error messages.
@@ -316,8 +395,8 @@ fn check_event<'a>(
             return None;
         }
     };
-    if data.get().contains("\\u0000") {
-        find_nul(&value, &mut data_pointer.clone(), findings);
+    if raw_has_nul(data.get()) {
+        findings.invalid.extend(find_nul(&value, &data_pointer));
     }
     if let Some(validator) = &topic.validator {
         for error in validator.iter_errors(&value) {
@@ -335,40 +414,6 @@ fn check_event<'a>(
         key,
         value,
     })
-}
-
-/// PostgreSQL cannot store U+0000 in jsonb strings or keys: point at each one.
-fn find_nul(value: &Value, pointer: &mut String, findings: &mut Findings) {
-    let len = pointer.len();
-    match value {
-        Value::String(s) if s.contains('\0') => findings.invalid.push(FieldError::new(
-            pointer.clone(),
-            "must not contain the character U+0000 (PostgreSQL cannot store it)",
-        )),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                pointer.push('/');
-                pointer.push_str(&i.to_string());
-                find_nul(item, pointer, findings);
-                pointer.truncate(len);
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map {
-                pointer.push('/');
-                pointer.push_str(&escape_pointer(k));
-                if k.contains('\0') {
-                    findings.invalid.push(FieldError::new(
-                        pointer.clone(),
-                        "this member name contains the character U+0000 (PostgreSQL cannot store it)",
-                    ));
-                }
-                find_nul(item, pointer, findings);
-                pointer.truncate(len);
-            }
-        }
-        _ => {}
-    }
 }
 
 /// The hash an idempotency key remembers: the same key with another hash is a different request.
@@ -516,19 +561,29 @@ pub(crate) fn batch(
 ) -> Result<Vec<Item>, Problem> {
     let raw: RawBatch<'_> = parse_object(body, BATCH_SHAPE, "").map_err(|e| match e {
         ParseError::NotJson(detail) => Problem::bad_request(detail),
+        ParseError::Shape(error) if error.detail == TOO_MANY_EVENTS => {
+            Problem::invalid_field("/events", TOO_MANY_EVENTS)
+        }
         ParseError::Shape(error) => Problem::validation(
             summary(std::slice::from_ref(&error), "the batch"),
             vec![error],
         ),
     })?;
-    let Some(events) = raw.events else {
-        return Err(Problem::bad_request(format!(
-            "the body has no `events`; expected {BATCH_SHAPE}"
-        )));
+    let events = match raw.events {
+        None => {
+            return Err(Problem::bad_request(format!(
+                "the body has no `events`; expected {BATCH_SHAPE}"
+            )));
+        }
+        Some(EventList::NotArray) => {
+            return Err(Problem::invalid_field(
+                "/events",
+                "must be an array of events",
+            ));
+        }
+        Some(EventList::Items(events)) => events,
     };
-    let events: Vec<&RawValue> = serde_json::from_str(events.get())
-        .map_err(|_| Problem::invalid_field("/events", "must be an array of events"))?;
-    if events.is_empty() || events.len() > MAX_BATCH_EVENTS {
+    if events.is_empty() {
         return Err(Problem::invalid_field(
             "/events",
             format!(
@@ -745,6 +800,33 @@ mod tests {
         assert_eq!(
             (p.status, p.errors[0].pointer.as_str()),
             (413, "/events/0/data")
+        );
+    }
+
+    #[test]
+    fn a_batch_is_refused_at_its_1001st_event_without_reading_further() {
+        let t = topic(None);
+        // Unterminated: had the whole array been read first, this would be "not JSON" (400).
+        let mut body = String::from(r#"{"events": ["#);
+        body.push_str(&"0,".repeat(8 << 20));
+        let started = std::time::Instant::now();
+        let p = batch(&t, PartnerId::new(), body.as_bytes(), 1024).unwrap_err();
+        assert_eq!((p.status, p.errors[0].pointer.as_str()), (422, "/events"));
+        assert!(p.detail.contains("1000"), "{}", p.detail);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let p = batch(&t, PartnerId::new(), br#"{"events": null}"#, 1024).unwrap_err();
+        assert_eq!((p.status, p.errors[0].pointer.as_str()), (422, "/events"));
+        let p = batch(&t, PartnerId::new(), br#"{"events": {"a": [1]}}"#, 1024).unwrap_err();
+        assert_eq!((p.status, p.errors[0].pointer.as_str()), (422, "/events"));
+        let exactly: String = format!(
+            r#"{{"events": [{}]}}"#,
+            vec![r#"{"data": 1}"#; 1000].join(",")
+        );
+        assert_eq!(
+            batch(&t, PartnerId::new(), exactly.as_bytes(), 1024)
+                .unwrap()
+                .len(),
+            1000
         );
     }
 

@@ -6,8 +6,12 @@
 //!                                                     └──confirmed ids──► deleter (DELETE … = ANY)
 //! relay (every outbox_relay_interval): outbox rows left behind ──► anika.events
 //! maintenance (every maintenance_interval): partitions ahead, retention behind
-//! listener: catalog NOTIFY ──► topic cache invalidation
+//! listener: catalog NOTIFY ──► topic cache and partner quota invalidation
 //! ```
+//!
+//! Before a request joins a group commit it must pass the bounded backlog
+//! (outbox depth under `ANIKA_MAX_BACKLOG`, else 503) and its partner's ingest
+//! quota (else 429), so a refused request has written nothing.
 //!
 //! RabbitMQ is never on the request path: a 202 needs PostgreSQL only, so
 //! ingest keeps accepting while the broker is away and the relay catches up.
@@ -21,12 +25,14 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+mod backlog;
 pub mod error;
 mod events;
 mod input;
 mod maintenance;
 mod meters;
 mod publisher;
+mod quotas;
 mod relay;
 mod search;
 mod topics;
@@ -47,6 +53,8 @@ pub struct State(Arc<Inner>);
 struct Inner {
     ctx: Context,
     topics: Arc<topics::TopicCache>,
+    quotas: Arc<quotas::Quotas>,
+    backlog: Arc<backlog::Backlog>,
     writer: writer::Writer,
 }
 
@@ -81,21 +89,25 @@ impl State {
             tracing::warn!(error = %e, "cannot create the event log's partitions yet; maintenance will retry");
         }
         let cache = Arc::new(topics::TopicCache::default());
+        let quotas = Arc::new(quotas::Quotas::default());
+        let backlog = Arc::new(backlog::Backlog::new(config.max_backlog));
         tasks.spawn(topics::follow_changes(
             pool.clone(),
             listener,
             Arc::clone(&cache),
+            Arc::clone(&quotas),
             shutdown.clone(),
         ));
         let publish = publisher::start(
             &ctx.broker,
             pool,
             config.outbox_relay_after,
+            &backlog,
             tasks,
             shutdown,
         );
         let writers = writer::writers_for(config.database_pool);
-        let writer = writer::start(writers, pool, &publish, tasks, shutdown);
+        let writer = writer::start(writers, pool, &publish, &backlog, tasks, shutdown);
         drop(publish);
         tasks.spawn(
             relay::Relay {
@@ -103,6 +115,7 @@ impl State {
                 broker: Arc::clone(&ctx.broker),
                 interval: config.outbox_relay_interval,
                 after: config.outbox_relay_after,
+                backlog: Arc::clone(&backlog),
                 shutdown: shutdown.clone(),
             }
             .run(),
@@ -116,6 +129,8 @@ impl State {
         Ok(Self(Arc::new(Inner {
             ctx,
             topics: cache,
+            quotas,
+            backlog,
             writer,
         })))
     }
@@ -149,11 +164,14 @@ pub async fn run(
         .map_err(std::io::Error::other)?;
     let mut api = anika_shared::http::openapi_base();
     api.merge(openapi());
-    let app = anika_shared::http::finish(router(state).merge(anika_shared::http::service_router(
-        ctx.readiness(),
-        api,
-        ctx.metrics.clone(),
-    )));
+    let app = anika_shared::http::finish_with(
+        router(state).merge(anika_shared::http::service_router(
+            ctx.readiness(),
+            api,
+            ctx.metrics.clone(),
+        )),
+        &ctx.config,
+    );
     anika_shared::http::serve(listener, app, shutdown).await?;
     tasks.close();
     tasks.wait().await;

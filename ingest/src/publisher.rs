@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
-use crate::meters as m;
+use crate::{backlog::Backlog, meters as m};
 
 /// Publishes awaiting their confirm at most (bounds memory while RabbitMQ is slow).
 const MAX_IN_FLIGHT: usize = 20_000;
@@ -109,13 +109,18 @@ pub(crate) fn start(
     broker: &Arc<Broker>,
     pool: &PgPool,
     relay_after: Duration,
+    backlog: &Arc<Backlog>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> PublishQueue {
     let (sender, receiver) = mpsc::channel(HAND_OVER_DEPTH);
     let queued = Arc::new(AtomicUsize::new(0));
     let (done, confirmed) = mpsc::channel(256);
-    tasks.spawn(delete_confirmed(pool.clone(), confirmed));
+    tasks.spawn(delete_confirmed(
+        pool.clone(),
+        Arc::clone(backlog),
+        confirmed,
+    ));
     tasks.spawn(
         Publisher {
             broker: Arc::clone(broker),
@@ -398,7 +403,11 @@ fn backoff() -> impl Iterator<Item = Duration> {
 ///
 /// Rows the relay holds locked are skipped, not waited for: the relay deletes
 /// them itself once it has republished them.
-async fn delete_confirmed(pool: PgPool, mut confirmed: mpsc::Receiver<Vec<Uuid>>) {
+async fn delete_confirmed(
+    pool: PgPool,
+    backlog: Arc<Backlog>,
+    mut confirmed: mpsc::Receiver<Vec<Uuid>>,
+) {
     while let Some(mut ids) = confirmed.recv().await {
         while ids.len() < 10 * DELETE_BATCH {
             match confirmed.try_recv() {
@@ -413,9 +422,12 @@ async fn delete_confirmed(pool: PgPool, mut confirmed: mpsc::Receiver<Vec<Uuid>>
         .bind(&ids)
         .execute(&pool)
         .await;
-        if let Err(e) = result {
+        match result {
+            Ok(done) => backlog.removed(done.rows_affected()),
             // The events are published; their rows stay and the relay publishes them once more.
-            tracing::warn!(error = %e, events = ids.len(), "cannot delete confirmed outbox rows");
+            Err(e) => {
+                tracing::warn!(error = %e, events = ids.len(), "cannot delete confirmed outbox rows");
+            }
         }
     }
     tracing::debug!("outbox deleter stopped");

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
+    backlog::Backlog,
     meters as m,
     publisher::{confirmed, publish},
 };
@@ -75,6 +76,8 @@ pub(crate) struct Relay {
     pub(crate) broker: Arc<Broker>,
     pub(crate) interval: Duration,
     pub(crate) after: Duration,
+    /// Told what the relay deleted and what the outbox holds when counted.
+    pub(crate) backlog: Arc<Backlog>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -116,7 +119,7 @@ impl Relay {
                 .fetch_one(&self.pool)
                 .await;
         if let Ok(count) = count {
-            metrics::gauge!(m::OUTBOX_BACKLOG).set(count as f64);
+            self.backlog.measured(count.max(0) as u64);
         }
     }
 
@@ -208,11 +211,13 @@ impl Relay {
                 republished += 1;
             }
         }
-        sqlx::query("DELETE FROM outbox WHERE event_id = ANY($1)")
+        let deleted = sqlx::query("DELETE FROM outbox WHERE event_id = ANY($1)")
             .bind(&done)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
         tx.commit().await?;
+        self.backlog.removed(deleted);
         metrics::counter!(m::RELAY_REPUBLISHED).increment(republished);
         if published > 0 || dropped > 0 {
             tracing::info!(

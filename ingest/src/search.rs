@@ -11,10 +11,10 @@
 use anika_shared::{
     Problem,
     auth::Principal,
-    domain::{EventId, PartnerId, TopicId},
+    domain::{EventId, PartnerId, Timestamp, TopicId},
     envelope::format_time,
     extract::{Path, Query},
-    page::{Limit, Page, decode_cursor},
+    page::{Limit, Page, decode_time_cursor},
 };
 use axum::extract::State as AxumState;
 use chrono::{DateTime, Utc};
@@ -95,15 +95,11 @@ pub(crate) struct SearchQuery {
     cursor: Option<String>,
 }
 
-/// Parses an RFC 3339 time parameter; a `+` that arrived as a space (unencoded offset) is forgiven.
+/// Parses an RFC 3339 time parameter into a time PostgreSQL can store (see [`Timestamp`]).
 fn parse_time(name: &str, text: &str) -> Result<DateTime<Utc>, Problem> {
-    DateTime::parse_from_rfc3339(&text.trim().replace(' ', "+"))
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            Problem::bad_request(format!(
-                "invalid query parameter `{name}`: `{text}` is not an RFC 3339 time such as 2026-11-02T10:00:00Z ({e})"
-            ))
-        })
+    Timestamp::parse(text)
+        .map(Timestamp::get)
+        .map_err(|e| Problem::bad_request(format!("invalid query parameter `{name}`: {e}")))
 }
 
 /// Parses `contains`: any JSON PostgreSQL can store.
@@ -113,8 +109,8 @@ fn parse_contains(text: &str) -> Result<Value, Problem> {
             "invalid query parameter `contains`: not JSON ({e}); pass URL-encoded JSON such as %7B%22country%22%3A%22DE%22%7D"
         ))
     })?;
-    if text.contains("\\u0000")
-        && serde_json::to_string(&value).is_ok_and(|s| s.contains("\\u0000"))
+    if anika_shared::storable::raw_has_nul(text)
+        && !anika_shared::storable::find_nul(&value, "").is_empty()
     {
         return Err(Problem::bad_request(
             "invalid query parameter `contains`: the character U+0000 cannot occur in stored events",
@@ -164,8 +160,11 @@ async fn list_events(
         .map(|t| parse_time("until", t))
         .transpose()?;
     let contains = query.contains.as_deref().map(parse_contains).transpose()?;
-    let after: Option<(DateTime<Utc>, Uuid)> =
-        query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> = query
+        .cursor
+        .as_deref()
+        .map(decode_time_cursor)
+        .transpose()?;
     if let Some(key) = &query.key
         && key.contains('\0')
     {

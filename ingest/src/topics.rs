@@ -24,7 +24,10 @@ use sqlx::{PgPool, postgres::PgListener, types::Json as SqlJson};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    quotas::Quotas,
+};
 
 /// Entries kept before the cache starts over (topics are few; this only bounds a pathological case).
 const CAPACITY: usize = 100_000;
@@ -129,17 +132,23 @@ pub(crate) async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
-/// Applies catalog changes to the cache until `shutdown`.
+/// Applies catalog changes to the topic cache and the partner quotas until `shutdown`.
 ///
 /// While the listener is down the cache is empty and stays empty (every request
-/// reads the topic from PostgreSQL); once it listens again, caching resumes.
+/// reads the topic from PostgreSQL) and quotas are reloaded every second; once
+/// it listens again, caching resumes.
 pub(crate) async fn follow_changes(
     pool: PgPool,
     listener: PgListener,
     cache: Arc<TopicCache>,
+    quotas: Arc<Quotas>,
     shutdown: CancellationToken,
 ) {
-    cache.reset(true);
+    let reset = |following: bool| {
+        cache.reset(following);
+        quotas.reset(following);
+    };
+    reset(true);
     let mut listener = Some(listener);
     loop {
         let mut current = match listener.take() {
@@ -164,7 +173,7 @@ pub(crate) async fn follow_changes(
                         tracing::info!(
                             "listening for catalog changes again; topic cache re-enabled"
                         );
-                        cache.reset(true);
+                        reset(true);
                         current
                     }
                     Err(_) => continue,
@@ -179,6 +188,7 @@ pub(crate) async fn follow_changes(
             match next {
                 Ok(Some(notification)) => match Change::parse(notification.payload()) {
                     Some(Change::Topic { topic_id }) => cache.invalidate(topic_id),
+                    Some(Change::Partner { partner_id }) => quotas.invalidate(partner_id),
                     Some(_) => {}
                     None => tracing::debug!(
                         payload = notification.payload(),
@@ -186,10 +196,10 @@ pub(crate) async fn follow_changes(
                     ),
                 },
                 // Reconnected by sqlx: whatever changed meanwhile went unheard.
-                Ok(None) => cache.reset(true),
+                Ok(None) => reset(true),
                 Err(e) => {
                     tracing::warn!(error = %e, "catalog change listener failed; topic cache disabled until it is back");
-                    cache.reset(false);
+                    reset(false);
                     break;
                 }
             }

@@ -1,6 +1,7 @@
 //! Group commit: many requests, one multi-row insert, one commit.
 //!
-//! Handlers send their checked events through a bounded channel and wait on a
+//! Handlers send their checked events through a bounded channel (a full one
+//! refuses the request with a 503 rather than queueing it) and wait on a
 //! oneshot. A writer takes everything queued (up to [`MAX_GROUP_EVENTS`] /
 //! [`MAX_GROUP_BYTES`]), writes the event rows and their outbox rows with one
 //! `INSERT … SELECT FROM UNNEST(…)` — a single statement, so atomic without an
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
+    backlog::Backlog,
     error::Error,
     meters as m,
     publisher::{Outgoing, PublishQueue},
@@ -44,7 +46,7 @@ pub(crate) const MAX_WRITERS: usize = 4;
 pub(crate) const MAX_GROUP_EVENTS: usize = 4000;
 /// Most `data` bytes in one group, so a few huge batches do not make one enormous statement.
 pub(crate) const MAX_GROUP_BYTES: usize = 8 << 20;
-/// Requests waiting for a writer before handlers wait to enqueue (back-pressure).
+/// Requests waiting for a writer; past it requests are refused with a 503 (load shedding).
 pub(crate) const QUEUE_DEPTH: usize = 1024;
 /// After shutdown began, a writer stops once no request arrived for this long.
 const SHUTDOWN_IDLE: Duration = Duration::from_secs(1);
@@ -140,15 +142,20 @@ impl Writer {
         items: Vec<Item>,
     ) -> Result<Vec<Accepted>, Error> {
         let (reply, answer) = oneshot::channel();
+        // A full queue means the writers are behind by a whole queue of requests: waiting
+        // for room would only grow every client's latency (and the requests in memory),
+        // so the request is refused at once with a Retry-After, before anything is stored.
         self.queue
-            .send(Submission {
+            .try_send(Submission {
                 topic,
                 publisher,
                 items,
                 reply,
             })
-            .await
-            .map_err(|_| Error::WriterGone)?;
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Error::Busy,
+                mpsc::error::TrySendError::Closed(_) => Error::WriterGone,
+            })?;
         answer.await.map_err(|_| Error::WriterGone)?
     }
 }
@@ -164,6 +171,7 @@ pub(crate) fn start(
     writers: usize,
     pool: &PgPool,
     publish: &PublishQueue,
+    backlog: &Arc<Backlog>,
     tasks: &tokio_util::task::TaskTracker,
     shutdown: &CancellationToken,
 ) -> Writer {
@@ -174,6 +182,7 @@ pub(crate) fn start(
             pool: pool.clone(),
             receiver: Arc::clone(&receiver),
             publish: publish.clone(),
+            backlog: Arc::clone(backlog),
             shutdown: shutdown.clone(),
             carry: VecDeque::new(),
         };
@@ -186,6 +195,8 @@ struct WriterTask {
     pool: PgPool,
     receiver: Arc<Mutex<mpsc::Receiver<Submission>>>,
     publish: PublishQueue,
+    /// Told how many outbox rows each group added.
+    backlog: Arc<Backlog>,
     shutdown: CancellationToken,
     /// Submissions put off to the next group because an earlier one in the group used the same key.
     carry: VecDeque<Submission>,
@@ -306,6 +317,8 @@ impl WriterTask {
             // The client may have gone; its events are committed and will be published all the same.
             let _ = submission.reply.send(answer);
         }
+        // Every new event got an outbox row in its commit.
+        self.backlog.added(outgoing.len());
         if !outgoing.is_empty() {
             self.publish.hand_over(outgoing);
         }

@@ -32,6 +32,11 @@ pub enum Change {
         /// The subscription.
         subscription_id: SubscriptionId,
     },
+    /// A partner's ingest quota (or name) changed: ingest reloads its rate limiter.
+    Partner {
+        /// The partner.
+        partner_id: PartnerId,
+    },
     /// Dead letters were replayed or history re-delivered: the operator expects the
     /// endpoint to answer, so dispatchers stop waiting out its circuit breaker's cool-down.
     Recovered {

@@ -254,6 +254,14 @@ pub struct Config {
     pub subscription_max_in_flight: MaxInFlight,
     /// `ANIKA_MAX_RETRY_AFTER`: the longest `Retry-After` an endpoint can make a retry wait.
     pub max_retry_after: Duration,
+    /// `ANIKA_MAX_BACKLOG`: unpublished events (outbox rows) past which ingest answers 503.
+    pub max_backlog: u64,
+    /// `ANIKA_REQUEST_READ_TIMEOUT`: a request body must have arrived whole within this time.
+    pub request_read_timeout: Duration,
+    /// `ANIKA_MAX_REQUESTS_IN_FLIGHT`: `/v1` requests handled at once; more get a 503.
+    pub max_requests_in_flight: usize,
+    /// `ANIKA_MAX_BODY_BYTES_IN_FLIGHT`: request body bytes held at once; more get a 503.
+    pub max_body_bytes_in_flight: usize,
 }
 
 /// A setting that could not be understood; names the variable.
@@ -298,6 +306,10 @@ struct Raw {
     metrics_per_subscription: Option<String>,
     subscription_max_in_flight: Option<String>,
     max_retry_after: Option<String>,
+    max_backlog: Option<String>,
+    request_read_timeout: Option<String>,
+    max_requests_in_flight: Option<String>,
+    max_body_bytes_in_flight: Option<String>,
 }
 
 /// Parses one setting or says which variable is wrong.
@@ -461,6 +473,22 @@ impl Config {
                 "32",
             )?,
             max_retry_after: duration_setting("max_retry_after", raw.max_retry_after, "1h")?,
+            max_backlog: setting("max_backlog", raw.max_backlog, "100000")?,
+            request_read_timeout: duration_setting(
+                "request_read_timeout",
+                raw.request_read_timeout,
+                "10s",
+            )?,
+            max_requests_in_flight: setting(
+                "max_requests_in_flight",
+                raw.max_requests_in_flight,
+                "4096",
+            )?,
+            max_body_bytes_in_flight: setting(
+                "max_body_bytes_in_flight",
+                raw.max_body_bytes_in_flight,
+                "268435456",
+            )?,
         };
         if config.replay_rate_per_s == 0 {
             return Err(ConfigError(
@@ -480,6 +508,21 @@ impl Config {
         if config.dispatch_concurrency == 0 || config.prefetch == 0 || config.database_pool == 0 {
             return Err(ConfigError(
                 "ANIKA_DISPATCH_CONCURRENCY, ANIKA_PREFETCH and ANIKA_DATABASE_POOL must be positive".into(),
+            ));
+        }
+        if config.max_backlog == 0
+            || config.max_requests_in_flight == 0
+            || config.request_read_timeout.is_zero()
+        {
+            return Err(ConfigError(
+                "ANIKA_MAX_BACKLOG, ANIKA_MAX_REQUESTS_IN_FLIGHT and ANIKA_REQUEST_READ_TIMEOUT must be positive"
+                    .into(),
+            ));
+        }
+        if config.max_body_bytes_in_flight < config.max_batch_bytes {
+            // Otherwise one largest allowed batch could never be read.
+            return Err(ConfigError(
+                "ANIKA_MAX_BODY_BYTES_IN_FLIGHT: must be at least ANIKA_MAX_BATCH_BYTES".into(),
             ));
         }
         if config.http_connect_timeout > config.http_timeout {
@@ -513,6 +556,10 @@ mod tests {
         assert!(c.allowed_target_nets.is_empty());
         assert_eq!(c.subscription_max_in_flight.get(), 32);
         assert_eq!(c.max_retry_after, Duration::from_secs(3600));
+        assert_eq!(c.max_backlog, 100_000);
+        assert_eq!(c.request_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_requests_in_flight, 4096);
+        assert_eq!(c.max_body_bytes_in_flight, 256 << 20);
     }
 
     #[test]

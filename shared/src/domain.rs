@@ -287,6 +287,9 @@ impl Description {
         if text.chars().count() > 2000 {
             return Err("must have at most 2000 characters".into());
         }
+        if text.contains('\0') {
+            return Err(crate::storable::NUL_DETAIL.into());
+        }
         Ok(Self(text.to_owned()))
     }
 
@@ -410,6 +413,84 @@ impl fmt::Debug for WebhookSecret {
     }
 }
 
+/// A point in time PostgreSQL can store and compare: RFC 3339, years 1 to 9999, UTC.
+///
+/// `timestamptz` spans 4713 BC to 294276 AD; chrono reaches further, and a time
+/// outside PostgreSQL's range fails the query (a 500). Every time a client
+/// sends (query parameters, cursors, bodies) is parsed into this type, so none
+/// reaches the database unchecked. Years 1–9999 are also all RFC 3339 allows.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, format = DateTime, example = "2026-11-02T10:00:00Z")]
+pub struct Timestamp(chrono::DateTime<chrono::Utc>);
+
+impl Timestamp {
+    /// Parses an RFC 3339 time; a `+` that arrived as a space (an unencoded offset in a query) is forgiven.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let parsed =
+            chrono::DateTime::parse_from_rfc3339(&text.trim().replace(' ', "+")).map_err(|e| {
+                format!(
+                    "`{}` is not an RFC 3339 time such as 2026-11-02T10:00:00Z ({e})",
+                    truncate(text, 64)
+                )
+            })?;
+        Self::try_from(parsed.with_timezone(&chrono::Utc))
+    }
+
+    /// The time.
+    pub fn get(self) -> chrono::DateTime<chrono::Utc> {
+        self.0
+    }
+}
+
+impl TryFrom<chrono::DateTime<chrono::Utc>> for Timestamp {
+    type Error = String;
+    fn try_from(value: chrono::DateTime<chrono::Utc>) -> Result<Self, Self::Error> {
+        use chrono::Datelike as _;
+        if (1..=9999).contains(&value.year()) {
+            Ok(Self(value))
+        } else {
+            Err(format!(
+                "{value} is out of range: times must lie in the years 1 to 9999"
+            ))
+        }
+    }
+}
+
+impl From<Timestamp> for chrono::DateTime<chrono::Utc> {
+    fn from(value: Timestamp) -> Self {
+        value.0
+    }
+}
+
+impl TryFrom<String> for Timestamp {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<Timestamp> for String {
+    fn from(value: Timestamp) -> Self {
+        value.0.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    }
+}
+
+impl FromStr for Timestamp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from(*self))
+    }
+}
+
 /// Fills a buffer from the operating system's CSPRNG.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
@@ -465,6 +546,37 @@ mod tests {
             serde_json::to_string(&MaxInFlight::try_from(7).unwrap()).unwrap(),
             "7"
         );
+    }
+
+    #[test]
+    fn timestamps_are_only_what_postgresql_can_store() {
+        let t = Timestamp::parse("2026-11-02T10:00:00.123Z").unwrap();
+        assert_eq!(t.to_string(), "2026-11-02T10:00:00.123Z");
+        assert_eq!(
+            Timestamp::parse("2026-11-02T10:00:00 01:00").unwrap(),
+            Timestamp::parse("2026-11-02T09:00:00Z").unwrap()
+        );
+        for bad in [
+            "-5000-01-01T00:00:00Z",
+            "+300000-01-01T00:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:00:00-05:00",
+            "yesterday",
+        ] {
+            assert!(Timestamp::parse(bad).is_err(), "{bad}");
+        }
+        let far = chrono::DateTime::<chrono::Utc>::MIN_UTC;
+        assert!(Timestamp::try_from(far).is_err());
+        // Cursors carry times through serde: the same rule applies there.
+        assert!(serde_json::from_str::<Timestamp>("\"-5000-01-01T00:00:00Z\"").is_err());
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+    }
+
+    #[test]
+    fn descriptions_refuse_nul() {
+        assert!(Description::parse("a\0b").is_err());
+        assert!(Description::parse("fine").is_ok());
     }
 
     #[test]

@@ -10,7 +10,11 @@ use axum::{
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use crate::problem::{FieldError, Problem};
+use crate::{
+    edge::BodyError,
+    problem::{FieldError, Problem},
+    storable::{find_nul, raw_has_nul},
+};
 
 /// A JSON body. Not JSON: 400; JSON of the wrong shape: 422 with a pointer; too large: 413.
 #[derive(Debug, Clone, Copy, Default)]
@@ -65,7 +69,39 @@ pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem
             vec![FieldError::new("", "expected a JSON object")],
         ));
     }
+    refuse_nul(bytes)?;
     parse_json(bytes)
+}
+
+/// 422 with a pointer to each string or member name holding U+0000, which PostgreSQL cannot store.
+///
+/// Checked on every JSON body, whatever its type: the fields of every route are covered at once.
+pub fn refuse_nul(bytes: &[u8]) -> Result<(), Problem> {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Ok(()); // not JSON at all: parsing says so
+    };
+    if !raw_has_nul(text) {
+        return Ok(());
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Ok(());
+    };
+    let errors = find_nul(&value, "");
+    match errors.first() {
+        None => Ok(()),
+        Some(first) => Err(Problem::validation(
+            format!(
+                "{}: {}",
+                if first.pointer.is_empty() {
+                    "body"
+                } else {
+                    &first.pointer
+                },
+                first.detail
+            ),
+            errors,
+        )),
+    }
 }
 
 /// Refuses a body that does not say it is JSON (415), so a form post is not misread.
@@ -94,8 +130,12 @@ pub fn require_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), 
     }
 }
 
-/// Maps a body that could not be read: over the size limit is 413.
+/// Maps a body that could not be read: over the size limit is 413; too slow 408;
+/// over the server's body budget 503 (see [`crate::edge`]).
 pub fn body_rejection(rejection: BytesRejection) -> Problem {
+    if let Some(error) = BodyError::find(&rejection) {
+        return error.problem();
+    }
     if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         Problem::payload_too_large(format!(
             "the body is larger than allowed ({})",
@@ -220,6 +260,15 @@ where
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
+        // PostgreSQL cannot compare with (or store) U+0000: refuse it in any parameter, by name.
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            if name.contains('\0') || value.contains('\0') {
+                return Err(Problem::bad_request(format!(
+                    "invalid query parameter `{}`: contains the character U+0000",
+                    name.replace('\0', "\\u0000")
+                )));
+            }
+        }
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(de)
             .map(Query)
@@ -286,6 +335,16 @@ mod tests {
                 .status,
             400
         );
+    }
+
+    #[test]
+    fn a_nul_anywhere_in_a_body_is_pointed_at() {
+        let p =
+            parse_json_object::<serde_json::Value>(br#"{"a":{"b\u0000":["\u0000"]}}"#).unwrap_err();
+        assert_eq!(p.status, 422);
+        let pointers: Vec<&str> = p.errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(pointers, vec!["/a/b\u{0}", "/a/b\u{0}/0"]);
+        assert!(parse_json_object::<serde_json::Value>(br#"{"a":"\\u0000"}"#).is_ok());
     }
 
     #[test]

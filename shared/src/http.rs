@@ -273,6 +273,15 @@ pub fn finish(router: Router) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
+/// Like [`finish`], with the resource bounds of [`crate::edge`] on every `/v1` route:
+/// a deadline for request bodies, and caps on requests and body bytes in flight.
+pub fn finish_with(router: Router, config: &crate::config::Config) -> Router {
+    finish(router.layer(middleware::from_fn_with_state(
+        crate::edge::EdgeLimits::new(config),
+        crate::edge::enforce,
+    )))
+}
+
 /// Serves `app` on an already-bound listener until `shutdown` fires, then drains open requests.
 pub async fn serve(
     listener: TcpListener,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod domain;
+pub mod edge;
 pub mod envelope;
 pub mod extract;
 pub mod http;
@@ -15,6 +16,7 @@ pub mod net;
 pub mod page;
 pub mod patch;
 pub mod problem;
+pub mod storable;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -111,6 +111,14 @@ pub fn decode_cursor<K: DeserializeOwned>(cursor: &str) -> Result<K, Problem> {
         })
 }
 
+/// Decodes the usual `(time, id)` cursor; a time PostgreSQL cannot store (a
+/// tampered cursor) is refused here like any other tampering, not by the database.
+pub fn decode_time_cursor(
+    cursor: &str,
+) -> Result<(chrono::DateTime<chrono::Utc>, uuid::Uuid), Problem> {
+    decode_cursor::<(crate::domain::Timestamp, uuid::Uuid)>(cursor).map(|(at, id)| (at.get(), id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +141,21 @@ mod tests {
         let last = Page::from_rows(vec![1, 2], Limit::parse(2).unwrap(), |n| *n);
         assert!(last.next_cursor.is_none());
         assert!(decode_cursor::<i32>("!!").is_err());
+    }
+
+    #[test]
+    fn a_time_cursor_outside_postgresqls_range_is_a_400() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-02T10:00:00.5Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(
+            decode_time_cursor(&encode_cursor(&(at, id))).unwrap(),
+            (at, id)
+        );
+        let far = encode_cursor(&("-5000-01-01T00:00:00Z", id));
+        assert_eq!(decode_time_cursor(&far).unwrap_err().status, 400);
+        let min = encode_cursor(&(chrono::DateTime::<chrono::Utc>::MIN_UTC, id));
+        assert_eq!(decode_time_cursor(&min).unwrap_err().status, 400);
     }
 }

@@ -108,6 +108,16 @@ impl Problem {
         )
     }
 
+    /// 408: the request (its body) did not arrive in time.
+    pub fn request_timeout(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            detail,
+        )
+    }
+
     /// 409: the request clashes with the current state (a duplicate name).
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
@@ -178,6 +188,18 @@ impl Problem {
             detail,
         );
         p.retry_after = Some(1);
+        p
+    }
+
+    /// 503 because the server is at a bound it keeps so as not to fall over; retry after `retry_after` s.
+    pub fn overloaded(detail: impl Into<String>, retry_after: u64) -> Self {
+        let mut p = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Service overloaded",
+            detail,
+        );
+        p.retry_after = Some(retry_after.max(1));
         p
     }
 

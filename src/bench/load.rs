@@ -123,10 +123,11 @@ impl Poster {
             .await
             .map_err(|e| reason(&e))?;
         let status = response.status();
+        let refusal = refusal(&response);
         let bytes = response.bytes().await.map_err(|e| reason(&e))?;
         let acked = Instant::now();
         if status != reqwest::StatusCode::ACCEPTED {
-            return Err(format!("HTTP {}", status.as_u16()));
+            return Err(refusal);
         }
         let one: AcceptedOne =
             serde_json::from_slice(&bytes).map_err(|e| format!("bad 202 body: {e}"))?;
@@ -165,10 +166,11 @@ impl Poster {
             .await
             .map_err(|e| reason(&e))?;
         let status = response.status();
+        let refusal = refusal(&response);
         let bytes = response.bytes().await.map_err(|e| reason(&e))?;
         let acked = Instant::now();
         if status != reqwest::StatusCode::ACCEPTED {
-            return Err(format!("HTTP {}", status.as_u16()));
+            return Err(refusal);
         }
         let batch: AcceptedBatch =
             serde_json::from_slice(&bytes).map_err(|e| format!("bad 202 body: {e}"))?;
@@ -189,6 +191,24 @@ impl Poster {
 /// The `pad` string that makes an event's `data` about `bytes` long.
 pub fn pad(bytes: usize) -> String {
     "x".repeat(bytes.saturating_sub(24))
+}
+
+/// Suffix of a failure reason whose answer carried a usable `Retry-After` (whole seconds, at least 1).
+pub const WITH_RETRY_AFTER: &str = " with Retry-After";
+
+/// The failure reason of an answer other than 202: its status, and whether it said when to retry.
+fn refusal(response: &reqwest::Response) -> String {
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|seconds| seconds >= 1);
+    format!(
+        "HTTP {}{}",
+        response.status().as_u16(),
+        if retry_after { WITH_RETRY_AFTER } else { "" }
+    )
 }
 
 fn reason(error: &reqwest::Error) -> String {

@@ -43,7 +43,9 @@ pub enum Scenario {
     Soak,
     /// A healthy partner beside one whose endpoint answers after 2 s: p99 with and without.
     Noisy,
-    /// Every scenario but soak and noisy.
+    /// Single events offered at twice the measured capacity: accepted rate, latency, refusals, losses.
+    Overload,
+    /// Every scenario but soak, noisy and overload.
     All,
 }
 
@@ -68,6 +70,9 @@ pub struct BenchArgs {
     /// How long each load phase lasts.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// How long the overload scenario offers twice the measured capacity.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub overload_duration: Duration,
     /// How long each ceiling is measured.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub ceiling_duration: Duration,
@@ -221,6 +226,7 @@ async fn run(
                 Scenario::Ceiling => bench.ceiling(&mut run).await?,
                 Scenario::Soak => bench.soak(&mut run).await?,
                 Scenario::Noisy => bench.noisy(&mut run).await?,
+                Scenario::Overload => bench.overload(&mut run).await?,
                 Scenario::All => {}
             }
         }

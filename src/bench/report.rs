@@ -219,6 +219,27 @@ const TARGETS: &[(&str, &str, &str, f64, bool)] = &[
         true,
     ),
     (
+        "overload (2x capacity offered): accepted >= 90 % of capacity",
+        "overload",
+        "accepted_of_capacity",
+        0.9,
+        true,
+    ),
+    (
+        "overload: p99 of accepted events <= 100 ms",
+        "overload",
+        "accepted_p99_ms",
+        100.0,
+        false,
+    ),
+    (
+        "overload: every refusal a 429/503 with Retry-After",
+        "overload",
+        "bad_refusals",
+        0.0,
+        false,
+    ),
+    (
         "soak: RSS growth after warm-up <= 10 %",
         "soak",
         "rss_growth_pct",

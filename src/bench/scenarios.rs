@@ -442,6 +442,92 @@ impl Bench<'_> {
         fixture.delete(&self.api).await
     }
 
+    /// Single events offered (open loop) at twice the capacity just measured (closed loop):
+    /// the share of capacity still accepted, the latency of what was accepted, that every
+    /// refusal was a 429/503 with `Retry-After` (said before anything was stored), and that
+    /// every 202 was delivered.
+    pub async fn overload(&mut self, run: &mut Run) -> Result<(), CliError> {
+        let scenario = "overload";
+        let fixture = self.fixture(scenario, 1).await?;
+        let poster = self.poster(&fixture);
+
+        let baseline = self.receiver.count();
+        let counter = Arc::clone(&poster.progress);
+        let phase = Phase::start(
+            format!("{scenario}: capacity, {} clients", self.args.concurrency),
+            0,
+            move || counter.load(Ordering::Relaxed),
+        );
+        let measured = load::closed_loop(
+            &poster,
+            self.args.concurrency,
+            1,
+            Until::Elapsed(self.args.duration),
+        )
+        .await;
+        let capacity = measured.accepted.len() as f64 / measured.elapsed.as_secs_f64();
+        phase.finish(&format!("{capacity:.0} events/s"));
+        let matched = self
+            .drain("overload capacity", &fixture, &measured, baseline)
+            .await;
+        run.checks.push(matched.check);
+        if capacity < 1.0 {
+            return Err("overload: the capacity phase accepted nothing".into());
+        }
+
+        let offered = (2.0 * capacity).round() as u32;
+        let baseline = self.receiver.count();
+        poster.progress.store(0, Ordering::Relaxed);
+        let counter = Arc::clone(&poster.progress);
+        let total = (f64::from(offered) * self.args.overload_duration.as_secs_f64()) as u64;
+        let phase = Phase::start(
+            format!("{scenario}: {offered}/s offered"),
+            total,
+            move || counter.load(Ordering::Relaxed),
+        );
+        let load = load::open_loop(&poster, offered, self.args.overload_duration).await;
+        phase.finish(&format!(
+            "{} accepted, {} refused",
+            load.accepted.len(),
+            load.failed()
+        ));
+        let matched = self.drain(scenario, &fixture, &load, baseline).await;
+
+        let accepted_per_s = load.accepted.len() as f64 / load.elapsed.as_secs_f64();
+        run.add(scenario, "capacity_per_s", capacity);
+        run.add(scenario, "offered_per_s", f64::from(offered));
+        run.add(scenario, "accepted_per_s", accepted_per_s);
+        run.add(scenario, "accepted_of_capacity", accepted_per_s / capacity);
+        if let Some(p) = Percentiles::of(ingest_latencies(&load.accepted)) {
+            run.add(scenario, "accepted_p50_ms", p.p50);
+            run.add(scenario, "accepted_p99_ms", p.p99);
+        }
+        let told_when = |reason: &str| {
+            reason.ends_with(load::WITH_RETRY_AFTER)
+                && (reason.starts_with("HTTP 429") || reason.starts_with("HTTP 503"))
+        };
+        let (refused, bad): (u64, u64) =
+            load.failures
+                .iter()
+                .fold((0, 0), |(refused, bad), (reason, n)| {
+                    if told_when(reason) {
+                        (refused + n, bad)
+                    } else {
+                        (refused, bad + n)
+                    }
+                });
+        run.add(scenario, "refused", refused as f64);
+        run.add(scenario, "bad_refusals", bad as f64);
+        if load.failed() > 0 {
+            run.notes.push(format!(
+                "{scenario}: refusals by reason: {:?}",
+                load.failures
+            ));
+        }
+        run.checks.push(matched.check);
+        fixture.delete(&self.api).await
+    }
+
     /// The raw ceilings: RabbitMQ confirmed publishes, PostgreSQL inserts, the receiver.
     pub async fn ceiling(&mut self, run: &mut Run) -> Result<(), CliError> {
         let scenario = "ceiling";

@@ -287,6 +287,7 @@ async fn the_openapi_document_describes_exactly_the_catalog_routes() {
         "POST /v1/partners",
         "GET /v1/partners",
         "GET /v1/partners/{id}",
+        "PATCH /v1/partners/{id}",
         "POST /v1/topics",
         "GET /v1/topics",
         "GET /v1/topics/{id}",
@@ -309,4 +310,143 @@ async fn the_openapi_document_describes_exactly_the_catalog_routes() {
     assert_eq!(found, expected);
     assert!(api["components"]["securitySchemes"]["bearer"].is_object());
     assert!(api["components"]["schemas"]["Problem"].is_object());
+    let partner = &api["components"]["schemas"]["PartnerOut"]["properties"];
+    for field in ["ingest_rate_per_s", "ingest_burst"] {
+        assert!(partner[field].is_object(), "{field} in {partner}");
+        assert!(
+            api["components"]["schemas"]["UpdatePartner"]["properties"][field].is_object(),
+            "{field} can be patched"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_nul_character_anywhere_is_a_422_with_its_pointer_not_a_500() {
+    let app = App::spawn().await;
+    let dealer = app.partner("dealer").await;
+    let topic = app.topic(&dealer.admin, "t").await;
+    let partner = format!("/v1/partners/{}", dealer.id);
+    let json_type = Some("application/json");
+    // Sent as raw text, so that the escapes reach the server exactly as written.
+    let sub_body = |extra: &str| {
+        format!(r#"{{"topic_id":"{topic}","url":"https://bank.example.com/h",{extra}}}"#)
+    };
+    let filter = sub_body(r#""filter":{"a":{"b":"\u0000"}}"#);
+    let description = sub_body(r#""description":"\u0000""#);
+    let cases: Vec<(Method, String, &str, &str, &str)> = vec![
+        (
+            Method::POST,
+            "/v1/partners".into(),
+            &app.operator,
+            r#"{"name":"p","description":"a\u0000b"}"#,
+            "/description",
+        ),
+        (
+            Method::PATCH,
+            partner.clone(),
+            &app.operator,
+            r#"{"description":"\u0000"}"#,
+            "/description",
+        ),
+        (
+            Method::PATCH,
+            partner.clone(),
+            &app.operator,
+            r#"{"name":"x\u0000"}"#,
+            "/name",
+        ),
+        (
+            Method::POST,
+            "/v1/topics".into(),
+            &dealer.admin,
+            r#"{"name":"u","description":"\u0000"}"#,
+            "/description",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/topics/{topic}"),
+            &dealer.admin,
+            r#"{"schema":{"type":"object","properties":{"a\u0000":{"const":"x"}}}}"#,
+            "/schema/properties/a\u{0}",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/topics/{topic}"),
+            &dealer.admin,
+            r#"{"schema":{"enum":["ok","\u0000"]}}"#,
+            "/schema/enum/1",
+        ),
+        (
+            Method::POST,
+            "/v1/subscriptions".into(),
+            &dealer.admin,
+            &filter,
+            "/filter/a/b",
+        ),
+        (
+            Method::POST,
+            "/v1/subscriptions".into(),
+            &dealer.admin,
+            &description,
+            "/description",
+        ),
+    ];
+    for (method, path, token, body, pointer) in cases {
+        let answer = app
+            .api
+            .send_raw(
+                method.clone(),
+                &path,
+                Some(token),
+                json_type,
+                body.as_bytes().to_vec(),
+            )
+            .await;
+        assert_eq!(
+            answer.status, 422,
+            "{method} {path} {body}: {}",
+            answer.body
+        );
+        answer.assert_problem();
+        assert_eq!(
+            answer.pointers(),
+            vec![pointer.to_owned()],
+            "{method} {path} {body}"
+        );
+    }
+    // An escaped backslash before `u0000` is text, and fine.
+    app.api
+        .send_raw(
+            Method::PATCH,
+            &partner,
+            Some(&app.operator),
+            json_type,
+            br#"{"description":"C:\\u0000"}"#.to_vec(),
+        )
+        .await
+        .expect(200);
+    for query in [
+        "/v1/topics?name=a%00",
+        "/v1/subscriptions?status=%00",
+        "/v1/partners?limit=1%00",
+    ] {
+        let answer = app.api.get(query, &dealer.admin).await;
+        assert_eq!(answer.status, 400, "{query}: {}", answer.body);
+        answer.assert_problem();
+    }
+    let far = anika_shared::page::encode_cursor(&("-5000-01-01T00:00:00Z", uuid::Uuid::now_v7()));
+    for list in [
+        "/v1/partners",
+        "/v1/topics",
+        "/v1/subscriptions",
+        "/v1/api-keys",
+        &format!("/v1/topics/{topic}/grants"),
+    ] {
+        let answer = app
+            .api
+            .get(&format!("{list}?cursor={far}"), &app.operator)
+            .await;
+        assert_eq!(answer.status, 400, "{list}: {}", answer.body);
+        assert!(answer.detail().contains("cursor"), "{}", answer.detail());
+    }
 }

@@ -4,5 +4,6 @@ mod auth;
 mod bad_input;
 mod helpers;
 mod partners;
+mod properties;
 mod subscriptions;
 mod topics;

@@ -168,3 +168,99 @@ async fn partner_lists_are_cursor_paginated() {
         400
     );
 }
+
+#[tokio::test]
+async fn operators_set_and_clear_a_partners_ingest_quota_and_only_the_partner_reads_it() {
+    let app = App::spawn().await;
+    let dealer = app.partner("dealer").await;
+    let bank = app.partner("bank").await;
+    let path = format!("/v1/partners/{}", dealer.id);
+    let fresh = app.api.get(&path, &app.operator).await.expect(200);
+    assert!(fresh["ingest_rate_per_s"].is_null() && fresh["ingest_burst"].is_null());
+    assert!(
+        fresh.as_object().unwrap().contains_key("ingest_rate_per_s"),
+        "the fields are always there: {fresh}"
+    );
+
+    let limited = app
+        .api
+        .patch(
+            &path,
+            &app.operator,
+            json!({"ingest_rate_per_s": 100, "ingest_burst": 1000000}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(limited["ingest_rate_per_s"], 100);
+    assert_eq!(limited["ingest_burst"], 1_000_000);
+    assert_eq!(limited["name"], "dealer", "what is not named stays");
+    let own = app.api.get(&path, &dealer.admin).await.expect(200);
+    assert_eq!(
+        own["ingest_rate_per_s"], 100,
+        "a partner sees its own quota"
+    );
+
+    // Only the rate removed: the burst stays, unused, until a rate comes back.
+    let renamed = app
+        .api
+        .patch(
+            &path,
+            &app.operator,
+            json!({"name": "Dealer AG", "description": "cars", "ingest_rate_per_s": null}),
+        )
+        .await
+        .expect(200);
+    assert!(renamed["ingest_rate_per_s"].is_null());
+    assert_eq!(renamed["ingest_burst"], 1_000_000);
+    assert_eq!(
+        (&renamed["name"], &renamed["description"]),
+        (&json!("Dealer AG"), &json!("cars"))
+    );
+
+    for (body, pointer) in [
+        (json!({"ingest_rate_per_s": 0}), "/ingest_rate_per_s"),
+        (
+            json!({"ingest_rate_per_s": 1_000_001}),
+            "/ingest_rate_per_s",
+        ),
+        (json!({"ingest_burst": -1}), "/ingest_burst"),
+        (json!({"ingest_burst": "10"}), "/ingest_burst"),
+        (json!({"ingest_rate_per_s": 1.5}), "/ingest_rate_per_s"),
+        (json!({"name": null}), "/name"),
+        (json!({"quota": 1}), "/quota"),
+    ] {
+        let answer = app.api.patch(&path, &app.operator, body.clone()).await;
+        assert_eq!(answer.status, 422, "{body}: {}", answer.body);
+        answer.assert_problem();
+        assert_eq!(answer.pointers(), vec![pointer], "{body}");
+    }
+    for token in [&dealer.admin, &dealer.publisher, &bank.admin] {
+        let answer = app
+            .api
+            .patch(&path, token, json!({"ingest_rate_per_s": 1000000}))
+            .await;
+        assert_eq!(answer.status, 403, "{}", answer.body);
+        answer.assert_problem();
+    }
+    let clash = app
+        .api
+        .patch(&path, &app.operator, json!({"name": "bank"}))
+        .await;
+    assert_eq!(clash.status, 409);
+    let missing = app
+        .api
+        .patch(
+            &format!("/v1/partners/{}", uuid::Uuid::now_v7()),
+            &app.operator,
+            json!({"ingest_burst": 5}),
+        )
+        .await;
+    assert_eq!(missing.status, 404);
+    missing.assert_problem();
+    let after = app.api.get(&path, &app.operator).await.expect(200);
+    assert_eq!(
+        after["name"], "Dealer AG",
+        "refused patches changed nothing"
+    );
+    assert!(after["ingest_rate_per_s"].is_null());
+}

@@ -701,3 +701,40 @@ async fn one_log_replay_runs_at_a_time_per_subscription_paced_and_within_the_win
     assert_eq!(too_long.pointers(), ["/until"]);
     assert!(too_long.detail().contains("2days"), "{}", too_long.detail());
 }
+
+#[tokio::test]
+async fn times_postgresql_cannot_store_are_client_errors_on_attempts_cursors_and_replays() {
+    let s = Setup::new(&[], json!({})).await;
+    let sub = s.sub_id();
+    let api = &s.app.api;
+    let admin = &s.dealer.admin;
+    let far = "-5000-01-01T00:00:00Z";
+    let attempts = api
+        .get(
+            &format!("/v1/subscriptions/{sub}/attempts?since={far}"),
+            admin,
+        )
+        .await;
+    assert_eq!(attempts.status, 400, "{:?}", attempts.body);
+    attempts.assert_problem();
+    assert!(attempts.detail().contains("since"), "{}", attempts.detail());
+    // A cursor that decodes to such a time (tampered with, or made by hand).
+    let cursor = anika_shared::page::encode_cursor(&(far, Uuid::nil()));
+    for path in [
+        format!("/v1/subscriptions/{sub}/attempts?cursor={cursor}"),
+        format!("/v1/subscriptions/{sub}/dead-letters?cursor={cursor}"),
+    ] {
+        let answer = api.get(&path, admin).await;
+        assert_eq!(answer.status, 400, "{path}: {:?}", answer.body);
+        answer.assert_problem();
+    }
+    let replay = format!("/v1/subscriptions/{sub}/replay");
+    for body in [
+        json!({"since": far}),
+        json!({"since": "2026-01-01T00:00:00Z", "until": "+300000-01-01T00:00:00Z"}),
+    ] {
+        let answer = api.post(&replay, admin, body.clone()).await;
+        assert_eq!(answer.status, 422, "{body}: {:?}", answer.body);
+        answer.assert_problem();
+    }
+}

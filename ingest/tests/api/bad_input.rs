@@ -457,6 +457,18 @@ async fn the_openapi_document_describes_the_event_routes() {
         );
     }
     assert!(paths["/v1/topics/{id}/events"]["post"]["responses"]["202"].is_object());
+    for path in ["/v1/topics/{id}/events", "/v1/topics/{id}/events/batch"] {
+        let responses = &paths[path]["post"]["responses"];
+        for header in ["Retry-After", "RateLimit-Policy", "RateLimit"] {
+            assert!(
+                responses["429"]["headers"][header].is_object(),
+                "{path}: 429 documents {header}: {responses}"
+            );
+        }
+        assert!(responses["503"]["headers"]["Retry-After"].is_object());
+        assert!(responses["202"]["headers"]["RateLimit"].is_object());
+        assert!(responses["408"].is_object());
+    }
     let params = paths["/v1/events"]["get"]["parameters"].as_array().unwrap();
     let names: Vec<&str> = params.iter().filter_map(|p| p["name"].as_str()).collect();
     for name in [

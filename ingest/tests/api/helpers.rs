@@ -63,7 +63,7 @@ impl App {
         let mut api = http::openapi_base();
         api.merge(anika_catalog::openapi());
         api.merge(anika_ingest::openapi());
-        let router = http::finish(
+        let router = http::finish_with(
             anika_catalog::router(catalog)
                 .merge(anika_ingest::router(ingest))
                 .merge(http::service_router(
@@ -71,6 +71,7 @@ impl App {
                     api,
                     ctx.metrics.clone(),
                 )),
+            &ctx.config,
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
