@@ -215,10 +215,37 @@ async fn posting_more(poster: &Poster, more: usize) {
     posting_for(poster, now + more).await;
 }
 
-async fn lost_none(what: &str, receiver: &Receiver, poster: Poster) {
+async fn lost_none(what: &str, on: &OnCluster, poster: Poster) {
+    let receiver = &on.receiver;
     let (accepted, refused) = poster.stop().await;
+    // A rolling restart under full load leaves a backlog of many thousands in a debug build.
     let (missing, duplicates) =
-        await_deliveries(receiver, &accepted, Duration::from_secs(120)).await;
+        await_deliveries(receiver, &accepted, Duration::from_secs(240)).await;
+    if !missing.is_empty() {
+        // Where the missing ones are: still in the outbox, queued, or gone.
+        let pool = anika_shared::db::connect(&on.env.database_url, 1)
+            .await
+            .unwrap();
+        let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let queue = on
+            .cluster
+            .api(
+                reqwest::Method::GET,
+                &format!("/api/queues/{}/{}", on.vhost, on.queue()),
+                None,
+            )
+            .await;
+        eprintln!(
+            "{what}: {} missing; outbox {outbox}; queue {} ready, {} unacked, {} consumers",
+            missing.len(),
+            queue["messages_ready"],
+            queue["messages_unacknowledged"],
+            queue["consumers"]
+        );
+    }
     eprintln!(
         "{what}: {} accepted, {refused} refused or failed while disturbed, {} lost, {duplicates} duplicates",
         accepted.len(),
@@ -272,7 +299,7 @@ async fn sigkill_of_the_node_leading_the_busy_queue_then_its_restart_loses_nothi
     posting_more(&poster, 200).await;
     on.cluster.script(&["restart", &leader.to_string()]).await;
     posting_more(&poster, 100).await;
-    lost_none("leader node killed", &on.receiver, poster).await;
+    lost_none("leader node killed", &on, poster).await;
     on.anika.terminate().await;
 }
 
@@ -289,7 +316,7 @@ async fn a_rolling_restart_of_all_three_nodes_under_load_loses_nothing() {
         on.cluster.script(&["restart", &node]).await;
         posting_more(&poster, 50).await;
     }
-    lost_none("rolling restart", &on.receiver, poster).await;
+    lost_none("rolling restart", &on, poster).await;
     on.anika.terminate().await;
 }
 
@@ -310,7 +337,7 @@ async fn sigkill_of_one_of_two_dispatcher_processes_under_load_loses_nothing() {
     posting_for(&poster, 200).await;
     second.kill().await;
     posting_more(&poster, 200).await;
-    lost_none("one of two dispatchers killed", &on.receiver, poster).await;
+    lost_none("one of two dispatchers killed", &on, poster).await;
     on.anika.terminate().await;
 }
 
