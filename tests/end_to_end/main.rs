@@ -397,6 +397,7 @@ async fn the_openapi_document_of_anika_up_describes_exactly_the_api_contract() {
         "POST /v1/subscriptions",
         "GET /v1/subscriptions",
         "GET /v1/subscriptions/{id}",
+        "PATCH /v1/partners/{id}",
         "PATCH /v1/subscriptions/{id}",
         "DELETE /v1/subscriptions/{id}",
         "POST /v1/subscriptions/{id}/rotate-secret",
