@@ -164,21 +164,11 @@ impl Filter {
         Doc::parse(json).map(Self)
     }
 
-    /// The filter of a parsed JSON value (numbers as `serde_json` kept them).
-    pub fn from_value(value: &serde_json::Value) -> Self {
-        Self::parse(&value.to_string()).expect("a serde_json value prints as valid JSON")
-    }
-
     /// Whether the event data (JSON text) contains the filter, as `data @> filter` would say.
     /// Data that is not JSON contains nothing (PostgreSQL would never have stored it).
     pub fn matches(&self, data: &str) -> bool {
         Doc::parse(data).is_ok_and(|doc| doc.contains(&self.0))
     }
-}
-
-/// `value @> filter` on `serde_json` values (numbers as `serde_json` parsed them).
-pub fn contains(value: &serde_json::Value, filter: &serde_json::Value) -> bool {
-    Filter::from_value(filter).matches(&value.to_string())
 }
 
 #[cfg(test)]

@@ -267,6 +267,31 @@ impl Setup {
         self.app.publish(&self.topic, &self.dealer.id, data).await
     }
 
+    /// How many dead-letter records the subscription has.
+    pub async fn dead_letter_records(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE subscription_id = $1::uuid")
+            .bind(self.sub_id())
+            .fetch_one(&self.app.ctx.pool)
+            .await
+            .expect("count dead letters")
+    }
+
+    /// The distinct `webhook-id`s of the receiver's requests from the `from`-th on, once
+    /// it has seen `from + n` requests (or 10 s passed), sorted.
+    pub async fn distinct_ids_after(&self, from: usize, n: usize) -> Vec<String> {
+        let got = self
+            .receiver
+            .wait_for(from + n, Duration::from_secs(10))
+            .await;
+        let mut ids: Vec<String> = got[from.min(got.len())..]
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// How long after `since` the receiver's next request came, once it had seen `seen`.
     pub async fn next_request_after(&self, seen: usize, since: std::time::Instant) -> Duration {
         let got = self

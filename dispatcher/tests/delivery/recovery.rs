@@ -107,16 +107,7 @@ async fn replaying_dead_letters_delivers_each_once_more_and_empties_queue_and_re
         .await
         .expect(202);
     assert_eq!(all["replayed"], 3);
-    let got = s
-        .receiver
-        .wait_for(failed_requests + 5, Duration::from_secs(10))
-        .await;
-    let mut redelivered: Vec<&str> = got[failed_requests..]
-        .iter()
-        .map(|r| r.header("webhook-id").unwrap())
-        .collect();
-    redelivered.sort();
-    redelivered.dedup();
+    let redelivered = s.distinct_ids_after(failed_requests, 5).await;
     assert_eq!(redelivered.len(), 5, "each dead letter delivered once more");
     assert_eq!(
         s.app.env.queue_depth(&format!("anika.dlq.{sub}")).await,
@@ -587,16 +578,7 @@ async fn dead_letters_the_broker_refuses_to_replay_stay_dead_lettered_with_their
         (again["replayed"].clone(), again["kept"].clone()),
         (json!(3), json!(0))
     );
-    let got = s
-        .receiver
-        .wait_for(failed_requests + 5, Duration::from_secs(10))
-        .await;
-    let mut ids: Vec<&str> = got[failed_requests..]
-        .iter()
-        .map(|r| r.header("webhook-id").unwrap())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
+    let ids = s.distinct_ids_after(failed_requests, 5).await;
     assert_eq!(ids.len(), 5, "every dead letter was delivered in the end");
 }
 

@@ -18,14 +18,7 @@ async fn a_failing_endpoint_gets_exactly_max_attempts_with_growing_gaps_then_one
     let app = &s.app;
     let sub = s.sub_id().to_owned();
     app.eventually("a dead-letter record", Duration::from_secs(15), || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM dead_letters WHERE subscription_id = $1::uuid",
-        )
-        .bind(&sub)
-        .fetch_one(&app.ctx.pool)
-        .await
-        .unwrap()
-            == 1
+        s.dead_letter_records().await == 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -184,16 +177,8 @@ async fn a_schedule_that_repeats_its_last_delay_retries_in_that_tier_until_max_a
     s.receiver.always(Reply::Status(500));
     s.publish(json!({"n": 1})).await;
     let app = &s.app;
-    let sub = s.sub_id().to_owned();
     app.eventually("a dead-letter record", Duration::from_secs(15), || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM dead_letters WHERE subscription_id = $1::uuid",
-        )
-        .bind(&sub)
-        .fetch_one(&app.ctx.pool)
-        .await
-        .unwrap()
-            == 1
+        s.dead_letter_records().await == 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
