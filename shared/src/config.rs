@@ -8,7 +8,7 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::domain::MaxInFlight;
+use crate::{domain::MaxInFlight, secrets::KeyRing};
 
 /// A value that must never be printed (URLs with passwords, API keys).
 #[derive(Clone, PartialEq, Eq)]
@@ -262,6 +262,10 @@ pub struct Config {
     pub max_requests_in_flight: usize,
     /// `ANIKA_MAX_BODY_BYTES_IN_FLIGHT`: request body bytes held at once; more get a 503.
     pub max_body_bytes_in_flight: usize,
+    /// `ANIKA_SECRET_KEYS`: the main keys that seal signing keys and webhook secrets at rest
+    /// (`id:base64key,…`; the first seals, all open). Unset, the roles refuse to start
+    /// (see [`crate::context::StartError::NoSecretKeys`]); tools that touch no secret run without.
+    pub secret_keys: Option<KeyRing>,
 }
 
 /// A setting that could not be understood; names the variable.
@@ -310,6 +314,7 @@ struct Raw {
     request_read_timeout: Option<String>,
     max_requests_in_flight: Option<String>,
     max_body_bytes_in_flight: Option<String>,
+    secret_keys: Option<String>,
 }
 
 /// Parses one setting or says which variable is wrong.
@@ -489,6 +494,12 @@ impl Config {
                 raw.max_body_bytes_in_flight,
                 "268435456",
             )?,
+            secret_keys: raw
+                .secret_keys
+                .filter(|k| !k.trim().is_empty())
+                .map(|k| KeyRing::parse(&k))
+                .transpose()
+                .map_err(|e| ConfigError(e.to_string()))?,
         };
         if config.replay_rate_per_s == 0 {
             return Err(ConfigError(
@@ -558,6 +569,7 @@ mod tests {
         assert_eq!(c.max_retry_after, Duration::from_secs(3600));
         assert_eq!(c.max_backlog, 100_000);
         assert_eq!(c.request_read_timeout, Duration::from_secs(10));
+        assert!(c.secret_keys.is_none(), "no built-in main key");
         assert_eq!(c.max_requests_in_flight, 4096);
         assert_eq!(c.max_body_bytes_in_flight, 256 << 20);
     }
@@ -573,6 +585,8 @@ mod tests {
         );
         let err = Config::with_overrides([("access_token_ttl", "1h")]).unwrap_err();
         assert!(err.to_string().contains("ANIKA_ACCESS_TOKEN_TTL"), "{err}");
+        let err = Config::with_overrides([("secret_keys", "k1:short")]).unwrap_err();
+        assert!(err.to_string().contains("ANIKA_SECRET_KEYS"), "{err}");
         let err = Config::with_overrides([("subscription_max_in_flight", "0")]).unwrap_err();
         assert!(
             err.to_string().contains("ANIKA_SUBSCRIPTION_MAX_IN_FLIGHT"),
@@ -630,8 +644,13 @@ mod tests {
 
     #[test]
     fn secrets_are_not_printed() {
-        let c = Config::with_overrides([("bootstrap_operator_key", "hunter2")]).unwrap();
-        assert!(!format!("{c:?}").contains("hunter2"));
+        let main_key = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+        let ring = format!("main-1:{main_key}");
+        let c = Config::with_overrides([("bootstrap_operator_key", "hunter2"), ("secret_keys", &ring)])
+            .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains(main_key) && shown.contains("main-1"), "{shown}");
         assert_eq!(
             redact_url("amqp://guest:pw@h:5672/%2f"),
             "amqp://guest:***@h:5672/%2f"

@@ -11,6 +11,8 @@ use crate::{
     config::Config,
     db::{self, DbError},
     net::TargetPolicy,
+    secret_rows::{self, RowsError},
+    secrets::KeyRing,
 };
 
 /// PostgreSQL, RabbitMQ, the token verifier, the target policy and the metrics registry.
@@ -28,6 +30,8 @@ pub struct Context {
     pub policy: TargetPolicy,
     /// The metrics registry behind `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The main keys that seal and open the secrets at rest.
+    pub secrets: Arc<KeyRing>,
 }
 
 /// Why a role could not start.
@@ -42,15 +46,29 @@ pub enum StartError {
     /// A query at start-up failed.
     #[error("database: {0}")]
     Query(#[from] sqlx::Error),
+    /// `ANIKA_SECRET_KEYS` is not set: there is no key to seal or open the secrets at rest with.
+    #[error(
+        "ANIKA_SECRET_KEYS is not set: signing keys and webhook secrets are stored sealed under it. \
+         Create a ring of one key, e.g. ANIKA_SECRET_KEYS=\"main-1:$(head -c 32 /dev/urandom | base64)\", \
+         and keep it as safe as the database (scripts/up keeps one in .anika/secret-keys)"
+    )]
+    NoSecretKeys,
+    /// The stored secrets cannot be sealed or opened with the configured ring.
+    #[error(transparent)]
+    Secrets(#[from] RowsError),
 }
 
 impl Context {
     /// Connects to PostgreSQL (creating the database and migrating it) and prepares the broker handle.
     ///
     /// `name` labels the RabbitMQ connection (visible in the management UI).
+    /// Secrets left in plain text by an earlier version are sealed here, after the SQL
+    /// migrations; a ring that lacks a key some stored secret needs is refused.
     pub async fn connect(config: Config, name: &str) -> Result<Self, StartError> {
+        let secrets = Arc::new(config.secret_keys.clone().ok_or(StartError::NoSecretKeys)?);
         let pool =
             db::connect_and_migrate(config.database_url.expose(), config.database_pool).await?;
+        secret_rows::prepare(&pool, &secrets).await?;
         let topology = Topology {
             queue_type: config.queue_type,
             retry_schedule: config.retry_schedule.clone(),
@@ -66,6 +84,7 @@ impl Context {
             broker,
             verifier,
             metrics: crate::metrics::install(),
+            secrets,
         })
     }
 

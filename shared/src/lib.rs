@@ -16,6 +16,8 @@ pub mod net;
 pub mod page;
 pub mod patch;
 pub mod problem;
+pub mod secret_rows;
+pub mod secrets;
 pub mod storable;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -28,6 +28,9 @@ use tokio::sync::{Notify, OnceCell};
 
 use crate::config::Config;
 
+/// The main-key ring of test apps ([`TestEnv::config`]): fixed, so tests can seal and open too.
+pub const TEST_SECRET_KEYS: &str = "test-1:dGVzdC1rZXktMDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY=";
+
 /// The PostgreSQL server tests use (a superuser; `DATABASE_URL` overrides).
 pub fn admin_database_url() -> String {
     std::env::var("ANIKA_TEST_DATABASE_URL")
@@ -115,6 +118,7 @@ impl TestEnv {
             ("allowed_target_nets", "127.0.0.0/8,::1/128"),
             ("retry_schedule", "50ms,100ms,200ms"),
             ("log_format", "text"),
+            ("secret_keys", TEST_SECRET_KEYS),
         ];
         pairs.extend_from_slice(overrides);
         Config::with_overrides(pairs).expect("test configuration")
