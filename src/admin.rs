@@ -48,8 +48,8 @@ fn explain(error: &anika_catalog::Error) -> String {
 
 /// `anika signing-keys rotate`.
 pub async fn rotate_signing_key(config: &Config) -> Result<(), CliError> {
-    let pool = db::connect_and_migrate(config.database_url.expose(), 2).await?;
-    let kid = anika_catalog::keys::rotate_signing_key(&pool).await?;
+    let (pool, ring) = crate::secrets::connect(config).await?;
+    let kid = anika_catalog::keys::rotate_signing_key(&pool, &ring).await?;
     println!(
         "new signing key {kid}; tokens signed by the previous key stay valid until they expire"
     );

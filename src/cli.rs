@@ -37,6 +37,9 @@ enum Command {
     /// Manage token signing keys.
     #[command(subcommand, name = "signing-keys")]
     SigningKeys(SigningKeysCommand),
+    /// The main keys that seal signing keys and webhook secrets at rest (ANIKA_SECRET_KEYS).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Inspect, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -130,6 +133,28 @@ enum ApiKeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Open every stored secret with ANIKA_SECRET_KEYS; exits non-zero if any does not open.
+    Check {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-wrap every stored data key under the ring's first key, online; then the other keys may go.
+    RotateMainKey {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a ring entry `id:base64key` with a fresh random key, to put first in ANIKA_SECRET_KEYS.
+    NewKey {
+        /// The new key's id (letters, digits, `_`, `-`; at most 32).
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum SigningKeysCommand {
     /// Start signing tokens with a new key; tokens of the previous key stay valid until they expire.
     Rotate,
@@ -156,6 +181,13 @@ impl Cli {
             Command::SigningKeys(SigningKeysCommand::Rotate) => {
                 crate::admin::rotate_signing_key(&config).await
             }
+            Command::Secrets(SecretsCommand::Check { json }) => {
+                crate::secrets::check(&config, json).await
+            }
+            Command::Secrets(SecretsCommand::RotateMainKey { json }) => {
+                crate::secrets::rotate_main_key(&config, json).await
+            }
+            Command::Secrets(SecretsCommand::NewKey { id }) => crate::secrets::new_key(&id),
             Command::Dlq(DlqCommand::List { subscription, json }) => {
                 crate::ops::dlq_list(&config, subscription, json).await
             }

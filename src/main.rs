@@ -8,6 +8,7 @@ mod admin;
 mod bench;
 mod cli;
 mod ops;
+mod secrets;
 mod serve;
 
 /// mimalloc instead of glibc's malloc: the request paths allocate many small, short-lived

@@ -25,6 +25,9 @@ pub enum Error {
     /// Key material could not be generated or read.
     #[error("key material: {0}")]
     Keys(String),
+    /// A sealed secret could not be sealed or opened (the cause names the main key, never the secret).
+    #[error("sealed secret")]
+    Sealed(#[from] anika_shared::secrets::SecretError),
     /// A task doing part of the request panicked or was cancelled.
     #[error("request task")]
     Task(#[from] tokio::task::JoinError),

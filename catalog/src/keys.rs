@@ -1,10 +1,14 @@
 //! Key material: API keys and refresh tokens (random, stored hashed) and the Ed25519 token-signing keys.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use anika_shared::{
     auth::{Claims, new_jti},
     domain::{ApiKeyId, PartnerId, Role, random_bytes},
+    secrets::{Column, KeyRing, Sealed, Slot},
 };
 use aws_lc_rs::{
     rand::SystemRandom,
@@ -40,7 +44,7 @@ pub fn hash_secret(secret: &str) -> Vec<u8> {
 }
 
 /// Creates an Ed25519 signing key if none is active (several processes may race: an advisory lock settles it).
-pub async fn ensure_signing_key(pool: &PgPool) -> Result<()> {
+pub async fn ensure_signing_key(pool: &PgPool, ring: &KeyRing) -> Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('anika_signing_keys'))")
         .execute(&mut *tx)
@@ -50,14 +54,14 @@ pub async fn ensure_signing_key(pool: &PgPool) -> Result<()> {
             .fetch_optional(&mut *tx)
             .await?;
     if active.is_none() {
-        insert_signing_key(&mut tx).await?;
+        insert_signing_key(&mut tx, ring).await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
 /// Rotates in a new signing key; the previous ones stop signing but keep verifying for a day.
-pub async fn rotate_signing_key(pool: &PgPool) -> Result<String> {
+pub async fn rotate_signing_key(pool: &PgPool, ring: &KeyRing) -> Result<String> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('anika_signing_keys'))")
         .execute(&mut *tx)
@@ -65,21 +69,26 @@ pub async fn rotate_signing_key(pool: &PgPool) -> Result<String> {
     sqlx::query("UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL")
         .execute(&mut *tx)
         .await?;
-    let kid = insert_signing_key(&mut tx).await?;
+    let kid = insert_signing_key(&mut tx, ring).await?;
     tx.commit().await?;
     Ok(kid)
 }
 
-async fn insert_signing_key(conn: &mut PgConnection) -> Result<String> {
+/// Generates a key and stores its private half sealed (the kid is the associated data).
+async fn insert_signing_key(conn: &mut PgConnection, ring: &KeyRing) -> Result<String> {
     let rng = SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
         .map_err(|e| Error::Keys(format!("generate Ed25519 key: {e}")))?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
         .map_err(|e| Error::Keys(format!("read Ed25519 key: {e}")))?;
     let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<12>());
-    sqlx::query("INSERT INTO signing_keys (kid, algorithm, private_key, public_key) VALUES ($1, 'EdDSA', $2, $3)")
+    let sealed = ring.seal(
+        pkcs8.as_ref(),
+        Slot::new(Column::SigningKeyPrivateKey, &kid),
+    )?;
+    sqlx::query("INSERT INTO signing_keys (kid, algorithm, private_key_sealed, public_key) VALUES ($1, 'EdDSA', $2, $3)")
         .bind(&kid)
-        .bind(pkcs8.as_ref())
+        .bind(sealed.to_text())
         .bind(pair.public_key().as_ref())
         .execute(conn)
         .await?;
@@ -90,6 +99,7 @@ async fn insert_signing_key(conn: &mut PgConnection) -> Result<String> {
 /// Signs access tokens with the newest active key.
 pub struct Signer {
     pool: PgPool,
+    ring: Arc<KeyRing>,
     issuer: String,
     audience: String,
     ttl: std::time::Duration,
@@ -105,10 +115,17 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// A signer for tokens of `issuer` meant for `audience`, valid for `ttl`.
-    pub fn new(pool: PgPool, issuer: String, audience: String, ttl: std::time::Duration) -> Self {
+    /// A signer for tokens of `issuer` meant for `audience`, valid for `ttl`, opening keys with `ring`.
+    pub fn new(
+        pool: PgPool,
+        ring: Arc<KeyRing>,
+        issuer: String,
+        audience: String,
+        ttl: std::time::Duration,
+    ) -> Self {
         Self {
             pool,
+            ring,
             issuer,
             audience,
             ttl,
@@ -130,8 +147,8 @@ impl Signer {
     ) -> Result<String> {
         // Read the current key each time: another process may have rotated it in,
         // and tokens are issued rarely next to the requests that use them.
-        let (kid, private): (String, Vec<u8>) = sqlx::query_as(
-            "SELECT kid, private_key FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1",
+        let (kid, sealed): (String, Option<String>) = sqlx::query_as(
+            "SELECT kid, private_key_sealed FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1",
         )
         .fetch_optional(&self.pool)
         .await?
@@ -150,10 +167,27 @@ impl Signer {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(kid.clone());
-        let mut parsed = self.parsed.lock().expect("signer lock");
-        let key = parsed
-            .entry(kid)
-            .or_insert_with(|| EncodingKey::from_ed_der(&private));
-        Ok(jsonwebtoken::encode(&header, &claims, key)?)
+        if let Some(key) = self.parsed.lock().expect("signer lock").get(&kid) {
+            return Ok(jsonwebtoken::encode(&header, &claims, key)?);
+        }
+        let key = self.open(&kid, sealed.as_deref())?;
+        let token = jsonwebtoken::encode(&header, &claims, &key)?;
+        self.parsed.lock().expect("signer lock").insert(kid, key);
+        Ok(token)
+    }
+
+    /// The signing key of `kid` from its sealed form; the plain DER is wiped once parsed.
+    fn open(&self, kid: &str, sealed: Option<&str>) -> Result<EncodingKey> {
+        let slot = Slot::new(Column::SigningKeyPrivateKey, kid);
+        let opened = sealed
+            .ok_or_else(|| Error::Keys(format!("signing key {kid} is not sealed yet")))
+            .and_then(|text| Ok(self.ring.open(&Sealed::parse(text)?, slot)?))
+            .inspect_err(|e| {
+                metrics::counter!("anika_secrets_unopenable_total", "column" => slot.column().name())
+                    .increment(1);
+                tracing::error!(kid, error = %e, "the active signing key does not open; no token can be issued");
+            })?;
+        // jsonwebtoken keeps its own copy of the DER for as long as the key is cached.
+        Ok(EncodingKey::from_ed_der(&opened))
     }
 }

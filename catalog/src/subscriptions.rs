@@ -12,6 +12,7 @@ use anika_shared::{
     net::WebhookUrl,
     page::{Limit, Page, decode_time_cursor},
     patch::Patch,
+    secrets::{Column, Slot},
 };
 use axum::{extract::State as AxumState, http::StatusCode};
 use chrono::{DateTime, Utc};
@@ -299,6 +300,13 @@ async fn create_subscription(
     }
     let id = SubscriptionId::new();
     let secret = WebhookSecret::generate();
+    let row_id = id.to_string();
+    let sealed_secret = secret
+        .seal(
+            &state.ctx.secrets,
+            Slot::new(Column::SubscriptionSecret, &row_id),
+        )?
+        .to_text();
     let max_attempts = body.max_attempts.map_or(
         state.ctx.config.retry_schedule.default_max_attempts() as i32,
         |m| m.0,
@@ -318,7 +326,7 @@ async fn create_subscription(
         .bind(max_attempts)
         .bind(body.rate_limit_per_s.map(|r| r.0))
         .bind(body.ordered)
-        .bind(secret.expose())
+        .bind(sealed_secret)
         .bind(body.max_in_flight.map(|m| m.get() as i32))
         .fetch_one(&mut *tx)
         .await?;
@@ -668,13 +676,45 @@ async fn rotate_secret(
 ) -> Result<axum::Json<RotatedSecret>> {
     let mut tx = state.ctx.pool.begin().await?;
     own_subscription(&mut tx, &principal, id, true).await?;
+    let ring = &state.ctx.secrets;
+    let row_id = id.to_string();
+    let stored: String = sqlx::query_scalar("SELECT secret FROM subscriptions WHERE id = $1")
+        .bind(id.uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+    // The current secret moves to the previous column: opened and sealed anew, since the
+    // column is part of its associated data.
+    let previous = match WebhookSecret::open(
+        &stored,
+        ring,
+        Slot::new(Column::SubscriptionSecret, &row_id),
+    ) {
+        Ok(current) => Some(
+            current
+                .seal(ring, Slot::new(Column::SubscriptionPreviousSecret, &row_id))?
+                .to_text(),
+        ),
+        Err(e) => {
+            // Nothing can sign with a secret that does not open: replacing it is the repair,
+            // with no overlap to keep.
+            metrics::counter!("anika_secrets_unopenable_total", "column" => Column::SubscriptionSecret.name())
+                .increment(1);
+            tracing::error!(subscription = %id, error = %e, "the stored secret does not open; rotating without overlap");
+            None
+        }
+    };
     let secret = WebhookSecret::generate();
+    let sealed = secret
+        .seal(ring, Slot::new(Column::SubscriptionSecret, &row_id))?
+        .to_text();
     sqlx::query(
-        "UPDATE subscriptions SET previous_secret = secret, previous_secret_expires_at = now() + interval '24 hours', \
+        "UPDATE subscriptions SET previous_secret = $3, \
+             previous_secret_expires_at = CASE WHEN $3::text IS NULL THEN NULL ELSE now() + interval '24 hours' END, \
              secret = $2, updated_at = now() WHERE id = $1",
     )
     .bind(id.uuid())
-    .bind(secret.expose())
+    .bind(sealed)
+    .bind(previous)
     .execute(&mut *tx)
     .await?;
     Change::Subscription {

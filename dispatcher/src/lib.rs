@@ -11,6 +11,7 @@ use anika_shared::{
     auth::Verifier,
     config::Config,
     net::TargetPolicy,
+    secrets::KeyRing,
 };
 use axum::{Router, extract::FromRef};
 use sqlx::PgPool;
@@ -54,6 +55,8 @@ pub struct Deps {
     pub broker: Arc<Broker>,
     /// Which targets may be contacted.
     pub policy: TargetPolicy,
+    /// Opens the stored webhook secrets.
+    pub secrets: Arc<KeyRing>,
     sender: deliver::Sender,
     publisher: publisher::Publisher,
     writer: writer::Writer,
@@ -102,6 +105,7 @@ impl State {
             pool: ctx.pool.clone(),
             broker: Arc::clone(&ctx.broker),
             policy: ctx.policy.clone(),
+            secrets: Arc::clone(&ctx.secrets),
             sender: deliver::Sender::new(&ctx.config, lookup)?,
             publisher: publisher::Publisher::new(Arc::clone(&ctx.broker)),
             writer,

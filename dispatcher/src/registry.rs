@@ -21,6 +21,7 @@ use anika_shared::{
     changes::{CHANNEL, Change},
     domain::{MaxInFlight, PartnerId, SubscriptionId, TopicId, WebhookSecret},
     net::WebhookUrl,
+    secrets::{Column, Slot},
 };
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -281,9 +282,21 @@ const SELECT: &str = "SELECT s.id, s.partner_id, s.topic_id, s.url, s.filter::te
 impl Row {
     /// The configuration; `read_at` is when the query that read this row started.
     fn into_config(self, deps: &Deps, read_at: Instant) -> Option<SubConfig> {
-        let secret = WebhookSecret::parse(&self.secret).ok()?;
+        let row = self.id.to_string();
+        // Without its secret a subscription is not consumed: its events wait in the queue
+        // rather than go out unsigned (or signed with a secret moved from another row).
+        let secret = open_logged(
+            deps,
+            &self.secret,
+            Slot::new(Column::SubscriptionSecret, &row),
+        )?;
         let previous_secret = match (self.previous_secret, self.previous_secret_expires_at) {
-            (Some(s), Some(until)) => WebhookSecret::parse(&s).ok().map(|s| (s, until)),
+            (Some(s), Some(until)) if until > Utc::now() => open_logged(
+                deps,
+                &s,
+                Slot::new(Column::SubscriptionPreviousSecret, &row),
+            )
+            .map(|s| (s, until)),
             _ => None,
         };
         Some(SubConfig {
@@ -318,6 +331,19 @@ impl Row {
             failing_since: self.failing_since,
             read_at,
         })
+    }
+}
+
+/// Opens a stored webhook secret; logs and counts one that does not open.
+fn open_logged(deps: &Deps, stored: &str, slot: Slot<'_>) -> Option<WebhookSecret> {
+    match WebhookSecret::open(stored, &deps.secrets, slot) {
+        Ok(secret) => Some(secret),
+        Err(e) => {
+            metrics::counter!("anika_secrets_unopenable_total", "column" => slot.column().name())
+                .increment(1);
+            tracing::error!(%slot, error = %e, "a stored webhook secret does not open; the subscription is not delivered to");
+            None
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Keeping the log's shape: partitions ahead, retention behind, expired keys and records gone.
+//! Keeping the log's shape: partitions ahead, retention behind, expired keys, records and previous webhook secrets gone.
 //!
 //! Runs once at start-up and every `maintenance_interval`. Every step is
 //! idempotent (the partition functions take their own advisory locks), so
@@ -34,6 +34,7 @@ pub(crate) async fn ensure_partitions(pool: &PgPool) -> Result<(), sqlx::Error> 
 pub(crate) struct Report {
     pub(crate) partitions_dropped: i32,
     pub(crate) rows_deleted: u64,
+    pub(crate) secrets_erased: u64,
 }
 
 /// One full run.
@@ -91,6 +92,9 @@ pub(crate) async fn run_once(pool: &PgPool, retention: Duration) -> Result<Repor
         Duration::from_secs(24 * 3600).as_millis() as f64,
     )
     .await?;
+    // A rotated-out webhook secret signs alongside the new one for 24 h; after that it is
+    // erased rather than kept where a database reader could still find it.
+    report.secrets_erased = anika_shared::secret_rows::erase_expired_previous_secrets(pool).await?;
     Ok(report)
 }
 
@@ -120,10 +124,15 @@ pub(crate) async fn run(
 ) {
     loop {
         match run_once(&pool, retention).await {
-            Ok(report) if report.partitions_dropped > 0 || report.rows_deleted > 0 => {
+            Ok(report)
+                if report.partitions_dropped > 0
+                    || report.rows_deleted > 0
+                    || report.secrets_erased > 0 =>
+            {
                 tracing::info!(
                     partitions_dropped = report.partitions_dropped,
                     rows_deleted = report.rows_deleted,
+                    previous_secrets_erased = report.secrets_erased,
                     "maintenance removed data past retention"
                 )
             }

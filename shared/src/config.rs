@@ -646,11 +646,17 @@ mod tests {
     fn secrets_are_not_printed() {
         let main_key = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
         let ring = format!("main-1:{main_key}");
-        let c = Config::with_overrides([("bootstrap_operator_key", "hunter2"), ("secret_keys", &ring)])
-            .unwrap();
+        let c = Config::with_overrides([
+            ("bootstrap_operator_key", "hunter2"),
+            ("secret_keys", &ring),
+        ])
+        .unwrap();
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"));
-        assert!(!shown.contains(main_key) && shown.contains("main-1"), "{shown}");
+        assert!(
+            !shown.contains(main_key) && shown.contains("main-1"),
+            "{shown}"
+        );
         assert_eq!(
             redact_url("amqp://guest:pw@h:5672/%2f"),
             "amqp://guest:***@h:5672/%2f"

@@ -407,6 +407,40 @@ impl WebhookSecret {
     }
 }
 
+impl WebhookSecret {
+    /// Seals the secret for storage in `slot` (see [`crate::secrets`]).
+    pub fn seal(
+        &self,
+        ring: &crate::secrets::KeyRing,
+        slot: crate::secrets::Slot<'_>,
+    ) -> Result<crate::secrets::Sealed, crate::secrets::SecretError> {
+        let text = zeroize::Zeroizing::new(self.expose());
+        ring.seal(text.as_bytes(), slot)
+    }
+
+    /// Opens a secret stored sealed in `slot`.
+    pub fn open(
+        stored: &str,
+        ring: &crate::secrets::KeyRing,
+        slot: crate::secrets::Slot<'_>,
+    ) -> Result<Self, crate::secrets::SecretError> {
+        use crate::secrets::{Sealed, SecretError};
+        let plain = ring.open(&Sealed::parse(stored)?, slot)?;
+        std::str::from_utf8(&plain)
+            .ok()
+            .and_then(|text| Self::parse(text).ok())
+            .ok_or_else(|| {
+                SecretError::Malformed("opens to something that is not a webhook secret".into())
+            })
+    }
+}
+
+impl Drop for WebhookSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl fmt::Debug for WebhookSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("WebhookSecret(***)")
@@ -589,5 +623,10 @@ mod tests {
         assert!(!format!("{s:?}").contains(&shown[6..]));
         assert!(WebhookSecret::parse("whsec_AAAA").is_err());
         assert!(WebhookSecret::parse("nope").is_err());
+        let ring = crate::secrets::KeyRing::parse(crate::secrets::tests_ring()).unwrap();
+        let slot = crate::secrets::Slot::new(crate::secrets::Column::SubscriptionSecret, "row-1");
+        let stored = s.seal(&ring, slot).unwrap().to_text();
+        assert!(!stored.contains(&shown));
+        assert_eq!(WebhookSecret::open(&stored, &ring, slot).unwrap(), s);
     }
 }

@@ -101,7 +101,10 @@ pub async fn seal_plain_rows(pool: &PgPool, ring: &KeyRing) -> Result<u64, RowsE
     Ok(count)
 }
 
-async fn seal_plain_signing_keys(conn: &mut PgConnection, ring: &KeyRing) -> Result<u64, RowsError> {
+async fn seal_plain_signing_keys(
+    conn: &mut PgConnection,
+    ring: &KeyRing,
+) -> Result<u64, RowsError> {
     let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
         "SELECT kid, private_key FROM signing_keys WHERE private_key IS NOT NULL FOR UPDATE",
     )
@@ -139,7 +142,10 @@ async fn seal_plain_webhook_secrets(
     let mut count = 0;
     for (id, secret, previous) in rows {
         let row = id.to_string();
-        let (secret, previous) = (zeroize::Zeroizing::new(secret), previous.map(zeroize::Zeroizing::new));
+        let (secret, previous) = (
+            zeroize::Zeroizing::new(secret),
+            previous.map(zeroize::Zeroizing::new),
+        );
         let seal = |text: &str, column: Column| -> Result<String, RowsError> {
             if Sealed::looks_sealed(text) {
                 return Ok(text.to_owned());
@@ -414,8 +420,7 @@ mod tests {
     fn the_keys_a_ring_lacks_are_named_with_their_counts() {
         let a = MainKeyId::parse("a").unwrap();
         let b = MainKeyId::parse("b").unwrap();
-        let ring =
-            KeyRing::parse(&KeyRing::generate_entry(&a)).expect("a ring of key a");
+        let ring = KeyRing::parse(&KeyRing::generate_entry(&a)).expect("a ring of key a");
         let in_use = BTreeMap::from([(a.clone(), 3), (b.clone(), 2)]);
         let missing = missing_keys(&in_use, &ring);
         assert_eq!(missing, vec![(b, 2)]);

@@ -91,7 +91,10 @@ pub struct KeyRing {
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyRing")
-            .field("ids", &self.keys.iter().map(|(id, _)| id).collect::<Vec<_>>())
+            .field(
+                "ids",
+                &self.keys.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -268,9 +271,9 @@ impl KeyRing {
             .enumerate()
         {
             let place = n + 1;
-            let (id, key) = entry.split_once(':').ok_or_else(|| {
-                KeyRingError(format!("entry {place} is not `id:base64key`"))
-            })?;
+            let (id, key) = entry
+                .split_once(':')
+                .ok_or_else(|| KeyRingError(format!("entry {place} is not `id:base64key`")))?;
             let id = MainKeyId::parse(id.trim())
                 .map_err(|e| KeyRingError(format!("entry {place}: {e}")))?;
             let key = key.trim();
@@ -295,7 +298,9 @@ impl KeyRing {
             keys.push((id, MainKey(Zeroizing::new(material))));
         }
         if keys.is_empty() {
-            return Err(KeyRingError("no key: give at least one `id:base64key`".into()));
+            return Err(KeyRingError(
+                "no key: give at least one `id:base64key`".into(),
+            ));
         }
         Ok(Self { keys })
     }
@@ -346,8 +351,12 @@ impl KeyRing {
     /// Decrypts a value sealed for `slot` under any key of the ring.
     pub fn open(&self, sealed: &Sealed, slot: Slot<'_>) -> Result<Zeroizing<Vec<u8>>, SecretError> {
         let data_key = self.unwrap_data_key(sealed, slot)?;
-        decrypt(&data_key, &sealed.payload, slot.associated_data().as_bytes())
-            .ok_or_else(|| SecretError::Refused(sealed.key_id.clone()))
+        decrypt(
+            &data_key,
+            &sealed.payload,
+            slot.associated_data().as_bytes(),
+        )
+        .ok_or_else(|| SecretError::Refused(sealed.key_id.clone()))
     }
 
     /// The same value with its data key wrapped by the current main key; `None` when it already is.
@@ -355,8 +364,12 @@ impl KeyRing {
     /// The ciphertext is kept as it is, and checked: a value that does not open is refused.
     pub fn rewrap(&self, sealed: &Sealed, slot: Slot<'_>) -> Result<Option<Sealed>, SecretError> {
         let data_key = self.unwrap_data_key(sealed, slot)?;
-        decrypt(&data_key, &sealed.payload, slot.associated_data().as_bytes())
-            .ok_or_else(|| SecretError::Refused(sealed.key_id.clone()))?;
+        decrypt(
+            &data_key,
+            &sealed.payload,
+            slot.associated_data().as_bytes(),
+        )
+        .ok_or_else(|| SecretError::Refused(sealed.key_id.clone()))?;
         if sealed.key_id == *self.current() {
             return Ok(None);
         }
@@ -417,6 +430,12 @@ fn decrypt(key: &[u8], sealed: &[u8], ad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         .len();
     in_out.truncate(plain_len);
     Some(in_out)
+}
+
+/// A ring of one fixed key for unit tests of other modules.
+#[cfg(test)]
+pub(crate) fn tests_ring() -> &'static str {
+    "unit:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 }
 
 #[cfg(test)]
@@ -538,7 +557,11 @@ mod tests {
         ));
         // Nor does a longer ciphertext.
         relabelled.push('A');
-        assert!(Sealed::parse(&relabelled).and_then(|s| two.open(&s, slot)).is_err());
+        assert!(
+            Sealed::parse(&relabelled)
+                .and_then(|s| two.open(&s, slot))
+                .is_err()
+        );
     }
 
     #[test]
@@ -574,8 +597,13 @@ mod tests {
         assert!(KeyRing::parse(&format!("a:{key},a:{key}")).is_err());
         assert!(KeyRing::parse(&format!("a b:{key}")).is_err());
         let short = base64::engine::general_purpose::STANDARD.encode([7u8; 16]);
-        let err = KeyRing::parse(&format!("k:{short}")).unwrap_err().to_string();
-        assert!(err.contains("ANIKA_SECRET_KEYS") && err.contains("16 bytes"), "{err}");
+        let err = KeyRing::parse(&format!("k:{short}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ANIKA_SECRET_KEYS") && err.contains("16 bytes"),
+            "{err}"
+        );
         assert!(!err.contains(&short));
         let err = KeyRing::parse("k:not base64!").unwrap_err().to_string();
         assert!(!err.contains("not base64!"), "{err}");

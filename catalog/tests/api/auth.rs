@@ -240,12 +240,14 @@ async fn a_revoked_api_keys_access_tokens_are_refused_at_once_here_and_by_other_
 
 /// The newest signing key, straight from the database, to forge tokens the server must still refuse.
 async fn signing_key(app: &App) -> (String, Vec<u8>, Vec<u8>) {
-    sqlx::query_as(
-        "SELECT kid, private_key, public_key FROM signing_keys ORDER BY created_at DESC LIMIT 1",
+    let (kid, sealed, public): (String, String, Vec<u8>) = sqlx::query_as(
+        "SELECT kid, private_key_sealed, public_key FROM signing_keys ORDER BY created_at DESC LIMIT 1",
     )
     .fetch_one(&app.ctx.pool)
     .await
-    .unwrap()
+    .unwrap();
+    let private = crate::secrets::open_signing_key(app, &kid, &sealed);
+    (kid, private, public)
 }
 
 fn valid_claims(overrides: Value) -> Value {
@@ -387,7 +389,7 @@ async fn a_rotated_signing_key_signs_new_tokens_while_old_ones_stay_valid() {
         .kid
         .unwrap();
 
-    let new_kid = anika_catalog::keys::rotate_signing_key(&app.ctx.pool)
+    let new_kid = anika_catalog::keys::rotate_signing_key(&app.ctx.pool, &app.ctx.secrets)
         .await
         .unwrap();
     assert_ne!(old_kid, new_kid);

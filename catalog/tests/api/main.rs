@@ -5,5 +5,6 @@ mod bad_input;
 mod helpers;
 mod partners;
 mod properties;
+mod secrets;
 mod subscriptions;
 mod topics;

@@ -3,6 +3,8 @@
 use base64::Engine as _;
 use serde_json::json;
 
+use anika_shared::secrets::Column;
+
 use crate::helpers::App;
 
 #[tokio::test]
@@ -450,8 +452,20 @@ async fn rotating_the_secret_keeps_the_old_one_for_a_day() {
     .fetch_one(&app.ctx.pool)
     .await
     .unwrap();
-    assert_eq!(current, new);
-    assert_eq!(previous.as_deref(), Some(old.as_str()));
+    // Both are stored sealed, each for its own column.
+    assert_eq!(
+        crate::secrets::open_webhook_secret(&app, id, Column::SubscriptionSecret, &current),
+        new
+    );
+    assert_eq!(
+        crate::secrets::open_webhook_secret(
+            &app,
+            id,
+            Column::SubscriptionPreviousSecret,
+            previous.as_deref().expect("a previous secret")
+        ),
+        old
+    );
     assert!((23.9..=24.0).contains(&hours), "{hours}");
 }
 
