@@ -113,6 +113,18 @@ impl App {
         *self.dispatcher.lock().unwrap() = (stop, tasks);
     }
 
+    /// Starts another dispatcher that opens secrets with `ring` instead (a restart with a new
+    /// `ANIKA_SECRET_KEYS`).
+    pub async fn start_dispatcher_with_ring(&self, ring: anika_shared::secrets::KeyRing) {
+        let mut ctx = self.ctx.clone();
+        ctx.secrets = Arc::new(ring);
+        let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
+        anika_dispatcher::State::start(ctx, &tasks, &stop)
+            .await
+            .expect("dispatcher");
+        *self.dispatcher.lock().unwrap() = (stop, tasks);
+    }
+
     pub async fn partner(&self, name: &str) -> Partner {
         self.api.partner(&self.operator, name).await
     }

@@ -10,4 +10,5 @@ mod metrics;
 mod ordering;
 mod recovery;
 mod retries;
+mod secrets;
 mod signing;

@@ -184,3 +184,55 @@ async fn maintenance_keeps_partitions_ahead_and_removes_what_is_past_retention()
         .expect(200);
     assert_eq!(app.events_in_log(&topic).await, 1);
 }
+
+#[tokio::test]
+async fn a_previous_webhook_secret_is_erased_once_its_overlap_has_ended() {
+    let app = App::spawn_with(&[("maintenance_interval", "200ms")]).await;
+    let dealer = app.partner("dealer").await;
+    let topic = app.topic(&dealer.admin, "t", None).await;
+    let (_, ended) = app.subscribe(&dealer.admin, &topic).await;
+    let (_, running) = app.subscribe(&dealer.admin, &topic).await;
+    for id in [&ended, &running] {
+        app.api
+            .post(
+                &format!("/v1/subscriptions/{id}/rotate-secret"),
+                &dealer.admin,
+                json!({}),
+            )
+            .await
+            .expect(200);
+    }
+    // The overlap of one of them ended a minute ago.
+    sqlx::query(
+        "UPDATE subscriptions SET previous_secret_expires_at = now() - interval '1 minute' WHERE id = $1::uuid",
+    )
+    .bind(&ended)
+    .execute(&app.ctx.pool)
+    .await
+    .unwrap();
+
+    let previous = |id: String| {
+        let pool = app.ctx.pool.clone();
+        async move {
+            sqlx::query_as::<_, (Option<String>, Option<chrono::DateTime<chrono::Utc>>)>(
+                "SELECT previous_secret, previous_secret_expires_at FROM subscriptions WHERE id = $1::uuid",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            previous(ended.clone()).await == (None, None)
+        })
+        .await,
+        "the ended previous secret and its expiry are erased"
+    );
+    let (kept, until) = previous(running.clone()).await;
+    assert!(
+        kept.is_some() && until.is_some(),
+        "a running overlap is kept"
+    );
+}
