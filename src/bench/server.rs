@@ -97,6 +97,12 @@ impl Target {
         };
         let port = free_port()?;
         let operator_key = format!("bench_{}", uuid::Uuid::new_v4().simple());
+        // The bench's own database: a key of its own unless the caller configured a ring.
+        let secret_keys = std::env::var("ANIKA_SECRET_KEYS").unwrap_or_else(|_| {
+            anika_shared::secrets::KeyRing::generate_entry(
+                &anika_shared::secrets::MainKeyId::parse("bench").expect("a valid id"),
+            )
+        });
         let log = std::env::temp_dir().join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log)
             .map_err(|e| format!("cannot create the server log {}: {e}", log.display()))?;
@@ -108,6 +114,7 @@ impl Target {
             .env("ANIKA_DATABASE_URL", &database_url)
             .env("ANIKA_AMQP_URL", &amqp_url)
             .env("ANIKA_BOOTSTRAP_OPERATOR_KEY", &operator_key)
+            .env("ANIKA_SECRET_KEYS", &secret_keys)
             .env("ANIKA_ALLOWED_TARGET_NETS", "127.0.0.0/8")
             .env("ANIKA_LOG_FORMAT", "json")
             .env_remove("ANIKA_PUBLIC_URL")

@@ -1,13 +1,13 @@
-//! The real `anika` binary, end to end: delivery, a SIGKILL mid-delivery, the operator CLI.
+//! The real `anika` binary, end to end: delivery, a SIGKILL mid-delivery, the operator CLI, the secrets CLI.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 use std::{process::Stdio, time::Duration};
 
-use anika_shared::testing::{Receiver, Reply, TestEnv};
+use anika_shared::testing::{Receiver, Reply, TEST_SECRET_KEYS, TestEnv};
 use serde_json::{Value, json};
-use support::{Anika, World, await_deliveries, run_cli};
+use support::{Anika, World, await_deliveries, run_cli, run_cli_with};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test]
@@ -512,4 +512,72 @@ async fn a_key_revoked_in_the_catalog_process_is_refused_by_the_ingest_process_o
     }
     catalog_process.kill().await;
     ingest_process.kill().await;
+}
+
+#[tokio::test]
+async fn the_secrets_cli_checks_the_ring_rotates_the_main_key_and_a_ring_missing_a_used_key_stops_start_up()
+ {
+    let env = TestEnv::new().await;
+    let anika = Anika::up(&env, &[]).await;
+    let receiver = Receiver::start().await;
+    let world = World::new(&anika.api, &receiver, json!({})).await;
+    anika.terminate_cleanly().await;
+
+    let (code, out, err) = run_cli(&env, &["secrets", "check", "--json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        report["opened"]["test-1"], 2,
+        "the signing key and the webhook secret: {report}"
+    );
+    assert_eq!(report["healthy"], true);
+
+    let (code, entry, err) = run_cli(&env, &["secrets", "new-key", "--id", "main-2"]).await;
+    assert_eq!(code, 0, "{err}");
+    let entry = entry.trim().to_owned();
+    assert!(entry.starts_with("main-2:"), "{entry}");
+    let rotating = format!("{entry},{TEST_SECRET_KEYS}");
+    let (code, out, err) = run_cli_with(
+        &env,
+        &[("ANIKA_SECRET_KEYS", &rotating)],
+        &["secrets", "rotate-main-key", "--json"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let rotated: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(rotated["rewrapped"], 2, "{rotated}");
+    assert!(err.contains("the other keys may now leave"), "{err}");
+
+    // The old ring alone: the check fails and names the key it lacks, and a role will not start.
+    let (code, out, _) = run_cli(&env, &["secrets", "check"]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("main-2: NOT IN ANIKA_SECRET_KEYS"), "{out}");
+    let (code, _, err) = tokio::time::timeout(
+        Duration::from_secs(60),
+        run_cli(&env, &["serve", "catalog"]),
+    )
+    .await
+    .expect("start-up is refused, not served");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("`main-2`") && err.contains("ANIKA_SECRET_KEYS"),
+        "{err}"
+    );
+    assert!(!err.contains(&entry[7..]), "never the key itself");
+
+    // The new key alone: everything opens; deliveries go on, signed.
+    let anika = Anika::up(&env, &[("ANIKA_SECRET_KEYS", &entry)]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    world
+        .post(&anika.api, json!({"car": "Golf"}))
+        .await
+        .expect("accepted");
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert!(
+        got[0]
+            .header("webhook-signature")
+            .unwrap()
+            .starts_with("v1,")
+    );
+    anika.terminate_cleanly().await;
 }

@@ -45,6 +45,7 @@ pub fn child_env(env: &TestEnv, extra: &[(&str, &str)]) -> Vec<(String, String)>
         ("ANIKA_OUTBOX_RELAY_INTERVAL", "250ms"),
         ("ANIKA_LOG_FORMAT", "json"),
         ("ANIKA_CONFIG", "/nonexistent/anika.toml"),
+        ("ANIKA_SECRET_KEYS", anika_shared::testing::TEST_SECRET_KEYS),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -58,9 +59,18 @@ pub fn child_env(env: &TestEnv, extra: &[(&str, &str)]) -> Vec<(String, String)>
 
 /// Runs `anika <args>` to completion with the test's environment; returns (status, stdout, stderr).
 pub async fn run_cli(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
+    run_cli_with(env, &[], args).await
+}
+
+/// Runs `anika <args>` to completion with the test's environment and `extra`; returns (status, stdout, stderr).
+pub async fn run_cli_with(
+    env: &TestEnv,
+    extra: &[(&str, &str)],
+    args: &[&str],
+) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_anika"))
         .args(args)
-        .envs(child_env(env, &[]))
+        .envs(child_env(env, extra))
         .env("NO_COLOR", "1")
         .output()
         .await
