@@ -6,6 +6,7 @@ use anika_shared::{
     config::{Config, redact_url},
     db,
     domain::{PartnerId, Role},
+    secret_rows,
 };
 
 use crate::cli::CliError;
@@ -20,6 +21,17 @@ pub async fn migrate(config: &Config) -> Result<(), CliError> {
         "database {} is at migration {applied}",
         redact_url(config.database_url.expose())
     );
+    // The step after the SQL: secrets an earlier version stored in clear are sealed. Every
+    // role does it at start too; here only when a ring is configured.
+    match &config.secret_keys {
+        Some(ring) => {
+            secret_rows::prepare(&pool, ring).await?;
+            println!("stored secrets are sealed and open with ANIKA_SECRET_KEYS");
+        }
+        None => eprintln!(
+            "ANIKA_SECRET_KEYS is not set: plain-text secrets, if any, are sealed when a role starts"
+        ),
+    }
     Ok(())
 }
 
