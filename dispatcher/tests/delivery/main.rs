@@ -11,3 +11,4 @@ mod ordering;
 mod recovery;
 mod retries;
 mod signing;
+mod system;
