@@ -59,7 +59,7 @@ enum Command {
         json: bool,
     },
     /// Measure throughput and latency through the public API, with ratios to the raw ceilings.
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
     /// List subscriptions with their health: failing, disabled, queued and dead-lettered messages.
     Subscriptions {
         /// Only these.
@@ -205,7 +205,7 @@ impl Cli {
                 until,
                 json,
             } => crate::ops::replay(&config, subscription, since, until, json).await,
-            Command::Bench(args) => crate::bench::bench(config, args).await,
+            Command::Bench(args) => crate::bench::bench(config, *args).await,
             Command::Subscriptions { status, json } => {
                 crate::ops::subscriptions(&config, status, json).await
             }

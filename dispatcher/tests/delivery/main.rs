@@ -12,3 +12,4 @@ mod recovery;
 mod retries;
 mod secrets;
 mod signing;
+mod system;
