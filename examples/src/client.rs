@@ -92,10 +92,20 @@ impl Client {
 
     /// Publishes `data` to the topic `topic_id`; the `idempotency_key` makes a repeated
     /// publish (after a timeout, or a redelivered webhook) return the first event's id.
-    pub async fn publish(&self, topic_id: &str, data: Value, idempotency_key: &str) -> Result<String, ApiError> {
+    pub async fn publish(
+        &self,
+        topic_id: &str,
+        data: Value,
+        idempotency_key: &str,
+    ) -> Result<String, ApiError> {
         let path = format!("/v1/topics/{topic_id}/events");
         let answer = self
-            .call(Method::POST, &path, Some(&json!({ "data": data })), Some(idempotency_key))
+            .call(
+                Method::POST,
+                &path,
+                Some(&json!({ "data": data })),
+                Some(idempotency_key),
+            )
             .await?;
         Ok(answer["id"].as_str().unwrap_or_default().to_owned())
     }
@@ -135,18 +145,23 @@ impl Client {
                     *self.token.lock().await = None;
                     continue;
                 }
-                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE if busy < BUSY_RETRIES => {
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                    if busy < BUSY_RETRIES =>
+                {
                     busy += 1;
                     tokio::time::sleep(retry_after(response.headers())).await;
                     continue;
                 }
                 _ => {}
             }
-            let text = response.text().await.map_err(|source| ApiError::Transport {
-                method: method.clone(),
-                path: path.to_owned(),
-                source,
-            })?;
+            let text = response
+                .text()
+                .await
+                .map_err(|source| ApiError::Transport {
+                    method: method.clone(),
+                    path: path.to_owned(),
+                    source,
+                })?;
             if !status.is_success() {
                 let detail = serde_json::from_str::<Value>(&text)
                     .ok()
@@ -183,12 +198,18 @@ impl Client {
             .map_err(transport)?;
         let status = response.status();
         let body: Value = response.json().await.map_err(transport)?;
-        let Some(token) = body["access_token"].as_str().filter(|_| status.is_success()) else {
+        let Some(token) = body["access_token"]
+            .as_str()
+            .filter(|_| status.is_success())
+        else {
             return Err(ApiError::Status {
                 method: Method::POST,
                 path: "/v1/auth/token".into(),
                 status,
-                detail: body["detail"].as_str().unwrap_or("no access token").to_owned(),
+                detail: body["detail"]
+                    .as_str()
+                    .unwrap_or("no access token")
+                    .to_owned(),
             });
         };
         *cached = Some(token.to_owned());

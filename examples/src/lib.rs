@@ -59,7 +59,11 @@ pub struct Target {
 impl Target {
     /// The target from the command line: `--operator-key`, or else the key `scripts/up`
     /// stored in `key_file`.
-    pub fn from_args(url: String, operator_key: Option<String>, key_file: &Path) -> Result<Self, Error> {
+    pub fn from_args(
+        url: String,
+        operator_key: Option<String>,
+        key_file: &Path,
+    ) -> Result<Self, Error> {
         let operator_key = match operator_key {
             Some(key) => key,
             None => std::fs::read_to_string(key_file)

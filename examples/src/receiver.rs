@@ -56,7 +56,11 @@ pub enum Handled {
 /// A partner's reaction to the events it receives.
 pub trait Handler: Send + Sync + 'static {
     /// Handles one verified delivery that arrived on the path of subscription `hook`.
-    fn handle(&self, hook: &str, delivery: Delivery) -> impl Future<Output = Result<Handled, Error>> + Send;
+    fn handle(
+        &self,
+        hook: &str,
+        delivery: Delivery,
+    ) -> impl Future<Output = Result<Handled, Error>> + Send;
 }
 
 /// Counts of what a receiver did, for the examples' summaries.
@@ -170,7 +174,11 @@ async fn receive<H: Handler>(
         shared.counts.lock().expect("counts lock").bad_signatures += 1;
         return StatusCode::UNAUTHORIZED;
     }
-    let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()).map(str::to_owned) else {
+    let Some(id) = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
         return StatusCode::BAD_REQUEST;
     };
     if shared.seen.lock().expect("seen lock").contains(&id) {

@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
+/// Where each line goes.
+type Sink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// A sink for the lines an example prints as it runs.
 #[derive(Clone)]
-pub struct Say(Option<Arc<dyn Fn(&str) + Send + Sync>>);
+pub struct Say(Option<Sink>);
 
 impl Say {
     /// Prints every line to stdout.

@@ -39,7 +39,10 @@ impl Operator {
 
     /// Creates partner `name` with an admin key and a publisher key of its own.
     pub async fn partner(&self, name: &str) -> Result<Partner, Error> {
-        let partner = self.client.post("/v1/partners", json!({ "name": name })).await?;
+        let partner = self
+            .client
+            .post("/v1/partners", json!({ "name": name }))
+            .await?;
         let id = partner["id"].as_str().unwrap_or_default().to_owned();
         let mut keys = Vec::new();
         for role in ["admin", "publisher"] {
@@ -106,7 +109,10 @@ impl Partner {
     pub async fn topic(&self, name: &str, description: &str) -> Result<Topic, Error> {
         let topic = self
             .admin
-            .post("/v1/topics", json!({"name": name, "description": description}))
+            .post(
+                "/v1/topics",
+                json!({"name": name, "description": description}),
+            )
             .await?;
         Ok(Topic {
             id: topic["id"].as_str().unwrap_or_default().to_owned(),
@@ -129,8 +135,13 @@ impl Partner {
         receiver: &Receiver<H>,
         hook: &str,
     ) -> Result<Subscription, Error> {
-        let subscription = self.create_subscription(&topic.id, &receiver.url(hook)).await?;
-        let secret = subscription["secret"].as_str().unwrap_or_default().to_owned();
+        let subscription = self
+            .create_subscription(&topic.id, &receiver.url(hook))
+            .await?;
+        let secret = subscription["secret"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         receiver.register(hook, &secret)?;
         Ok(Subscription {
             id: subscription["id"].as_str().unwrap_or_default().to_owned(),
@@ -143,7 +154,10 @@ impl Partner {
     pub async fn create_subscription(&self, topic_id: &str, url: &str) -> Result<Value, Error> {
         match self
             .admin
-            .post("/v1/subscriptions", json!({"topic_id": topic_id, "url": url}))
+            .post(
+                "/v1/subscriptions",
+                json!({"topic_id": topic_id, "url": url}),
+            )
             .await
         {
             Err(error) if error.status() == Some(reqwest::StatusCode::UNPROCESSABLE_ENTITY) => {

@@ -25,7 +25,7 @@ fn target(anika: &Anika) -> Target {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_the_dealer_bank_flow_the_dealer_sees_the_banks_offer_for_each_car_and_the_insurer_only_the_dealers_topic()
-{
+ {
     let env = TestEnv::new().await;
     let anika = Anika::up(&env, &[]).await;
 
@@ -34,8 +34,16 @@ async fn in_the_dealer_bank_flow_the_dealer_sees_the_banks_offer_for_each_car_an
         .expect("the dealer-bank flow runs to the end");
 
     let cars: BTreeSet<&str> = outcome.cars.iter().map(|c| c.event_id.as_str()).collect();
-    assert_eq!(cars.len(), dealer_bank::CARS.len(), "every car was published once");
-    let offered: Vec<&str> = outcome.dealer_saw.iter().map(|s| s.car_event_id.as_str()).collect();
+    assert_eq!(
+        cars.len(),
+        dealer_bank::CARS.len(),
+        "every car was published once"
+    );
+    let offered: Vec<&str> = outcome
+        .dealer_saw
+        .iter()
+        .map(|s| s.car_event_id.as_str())
+        .collect();
     assert_eq!(
         offered.iter().copied().collect::<BTreeSet<_>>(),
         cars,
@@ -49,10 +57,17 @@ async fn in_the_dealer_bank_flow_the_dealer_sees_the_banks_offer_for_each_car_an
             .find(|(customer, _, _)| *customer == seen.customer)
             .expect("a customer of the day");
         let offer = dealer_bank::loan_offer(*price);
-        assert!(seen.text.contains(&dealer_bank::euros(offer.monthly_cents)), "{seen:?}");
+        assert!(
+            seen.text.contains(&dealer_bank::euros(offer.monthly_cents)),
+            "{seen:?}"
+        );
     }
 
-    let quoted: BTreeSet<&str> = outcome.insurer_saw.iter().map(|s| s.car_event_id.as_str()).collect();
+    let quoted: BTreeSet<&str> = outcome
+        .insurer_saw
+        .iter()
+        .map(|s| s.car_event_id.as_str())
+        .collect();
     assert_eq!(quoted, cars, "the insurer quoted each chosen car");
     assert!(
         outcome.insurer_saw.iter().all(|s| s.topic == "car.chosen"),
@@ -70,7 +85,7 @@ async fn in_the_dealer_bank_flow_the_dealer_sees_the_banks_offer_for_each_car_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tracker_day_books_each_payout_once_everywhere_and_billing_rebuilt_by_replay_equals_a_day_without_outage()
-{
+ {
     let env = TestEnv::new().await;
     let anika = Anika::up(&env, &[]).await;
     let target = target(&anika);
@@ -99,22 +114,44 @@ async fn the_tracker_day_books_each_payout_once_everywhere_and_billing_rebuilt_b
             outcome.history.assigned > day.tasks as i64,
             "the bulk reassignment reassigned open tasks"
         );
-        assert_eq!(outcome.payouts.len() as i64, closed, "Accounts booked one payout per close");
-        let booked: Vec<&str> = outcome.payouts.iter().map(|p| p.event_id.as_str()).collect();
-        let billed: Vec<&str> = outcome.billing_payout_ids.iter().map(String::as_str).collect();
-        let mailed: Vec<&str> = outcome.mails.iter().map(|m| m.payout_event_id.as_str()).collect();
+        assert_eq!(
+            outcome.payouts.len() as i64,
+            closed,
+            "Accounts booked one payout per close"
+        );
+        let booked: Vec<&str> = outcome
+            .payouts
+            .iter()
+            .map(|p| p.event_id.as_str())
+            .collect();
+        let billed: Vec<&str> = outcome
+            .billing_payout_ids
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let mailed: Vec<&str> = outcome
+            .mails
+            .iter()
+            .map(|m| m.payout_event_id.as_str())
+            .collect();
         assert_eq!(billed, booked, "Billing recorded every payout exactly once");
         assert_eq!(mailed, booked, "Mailer sent exactly one mail per payout");
         assert_eq!(outcome.analytics.assigned, outcome.history.assigned);
         assert_eq!(outcome.analytics.closed, outcome.history.closed);
         assert_eq!(outcome.analytics.tasks, outcome.history.created);
-        assert_eq!(outcome.analytics.assigned_per_user, outcome.history.assigned_per_user);
+        assert_eq!(
+            outcome.analytics.assigned_per_user,
+            outcome.history.assigned_per_user
+        );
         for (check, holds) in outcome.checks() {
             assert!(holds, "{check}");
         }
     }
 
-    let recovery = stormy.recovery.as_ref().expect("the stormy day had an outage");
+    let recovery = stormy
+        .recovery
+        .as_ref()
+        .expect("the stormy day had an outage");
     assert_eq!(
         recovery.before_outage, day.closed_before_noon,
         "Billing had the morning's payouts when it went down, and lost them"
@@ -128,6 +165,9 @@ async fn the_tracker_day_books_each_payout_once_everywhere_and_billing_rebuilt_b
         stormy.billing_books, calm.billing_books,
         "after the wipe and the replay, Billing's books equal those of a day without outage"
     );
-    assert_eq!(stormy.balances, calm.balances, "both days booked the same amounts");
+    assert_eq!(
+        stormy.balances, calm.balances,
+        "both days booked the same amounts"
+    );
     anika.terminate().await;
 }

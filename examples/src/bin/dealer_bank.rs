@@ -18,9 +18,15 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
-    let outcome = match Target::from_args(args.url, args.operator_key, Path::new(".anika/operator-key")) {
+    let outcome = match Target::from_args(
+        args.url,
+        args.operator_key,
+        Path::new(".anika/operator-key"),
+    ) {
         Ok(target) => dealer_bank::run(&target, &Say::stdout()).await,
         Err(error) => Err(error),
     };

@@ -18,7 +18,11 @@ struct Args {
     #[arg(long, env = "ANIKA_OPERATOR_KEY")]
     operator_key: Option<String>,
     /// Where the services keep their schemas (the database is created if missing).
-    #[arg(long, env = "POPUG_DATABASE_URL", default_value = "postgres://localhost/anika_popug")]
+    #[arg(
+        long,
+        env = "POPUG_DATABASE_URL",
+        default_value = "postgres://localhost/anika_popug"
+    )]
     database_url: String,
     /// Play the day without Billing's outage (to compare Billing's books with a run that had it).
     #[arg(long)]
@@ -27,18 +31,26 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let day = Day {
         billing_outage: !args.no_outage,
         ..Day::default()
     };
-    let outcome = match Target::from_args(args.url, args.operator_key, Path::new(".anika/operator-key")) {
+    let outcome = match Target::from_args(
+        args.url,
+        args.operator_key,
+        Path::new(".anika/operator-key"),
+    ) {
         Ok(target) => tracker::run(&target, &args.database_url, &day, &Say::stdout()).await,
         Err(error) => Err(error),
     };
     match outcome {
-        Ok(outcome) if outcome.checks().iter().all(|(_, holds)| *holds) => std::process::ExitCode::SUCCESS,
+        Ok(outcome) if outcome.checks().iter().all(|(_, holds)| *holds) => {
+            std::process::ExitCode::SUCCESS
+        }
         Ok(_) => std::process::ExitCode::FAILURE,
         Err(error) => {
             eprintln!("tracker: {error}");

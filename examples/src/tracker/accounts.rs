@@ -58,7 +58,10 @@ pub struct Payout {
 
 impl Handler for Accounts {
     async fn handle(&self, hook: &str, event: Delivery) -> Result<Handled, Error> {
-        let task_id = event.data["task_id"].as_str().unwrap_or_default().to_owned();
+        let task_id = event.data["task_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let at: DateTime<Utc> = serde_json::from_value(event.data["at"].clone())
             .map_err(|e| Error::Pending(format!("event {} has no valid `at`: {e}", event.id)))?;
         let mut tx = self.storage.begin().await?;
@@ -82,16 +85,25 @@ impl Handler for Accounts {
             .bind(at)
             .execute(&mut *tx)
             .await?;
-            book(&mut tx, &event.id, user_id, &task_id, -rules::assign_cost(&task_id)).await?;
+            book(
+                &mut tx,
+                &event.id,
+                user_id,
+                &task_id,
+                -rules::assign_cost(&task_id),
+            )
+            .await?;
             tx.commit().await?;
             return Ok(Handled::Applied);
         }
-        let assignee: Option<String> = sqlx::query_scalar("SELECT user_id FROM assignees WHERE task_id = $1")
-            .bind(&task_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let assignee: Option<String> =
+            sqlx::query_scalar("SELECT user_id FROM assignees WHERE task_id = $1")
+                .bind(&task_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         // Closed before its assignment arrived: refuse, and anika delivers it again later.
-        let user_id = assignee.ok_or_else(|| Error::Pending(format!("{task_id} closed before any assignment")))?;
+        let user_id = assignee
+            .ok_or_else(|| Error::Pending(format!("{task_id} closed before any assignment")))?;
         let reward = rules::close_reward(&task_id);
         book(&mut tx, &event.id, &user_id, &task_id, reward).await?;
         sqlx::query("INSERT INTO payouts (close_event_id, user_id, amount) VALUES ($1, $2, $3)")
@@ -138,13 +150,18 @@ impl Accounts {
         };
         let data = json!({"user_id": user_id, "amount": amount});
         let key = format!("payout-for-{close_event_id}");
-        let payout_event_id = self.partner.publisher.publish(&self.payouts.id, data, &key).await?;
+        let payout_event_id = self
+            .partner
+            .publisher
+            .publish(&self.payouts.id, data, &key)
+            .await?;
         sqlx::query("UPDATE payouts SET payout_event_id = $2 WHERE close_event_id = $1")
             .bind(close_event_id)
             .bind(&payout_event_id)
             .execute(self.storage.pool())
             .await?;
-        self.say.line(format!("[accounts]  {user_id} earned {amount} → payout"));
+        self.say
+            .line(format!("[accounts]  {user_id} earned {amount} → payout"));
         Ok(())
     }
 

@@ -9,8 +9,9 @@ use crate::{
 };
 
 /// Analytics' table: one row per task event.
-pub const TABLES: &[&str] =
-    &["CREATE TABLE events (event_id text PRIMARY KEY, kind text NOT NULL, task_id text NOT NULL, user_id text)"];
+pub const TABLES: &[&str] = &[
+    "CREATE TABLE events (event_id text PRIMARY KEY, kind text NOT NULL, task_id text NOT NULL, user_id text)",
+];
 
 /// The Analytics service.
 pub struct Analytics {
@@ -37,14 +38,20 @@ impl Handler for Analytics {
         if !first_time(&mut tx, &event.id).await? {
             return Ok(Handled::Duplicate);
         }
-        let kind = if hook == super::accounts::ASSIGNED { "assigned" } else { "closed" };
-        sqlx::query("INSERT INTO events (event_id, kind, task_id, user_id) VALUES ($1, $2, $3, $4)")
-            .bind(&event.id)
-            .bind(kind)
-            .bind(event.data["task_id"].as_str().unwrap_or_default())
-            .bind(event.data["user_id"].as_str())
-            .execute(&mut *tx)
-            .await?;
+        let kind = if hook == super::accounts::ASSIGNED {
+            "assigned"
+        } else {
+            "closed"
+        };
+        sqlx::query(
+            "INSERT INTO events (event_id, kind, task_id, user_id) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&event.id)
+        .bind(kind)
+        .bind(event.data["task_id"].as_str().unwrap_or_default())
+        .bind(event.data["user_id"].as_str())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Handled::Applied)
     }

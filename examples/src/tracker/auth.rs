@@ -20,7 +20,8 @@ pub const USERS: [(&str, &str); 5] = [
 ];
 
 /// Auth's tables.
-pub const TABLES: &[&str] = &["CREATE TABLE users (user_id text PRIMARY KEY, name text NOT NULL, email text NOT NULL)"];
+pub const TABLES: &[&str] =
+    &["CREATE TABLE users (user_id text PRIMARY KEY, name text NOT NULL, email text NOT NULL)"];
 
 /// The Auth service.
 pub struct Auth {
@@ -38,15 +39,21 @@ impl Auth {
     /// Registers a user and announces it.
     pub async fn register(&self, user_id: &str, name: &str) -> Result<(), Error> {
         let email = format!("{}@popug.example", name.to_lowercase());
-        sqlx::query("INSERT INTO users (user_id, name, email) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(user_id)
-            .bind(name)
-            .bind(&email)
-            .execute(self.storage.pool())
-            .await?;
+        sqlx::query(
+            "INSERT INTO users (user_id, name, email) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(name)
+        .bind(&email)
+        .execute(self.storage.pool())
+        .await?;
         let data = json!({"user_id": user_id, "name": name, "email": email});
-        self.partner.publisher.publish(&self.users.id, data, user_id).await?;
-        self.say.line(format!("[auth]      {name} signed up → user.created"));
+        self.partner
+            .publisher
+            .publish(&self.users.id, data, user_id)
+            .await?;
+        self.say
+            .line(format!("[auth]      {name} signed up → user.created"));
         Ok(())
     }
 }

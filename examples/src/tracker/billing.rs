@@ -13,8 +13,9 @@ use crate::{
 };
 
 /// Billing's table.
-pub const TABLES: &[&str] =
-    &["CREATE TABLE payouts (event_id text PRIMARY KEY, user_id text NOT NULL, amount bigint NOT NULL)"];
+pub const TABLES: &[&str] = &[
+    "CREATE TABLE payouts (event_id text PRIMARY KEY, user_id text NOT NULL, amount bigint NOT NULL)",
+];
 
 /// The Billing service.
 pub struct Billing {
@@ -45,17 +46,23 @@ impl Handler for Billing {
 impl Billing {
     /// The ids of the payout events Billing recorded, sorted.
     pub async fn payout_ids(&self) -> Result<Vec<String>, Error> {
-        Ok(sqlx::query_scalar("SELECT event_id FROM payouts ORDER BY event_id")
-            .fetch_all(self.storage.pool())
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT event_id FROM payouts ORDER BY event_id")
+                .fetch_all(self.storage.pool())
+                .await?,
+        )
     }
 
     /// Billing's books.
     pub async fn books(&self) -> Result<Books, Error> {
-        let rows: Vec<(String, i64, i64)> =
-            sqlx::query_as("SELECT user_id, count(*), sum(amount)::bigint FROM payouts GROUP BY user_id")
-                .fetch_all(self.storage.pool())
-                .await?;
-        Ok(rows.into_iter().map(|(user, n, total)| (user, (n, total))).collect())
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT user_id, count(*), sum(amount)::bigint FROM payouts GROUP BY user_id",
+        )
+        .fetch_all(self.storage.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, n, total)| (user, (n, total)))
+            .collect())
     }
 }

@@ -44,18 +44,21 @@ impl Handler for Mailer {
             return Ok(Handled::Duplicate);
         }
         if hook == USERS {
-            sqlx::query("INSERT INTO users (user_id, email) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(user_id)
-                .bind(event.data["email"].as_str().unwrap_or_default())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO users (user_id, email) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(user_id)
+            .bind(event.data["email"].as_str().unwrap_or_default())
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             return Ok(Handled::Applied);
         }
-        let email: Option<String> = sqlx::query_scalar("SELECT email FROM users WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let email: Option<String> =
+            sqlx::query_scalar("SELECT email FROM users WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         let email = email.ok_or_else(|| Error::Pending(format!("no address for {user_id} yet")))?;
         let subject = format!("You were paid {}", event.data["amount"]);
         // "Sending" is recording the mail in the same transaction as the event id, so a
@@ -82,10 +85,11 @@ impl Mailer {
 
     /// The mails sent, by payout.
     pub async fn mails(&self) -> Result<Vec<Mail>, Error> {
-        let rows: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT payout_event_id, email, subject FROM mails ORDER BY payout_event_id")
-                .fetch_all(self.storage.pool())
-                .await?;
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT payout_event_id, email, subject FROM mails ORDER BY payout_event_id",
+        )
+        .fetch_all(self.storage.pool())
+        .await?;
         Ok(rows
             .into_iter()
             .map(|(payout_event_id, email, subject)| Mail {

@@ -95,15 +95,25 @@ impl Outcome {
     pub fn checks(&self) -> Vec<(&'static str, bool)> {
         let booked: Vec<&str> = self.payouts.iter().map(|p| p.event_id.as_str()).collect();
         let billed: Vec<&str> = self.billing_payout_ids.iter().map(String::as_str).collect();
-        let mailed: Vec<&str> = self.mails.iter().map(|m| m.payout_event_id.as_str()).collect();
+        let mailed: Vec<&str> = self
+            .mails
+            .iter()
+            .map(|m| m.payout_event_id.as_str())
+            .collect();
         let mut books = Books::new();
         for payout in &self.payouts {
             let entry = books.entry(payout.user_id.clone()).or_default();
             *entry = (entry.0 + 1, entry.1 + payout.amount);
         }
         vec![
-            ("Billing has every payout Accounts booked, once", billed == booked),
-            ("Billing's books equal Accounts' payouts", self.billing_books == books),
+            (
+                "Billing has every payout Accounts booked, once",
+                billed == booked,
+            ),
+            (
+                "Billing's books equal Accounts' payouts",
+                self.billing_books == books,
+            ),
             ("Mailer sent one mail per payout", mailed == booked),
             (
                 "Analytics counted what Tasks recorded",
@@ -118,26 +128,54 @@ impl Outcome {
 
 /// The name Auth gave `user_id`.
 fn name(user_id: &str) -> &str {
-    USERS.iter().find(|(id, _)| *id == user_id).map_or(user_id, |(_, name)| name)
+    USERS
+        .iter()
+        .find(|(id, _)| *id == user_id)
+        .map_or(user_id, |(_, name)| name)
 }
 
 /// Plays the scripted `day` against `target`, the services keeping their state in
 /// `database_url` (one schema each, wiped at the start), and returns each service's view.
-pub async fn run(target: &Target, database_url: &str, day: &Day, say: &Say) -> Result<Outcome, Error> {
+pub async fn run(
+    target: &Target,
+    database_url: &str,
+    day: &Day,
+    say: &Say,
+) -> Result<Outcome, Error> {
     // Replays name the start of the day; a second of slack covers clock skew with anika.
-    let start_of_day = (Utc::now() - chrono::Duration::seconds(1)).to_rfc3339_opts(SecondsFormat::Millis, true);
+    let start_of_day =
+        (Utc::now() - chrono::Duration::seconds(1)).to_rfc3339_opts(SecondsFormat::Millis, true);
     let operator = Operator::new(target)?;
     let tag = crate::run_tag();
-    say.line(format!("Setting up six services (run {tag}), each a partner with its own keys and schema"));
+    say.line(format!(
+        "Setting up six services (run {tag}), each a partner with its own keys and schema"
+    ));
     let mut partners = Vec::new();
-    for service in ["auth", "tasks", "accounts", "billing", "mailer", "analytics"] {
-        partners.push(Arc::new(operator.partner(&format!("popug-{service}-{tag}")).await?));
+    for service in [
+        "auth",
+        "tasks",
+        "accounts",
+        "billing",
+        "mailer",
+        "analytics",
+    ] {
+        partners.push(Arc::new(
+            operator.partner(&format!("popug-{service}-{tag}")).await?,
+        ));
     }
-    let [auth_p, tasks_p, accounts_p, billing_p, mailer_p, analytics_p] =
-        <[Arc<_>; 6]>::try_from(partners).expect("six partners");
+    let [
+        auth_p,
+        tasks_p,
+        accounts_p,
+        billing_p,
+        mailer_p,
+        analytics_p,
+    ] = <[Arc<_>; 6]>::try_from(partners).expect("six partners");
 
     let users_t = auth_p.topic("user.created", "A user signed up").await?;
-    let assigned_t = tasks_p.topic("task.assigned", "A task was given to a user").await?;
+    let assigned_t = tasks_p
+        .topic("task.assigned", "A task was given to a user")
+        .await?;
     let closed_t = tasks_p.topic("task.closed", "A task was done").await?;
     let payout_t = accounts_p.topic("payout", "Money paid to a user").await?;
     for (owner, topic, readers) in [
@@ -157,11 +195,12 @@ pub async fn run(target: &Target, database_url: &str, day: &Day, say: &Say) -> R
         ));
     }
 
-    let storage = async |schema: &'static str, tables: &'static [&'static str]| -> Result<Storage, Error> {
-        let storage = Storage::connect(database_url, schema, tables).await?;
-        storage.wipe().await?;
-        Ok(storage)
-    };
+    let storage =
+        async |schema: &'static str, tables: &'static [&'static str]| -> Result<Storage, Error> {
+            let storage = Storage::connect(database_url, schema, tables).await?;
+            storage.wipe().await?;
+            Ok(storage)
+        };
     let auth = Auth {
         partner: Arc::clone(&auth_p),
         storage: storage("popug_auth", auth::TABLES).await?,
@@ -198,16 +237,30 @@ pub async fn run(target: &Target, database_url: &str, day: &Day, say: &Say) -> R
     })
     .await?;
 
-    tasks_p.subscribe(&users_t, &tasks_rx, mailer::USERS).await?;
-    mailer_p.subscribe(&users_t, &mailer_rx, mailer::USERS).await?;
-    mailer_p.subscribe(&payout_t, &mailer_rx, mailer::PAYOUTS).await?;
-    for (partner, hook, topic) in [(&accounts_p, accounts::ASSIGNED, &assigned_t), (&accounts_p, accounts::CLOSED, &closed_t)] {
+    tasks_p
+        .subscribe(&users_t, &tasks_rx, mailer::USERS)
+        .await?;
+    mailer_p
+        .subscribe(&users_t, &mailer_rx, mailer::USERS)
+        .await?;
+    mailer_p
+        .subscribe(&payout_t, &mailer_rx, mailer::PAYOUTS)
+        .await?;
+    for (partner, hook, topic) in [
+        (&accounts_p, accounts::ASSIGNED, &assigned_t),
+        (&accounts_p, accounts::CLOSED, &closed_t),
+    ] {
         partner.subscribe(topic, &accounts_rx, hook).await?;
     }
-    for (partner, hook, topic) in [(&analytics_p, accounts::ASSIGNED, &assigned_t), (&analytics_p, accounts::CLOSED, &closed_t)] {
+    for (partner, hook, topic) in [
+        (&analytics_p, accounts::ASSIGNED, &assigned_t),
+        (&analytics_p, accounts::CLOSED, &closed_t),
+    ] {
         partner.subscribe(topic, &analytics_rx, hook).await?;
     }
-    let billing_sub = billing_p.subscribe(&payout_t, &billing_rx, mailer::PAYOUTS).await?;
+    let billing_sub = billing_p
+        .subscribe(&payout_t, &billing_rx, mailer::PAYOUTS)
+        .await?;
 
     // Morning: users sign up; Tasks and Mailer learn them from Auth's topic.
     say.line("\nMorning");
@@ -224,9 +277,14 @@ pub async fn run(target: &Target, database_url: &str, day: &Day, say: &Say) -> R
 
     let tasks = tasks_rx.handler();
     for n in 1..=day.tasks {
-        tasks.create(&rules::task_id(n), &format!("Task number {n}")).await?;
+        tasks
+            .create(&rules::task_id(n), &format!("Task number {n}"))
+            .await?;
     }
-    say.line(format!("[tasks]     {} tasks created and assigned → task.assigned", day.tasks));
+    say.line(format!(
+        "[tasks]     {} tasks created and assigned → task.assigned",
+        day.tasks
+    ));
     settle(&tasks_rx, &accounts_rx, &analytics_rx).await?;
 
     let close = async |count: usize| -> Result<(), Error> {
@@ -257,7 +315,9 @@ pub async fn run(target: &Target, database_url: &str, day: &Day, say: &Say) -> R
         say.line("\nNoon");
     }
     let reassigned = tasks.reassign_open(1).await?;
-    say.line(format!("[tasks]     bulk reassignment of the {reassigned} open tasks → task.assigned"));
+    say.line(format!(
+        "[tasks]     bulk reassignment of the {reassigned} open tasks → task.assigned"
+    ));
     settle(&tasks_rx, &accounts_rx, &analytics_rx).await?;
     say.line("\nAfternoon");
     close(day.closed_after_noon).await?;
@@ -273,7 +333,9 @@ pub async fn run(target: &Target, database_url: &str, day: &Day, say: &Say) -> R
             storage: billing_storage.clone(),
         })
         .await?;
-        billing_p.move_subscription(&billing_sub, &billing_rx).await?;
+        billing_p
+            .move_subscription(&billing_sub, &billing_rx)
+            .await?;
         recovery.replayed = billing_p.replay(&billing_sub, &start_of_day).await?;
         say.line(format!(
             "[billing]   POST /v1/subscriptions/{}/replay since {start_of_day}: {} events re-delivered",
@@ -307,15 +369,19 @@ async fn settle(
     accounts: &Receiver<Accounts>,
     analytics: &Receiver<Analytics>,
 ) -> Result<(), Error> {
-    wait_until("Accounts and Analytics to apply every task event", STEP, async || {
-        let history = tasks.handler().history().await?;
-        let (assigned, closed) = accounts.handler().applied().await?;
-        let report = analytics.handler().report().await?;
-        let done = (assigned, closed) == (history.assigned, history.closed)
-            && (report.assigned, report.closed) == (history.assigned, history.closed)
-            && accounts.handler().payouts().await?.len() as i64 == history.closed;
-        Ok(done.then_some(()))
-    })
+    wait_until(
+        "Accounts and Analytics to apply every task event",
+        STEP,
+        async || {
+            let history = tasks.handler().history().await?;
+            let (assigned, closed) = accounts.handler().applied().await?;
+            let report = analytics.handler().report().await?;
+            let done = (assigned, closed) == (history.assigned, history.closed)
+                && (report.assigned, report.closed) == (history.assigned, history.closed)
+                && accounts.handler().payouts().await?.len() as i64 == history.closed;
+            Ok(done.then_some(()))
+        },
+    )
     .await
 }
 
@@ -326,17 +392,21 @@ async fn delivered(
     mailer: Option<&Receiver<Mailer>>,
 ) -> Result<(), Error> {
     let booked = accounts.handler().payouts().await?.len();
-    wait_until("every payout to reach Billing and Mailer", STEP, async || {
-        let billed = match billing {
-            Some(billing) => billing.handler().payout_ids().await?.len() == booked,
-            None => true,
-        };
-        let mailed = match mailer {
-            Some(mailer) => mailer.handler().mails().await?.len() == booked,
-            None => true,
-        };
-        Ok((billed && mailed).then_some(()))
-    })
+    wait_until(
+        "every payout to reach Billing and Mailer",
+        STEP,
+        async || {
+            let billed = match billing {
+                Some(billing) => billing.handler().payout_ids().await?.len() == booked,
+                None => true,
+            };
+            let mailed = match mailer {
+                Some(mailer) => mailer.handler().mails().await?.len() == booked,
+                None => true,
+            };
+            Ok((billed && mailed).then_some(()))
+        },
+    )
     .await
 }
 
@@ -358,7 +428,10 @@ fn report(outcome: &Outcome, say: &Say) {
         .collect();
     let total: i64 = outcome.payouts.iter().map(|p| p.amount).sum();
     say.line(format!("  Accounts   balances: {}", balances.join(", ")));
-    say.line(format!("             {} payouts published, {total} in all", outcome.payouts.len()));
+    say.line(format!(
+        "             {} payouts published, {total} in all",
+        outcome.payouts.len()
+    ));
     let books: Vec<String> = outcome
         .billing_books
         .iter()

@@ -16,7 +16,8 @@ use sqlx::{
 use crate::Error;
 
 /// The table every consumer's idempotency rests on.
-const PROCESSED: &str = "CREATE TABLE processed (event_id text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())";
+const PROCESSED: &str =
+    "CREATE TABLE processed (event_id text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())";
 
 /// One service's schema.
 #[derive(Clone, Debug)]
@@ -40,7 +41,11 @@ impl Storage {
             .max_connections(3)
             .connect_with(options.options([("search_path", schema)]))
             .await?;
-        Ok(Self { pool, schema, tables })
+        Ok(Self {
+            pool,
+            schema,
+            tables,
+        })
     }
 
     /// Drops everything the service stored and creates its empty tables: a fresh start,
@@ -50,8 +55,12 @@ impl Storage {
         let drop = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
         let create = format!("CREATE SCHEMA \"{}\"", self.schema);
         // The schema names are constants of this crate, never input.
-        sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut *tx).await?;
-        sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut *tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(PROCESSED).execute(&mut *tx).await?;
         for table in self.tables {
             sqlx::query(*table).execute(&mut *tx).await?;
@@ -78,12 +87,16 @@ impl Storage {
 
 /// Records `event_id` as processed in `tx`; `false` if it was processed before, in which
 /// case the caller applies nothing.
-pub async fn first_time(tx: &mut Transaction<'static, Postgres>, event_id: &str) -> Result<bool, Error> {
-    let inserted = sqlx::query("INSERT INTO processed (event_id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(event_id)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
+pub async fn first_time(
+    tx: &mut Transaction<'static, Postgres>,
+    event_id: &str,
+) -> Result<bool, Error> {
+    let inserted =
+        sqlx::query("INSERT INTO processed (event_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(event_id)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
     Ok(inserted == 1)
 }
 
@@ -95,10 +108,17 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), Er
         }
         // 3D000: invalid_catalog_name, the database does not exist yet.
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
-            let name = options.get_database().unwrap_or("anika_popug").replace('"', "\"\"");
-            let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+            let name = options
+                .get_database()
+                .unwrap_or("anika_popug")
+                .replace('"', "\"\"");
+            let mut admin =
+                PgConnection::connect_with(&options.clone().database("postgres")).await?;
             let create = format!("CREATE DATABASE \"{name}\"");
-            match sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await {
+            match sqlx::query(sqlx::AssertSqlSafe(create))
+                .execute(&mut admin)
+                .await
+            {
                 Ok(_) => {}
                 // 42P04: duplicate_database, another run created it meanwhile.
                 Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}

@@ -100,9 +100,11 @@ impl Tasks {
 
     /// The open tasks, by id.
     pub async fn open_tasks(&self) -> Result<Vec<String>, Error> {
-        Ok(sqlx::query_scalar("SELECT task_id FROM tasks WHERE NOT closed ORDER BY task_id")
-            .fetch_all(self.storage.pool())
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT task_id FROM tasks WHERE NOT closed ORDER BY task_id")
+                .fetch_all(self.storage.pool())
+                .await?,
+        )
     }
 
     /// Gives `task_id` to the user the rules pick for `round`, and says so.
@@ -118,17 +120,23 @@ impl Tasks {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO history (task_id, kind, user_id, at) VALUES ($1, 'assigned', $2, $3)")
-            .bind(task_id)
-            .bind(user_id)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO history (task_id, kind, user_id, at) VALUES ($1, 'assigned', $2, $3)",
+        )
+        .bind(task_id)
+        .bind(user_id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         let data = json!({"task_id": task_id, "user_id": user_id, "at": at});
         self.partner
             .publisher
-            .publish(&self.assigned.id, data, &format!("{task_id}-assigned-{round}"))
+            .publish(
+                &self.assigned.id,
+                data,
+                &format!("{task_id}-assigned-{round}"),
+            )
             .await?;
         Ok(())
     }
@@ -157,10 +165,16 @@ impl Tasks {
 
     /// The day's history, counted.
     pub async fn history(&self) -> Result<History, Error> {
-        let counts: Vec<(String, i64)> = sqlx::query_as("SELECT kind, count(*) FROM history GROUP BY kind")
-            .fetch_all(self.storage.pool())
-            .await?;
-        let count = |kind: &str| counts.iter().find(|(k, _)| k == kind).map_or(0, |(_, n)| *n);
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT kind, count(*) FROM history GROUP BY kind")
+                .fetch_all(self.storage.pool())
+                .await?;
+        let count = |kind: &str| {
+            counts
+                .iter()
+                .find(|(k, _)| k == kind)
+                .map_or(0, |(_, n)| *n)
+        };
         let per_user: Vec<(String, i64)> = sqlx::query_as(
             "SELECT user_id, count(*) FROM history WHERE kind = 'assigned' GROUP BY user_id",
         )
