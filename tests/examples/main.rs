@@ -7,10 +7,14 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use anika_examples::{
-    Say, Target, dealer_bank,
+    Error, Say, Target, dealer_bank,
+    receiver::{Delivery, Handled, Handler, Receiver},
     tracker::{self, Day},
 };
 use anika_shared::testing::TestEnv;
@@ -162,6 +166,15 @@ async fn the_tracker_day_books_each_payout_once_everywhere_and_billing_rebuilt_b
         "the replay re-delivered the whole day's payouts"
     );
     assert_eq!(
+        (
+            recovery.replayed_again,
+            recovery.dropped_as_duplicates,
+            recovery.applied_again
+        ),
+        (stormy.payouts.len() as u64, stormy.payouts.len() as u64, 0),
+        "a second replay to a restarted Billing is dropped by its storage, event by event"
+    );
+    assert_eq!(
         stormy.billing_books, calm.billing_books,
         "after the wipe and the replay, Billing's books equal those of a day without outage"
     );
@@ -170,4 +183,68 @@ async fn the_tracker_day_books_each_payout_once_everywhere_and_billing_rebuilt_b
         "both days booked the same amounts"
     );
     anika.terminate().await;
+}
+
+/// Counts the deliveries it is handed.
+#[derive(Default)]
+struct Counting(AtomicU64);
+
+impl Handler for Counting {
+    async fn handle(&self, _hook: &str, _delivery: Delivery) -> Result<Handled, Error> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(Handled::Applied)
+    }
+}
+
+#[tokio::test]
+async fn the_examples_receiver_refuses_a_bad_signature_and_hands_a_repeated_webhook_id_on_once() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut receiver = Receiver::start(Counting::default())
+        .await
+        .expect("receiver");
+    receiver.register("hook", secret).expect("secret");
+    let body = serde_json::json!({
+        "id": "01937a4e-0000-7000-8000-000000000001", "topic_id": "t", "topic": "car.chosen",
+        "publisher_partner_id": "p", "key": null, "received_at": "2026-12-01T00:00:00Z",
+        "data": {"customer": "Ada"},
+    })
+    .to_string();
+    let now = chrono::Utc::now().timestamp();
+    let send = async |signer: &str| {
+        let signature = standardwebhooks::Webhook::new(signer)
+            .expect("secret")
+            .sign("01937a4e-0000-7000-8000-000000000001", now, body.as_bytes())
+            .expect("sign");
+        reqwest::Client::new()
+            .post(receiver.url("hook"))
+            .header("webhook-id", "01937a4e-0000-7000-8000-000000000001")
+            .header("webhook-timestamp", now.to_string())
+            .header("webhook-signature", signature)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("send")
+            .status()
+            .as_u16()
+    };
+
+    assert_eq!(
+        send("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await,
+        401,
+        "a wrong secret's signature"
+    );
+    assert_eq!(send(secret).await, 204);
+    assert_eq!(send(secret).await, 204, "a repeat is acknowledged");
+    assert_eq!(
+        receiver.handler().0.load(Ordering::SeqCst),
+        1,
+        "but handled once"
+    );
+    let counts = receiver.counts();
+    assert_eq!(
+        (counts.applied, counts.duplicates, counts.bad_signatures),
+        (1, 1, 1)
+    );
+    receiver.stop().await;
 }

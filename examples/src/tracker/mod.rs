@@ -67,6 +67,12 @@ pub struct Recovery {
     pub before_outage: usize,
     /// Events anika re-delivered from the log for the replay.
     pub replayed: u64,
+    /// Events re-delivered by a second replay after a plain restart (storage kept).
+    pub replayed_again: u64,
+    /// Of those, how many Billing's storage recognised as applied before and dropped.
+    pub dropped_as_duplicates: u64,
+    /// Of those, how many Billing applied (0 when it is idempotent on the event id).
+    pub applied_again: u64,
 }
 
 /// Each service's view at the end of the day.
@@ -115,6 +121,10 @@ impl Outcome {
                 self.billing_books == books,
             ),
             ("Mailer sent one mail per payout", mailed == booked),
+            (
+                "A second replay changed nothing in Billing",
+                self.recovery.as_ref().is_none_or(|r| r.applied_again == 0),
+            ),
             (
                 "Analytics counted what Tasks recorded",
                 self.analytics.assigned == self.history.assigned
@@ -310,6 +320,9 @@ pub async fn run(
         recovery = Some(Recovery {
             before_outage,
             replayed: 0,
+            replayed_again: 0,
+            dropped_as_duplicates: 0,
+            applied_again: 0,
         });
     } else {
         say.line("\nNoon");
@@ -343,6 +356,33 @@ pub async fn run(
         ));
     }
     delivered(&accounts_rx, Some(&billing_rx), None).await?;
+
+    if let Some(recovery) = recovery.as_mut() {
+        // A plain restart (storage kept, nothing in memory) and a second replay of the
+        // whole day: every event comes again, and Billing's storage drops each by its id.
+        billing_rx.stop().await;
+        billing_rx = Receiver::start(Billing {
+            storage: billing_storage.clone(),
+        })
+        .await?;
+        billing_p
+            .move_subscription(&billing_sub, &billing_rx)
+            .await?;
+        recovery.replayed_again = billing_p.replay(&billing_sub, &start_of_day).await?;
+        let again = recovery.replayed_again;
+        let counts = wait_until("the second replay to reach Billing", STEP, async || {
+            let counts = billing_rx.counts();
+            Ok((counts.duplicates + counts.applied >= again).then_some(counts))
+        })
+        .await?;
+        recovery.dropped_as_duplicates = counts.duplicates;
+        recovery.applied_again = counts.applied;
+        say.line(format!(
+            "[billing]   restarted and replayed again: {again} events re-delivered, {} dropped as \
+             already applied, {} applied",
+            counts.duplicates, counts.applied
+        ));
+    }
 
     let outcome = Outcome {
         history: tasks.history().await?,
