@@ -157,9 +157,10 @@ impl Handler for Shows {
                 format!("loan {months} × {}", euros(monthly)),
             )
         };
+        let who = format!("[{}]", self.who);
         self.say.line(format!(
-            "[{}] {customer}: {} received → {text}",
-            self.who, event.topic
+            "{who:<10}{customer}: {} received → {text}",
+            event.topic
         ));
         self.seen.lock().expect("seen lock").push(Seen {
             car_event_id,
@@ -268,12 +269,19 @@ pub async fn run(target: &Target, say: &Say) -> Result<Outcome, Error> {
         insurer_topics,
         insurer_refused_with,
     };
+    let counts = [
+        bank_hooks.counts(),
+        dealer_hooks.counts(),
+        insurer_hooks.counts(),
+    ];
     say.line(format!(
-        "Done: {} cars chosen, {} loan offers shown by the dealer, {} insurance quotes; \
-         every delivery's signature verified.",
+        "Done: {} cars chosen, {} loan offers shown by the dealer, {} insurance quotes. \
+         Every delivery's signature was verified ({} refused), {} repeated deliveries dropped.",
         outcome.cars.len(),
         outcome.dealer_saw.len(),
-        outcome.insurer_saw.len()
+        outcome.insurer_saw.len(),
+        counts.iter().map(|c| c.bad_signatures).sum::<u64>(),
+        counts.iter().map(|c| c.duplicates).sum::<u64>(),
     ));
     for receiver in [&mut dealer_hooks, &mut insurer_hooks] {
         receiver.stop().await;

@@ -199,6 +199,18 @@ impl Partner {
         Ok(answer["enqueued"].as_u64().unwrap_or_default())
     }
 
+    /// How many delivery attempts to `subscription` failed (the first 1000 at most).
+    pub async fn failed_attempts(&self, subscription: &Subscription) -> Result<usize, Error> {
+        let attempts = self
+            .admin
+            .get(&format!(
+                "/v1/subscriptions/{}/attempts?status=failed&limit=1000",
+                subscription.id
+            ))
+            .await?;
+        Ok(attempts["items"].as_array().map_or(0, Vec::len))
+    }
+
     /// The names of the topics other partners let it read (its own are left out).
     pub async fn granted_topic_names(&self) -> Result<Vec<String>, Error> {
         let topics = self.admin.get("/v1/topics?limit=1000").await?;

@@ -160,6 +160,10 @@ async fn the_tracker_day_books_each_payout_once_everywhere_and_billing_rebuilt_b
         recovery.before_outage, day.closed_before_noon,
         "Billing had the morning's payouts when it went down, and lost them"
     );
+    assert!(
+        recovery.failed_attempts > 0,
+        "anika's deliveries to Billing failed while it was down"
+    );
     assert_eq!(
         recovery.replayed,
         stormy.payouts.len() as u64,

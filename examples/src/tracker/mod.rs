@@ -65,6 +65,8 @@ impl Default for Day {
 pub struct Recovery {
     /// Payouts Billing had recorded when it went down (all lost with its storage).
     pub before_outage: usize,
+    /// Delivery attempts to Billing that anika recorded as failed while it was down.
+    pub failed_attempts: usize,
     /// Events anika re-delivered from the log for the replay.
     pub replayed: u64,
     /// Events re-delivered by a second replay after a plain restart (storage kept).
@@ -205,6 +207,10 @@ pub async fn run(
         ));
     }
 
+    say.line(format!(
+        "  storage: one schema per service (popug_auth, popug_tasks, …) in {}",
+        database_url.rsplit('@').next().unwrap_or(database_url)
+    ));
     let storage =
         async |schema: &'static str, tables: &'static [&'static str]| -> Result<Storage, Error> {
             let storage = Storage::connect(database_url, schema, tables).await?;
@@ -319,6 +325,7 @@ pub async fn run(
         ));
         recovery = Some(Recovery {
             before_outage,
+            failed_attempts: 0,
             replayed: 0,
             replayed_again: 0,
             dropped_as_duplicates: 0,
@@ -349,6 +356,11 @@ pub async fn run(
         billing_p
             .move_subscription(&billing_sub, &billing_rx)
             .await?;
+        recovery.failed_attempts = billing_p.failed_attempts(&billing_sub).await?;
+        say.line(format!(
+            "[billing]   anika recorded {} failed delivery attempts to it while it was down",
+            recovery.failed_attempts
+        ));
         recovery.replayed = billing_p.replay(&billing_sub, &start_of_day).await?;
         say.line(format!(
             "[billing]   POST /v1/subscriptions/{}/replay since {start_of_day}: {} events re-delivered",
