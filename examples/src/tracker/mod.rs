@@ -31,7 +31,12 @@ use self::{
     storage::Storage,
     tasks::{History, Tasks},
 };
-use crate::{Error, Say, Target, receiver::Receiver, setup::Operator, wait_until};
+use crate::{
+    Error, Say, Target,
+    receiver::Receiver,
+    setup::{Operator, Partner},
+    wait_until,
+};
 
 /// How long any one step of the day may take to reach every service.
 const STEP: Duration = Duration::from_secs(60);
@@ -162,27 +167,17 @@ pub async fn run(
     say.line(format!(
         "Setting up six services (run {tag}), each a partner with its own keys and schema"
     ));
-    let mut partners = Vec::new();
-    for service in [
-        "auth",
-        "tasks",
-        "accounts",
-        "billing",
-        "mailer",
-        "analytics",
-    ] {
-        partners.push(Arc::new(
+    let partner = async |service: &str| -> Result<Arc<Partner>, Error> {
+        Ok(Arc::new(
             operator.partner(&format!("popug-{service}-{tag}")).await?,
-        ));
-    }
-    let [
-        auth_p,
-        tasks_p,
-        accounts_p,
-        billing_p,
-        mailer_p,
-        analytics_p,
-    ] = <[Arc<_>; 6]>::try_from(partners).expect("six partners");
+        ))
+    };
+    let auth_p = partner("auth").await?;
+    let tasks_p = partner("tasks").await?;
+    let accounts_p = partner("accounts").await?;
+    let billing_p = partner("billing").await?;
+    let mailer_p = partner("mailer").await?;
+    let analytics_p = partner("analytics").await?;
 
     let users_t = auth_p.topic("user.created", "A user signed up").await?;
     let assigned_t = tasks_p
