@@ -516,3 +516,65 @@ fn report(outcome: &Outcome, say: &Say) {
         say.line(format!("  {} {check}", if holds { "✓" } else { "✗" }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payout(event_id: &str, user_id: &str, amount: i64) -> Payout {
+        Payout {
+            event_id: event_id.into(),
+            user_id: user_id.into(),
+            amount,
+        }
+    }
+
+    fn day_where_billing_has(ids: &[&str], books: Books) -> Outcome {
+        Outcome {
+            history: History::default(),
+            balances: BTreeMap::new(),
+            payouts: vec![payout("e1", "u-rio", 30), payout("e2", "u-rio", 25)],
+            billing_payout_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+            billing_books: books,
+            mails: ["e1", "e2"]
+                .map(|id| Mail {
+                    payout_event_id: id.into(),
+                    email: "rio@popug.example".into(),
+                    subject: "paid".into(),
+                })
+                .to_vec(),
+            analytics: Report::default(),
+            recovery: None,
+        }
+    }
+
+    #[test]
+    fn the_checks_hold_when_billing_has_every_payout_accounts_booked() {
+        let books = Books::from([("u-rio".to_owned(), (2, 55))]);
+        let outcome = day_where_billing_has(&["e1", "e2"], books);
+        assert!(
+            outcome.checks().iter().all(|(_, holds)| *holds),
+            "{:?}",
+            outcome.checks()
+        );
+    }
+
+    #[test]
+    fn a_payout_missing_from_billing_fails_the_checks() {
+        let books = Books::from([("u-rio".to_owned(), (1, 30))]);
+        let outcome = day_where_billing_has(&["e1"], books);
+        let failed: Vec<&str> = outcome
+            .checks()
+            .into_iter()
+            .filter(|(_, holds)| !holds)
+            .map(|(check, _)| check)
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                "Billing has every payout Accounts booked, once",
+                "Billing's books equal Accounts' payouts"
+            ]
+        );
+    }
+}
