@@ -254,7 +254,7 @@ pub async fn run(target: &Target, say: &Say) -> Result<Outcome, Error> {
 
     wait_until(
         "the dealer's offers and the insurer's quotes",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         async || {
             let done = dealer_hooks.handler().seen().len() >= chosen.len()
                 && insurer_hooks.handler().seen().len() >= chosen.len();

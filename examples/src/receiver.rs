@@ -5,7 +5,8 @@
 //! signature does not verify is refused with 401 before anything reads it; one whose
 //! `webhook-id` was already handled here is answered 204 without calling the handler
 //! again (anika delivers at least once, so duplicates do happen). A handler error
-//! answers 500, so anika retries; only a handled delivery counts as seen.
+//! answers 500 (503 for an event that cannot be applied yet), so anika retries; only a
+//! handled delivery counts as seen.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -201,6 +202,11 @@ async fn receive<H: Handler>(
                 Handled::Duplicate => counts.duplicates += 1,
             }
             StatusCode::NO_CONTENT
+        }
+        // Not yet applicable (it depends on an event still on its way): anika brings it again.
+        Err(error @ Error::Pending(_)) => {
+            tracing::info!(%error, %hook, %id, "delivery refused for now");
+            StatusCode::SERVICE_UNAVAILABLE
         }
         Err(error) => {
             // anika retries on 5xx; the cause stays here, in the partner's log.
