@@ -579,6 +579,16 @@ async fn put_grant(
     .await?
     .rows_affected();
     if inserted > 0 {
+        // Only a grant that was not there is a change: a repeated PUT records nothing.
+        // Written before the broker binds: if RabbitMQ refuses, it rolls back with the grant.
+        audit::record(
+            &mut tx,
+            &Actor::from(&principal),
+            Action::GrantCreated,
+            &Target::grant(id, topic.owner_partner_id.into()),
+            Changes::new().created("partner_id", &partner),
+        )
+        .await?;
         let subscriptions = grantee_subscriptions(&mut tx, id, partner).await?;
         if !subscriptions.is_empty() {
             let channel = state.ctx.broker.channel().await?;
@@ -592,15 +602,6 @@ async fn put_grant(
             }
             let _ = channel.close(200, "done".into()).await;
         }
-        // Only a grant that was not there is a change: a repeated PUT records nothing.
-        audit::record(
-            &mut tx,
-            &Actor::from(&principal),
-            Action::GrantCreated,
-            &Target::grant(id, topic.owner_partner_id.into()),
-            Changes::new().created("partner_id", &partner),
-        )
-        .await?;
         Change::Grant {
             topic_id: id,
             partner_id: partner,
