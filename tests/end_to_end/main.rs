@@ -410,6 +410,7 @@ async fn the_openapi_document_of_anika_up_describes_exactly_the_api_contract() {
         "POST /v1/subscriptions/{id}/dead-letters/replay",
         "DELETE /v1/subscriptions/{id}/dead-letters",
         "POST /v1/subscriptions/{id}/replay",
+        "GET /v1/audit-log",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",

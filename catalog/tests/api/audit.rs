@@ -581,3 +581,65 @@ async fn bad_filter_values_are_refused_with_a_problem_never_a_500() {
         answer.assert_problem();
     }
 }
+
+/// Every `$ref` in `value`.
+fn refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("$ref", Value::String(r)) => out.push(r.clone()),
+                    _ => refs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_audit_log_is_described_in_openapi_with_its_filters_and_entry_shape() {
+    let api = serde_json::to_value(anika_catalog::openapi()).unwrap();
+    let get = &api["paths"]["/v1/audit-log"]["get"];
+    let params: Vec<&str> = get["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        params,
+        [
+            "action",
+            "target_type",
+            "target_id",
+            "since",
+            "until",
+            "limit",
+            "cursor"
+        ]
+    );
+    let schemas = &api["components"]["schemas"];
+    for field in ["id", "at", "actor", "action", "target", "changes"] {
+        assert!(schemas["Entry"]["properties"][field].is_object(), "{field}");
+    }
+    for field in ["api_key_id", "partner_id", "role"] {
+        assert!(schemas["Actor"]["properties"][field].is_object(), "{field}");
+    }
+    let actions = schemas["Action"].to_string();
+    for action in [
+        "grant.created",
+        "subscription.secret_rotated",
+        "events.replayed",
+    ] {
+        assert!(actions.contains(action), "{action} in {actions}");
+    }
+    let mut found = Vec::new();
+    refs(get, &mut found);
+    refs(schemas, &mut found);
+    for r in found {
+        let name = r.trim_start_matches("#/components/schemas/");
+        assert!(schemas[name].is_object(), "{r} resolves");
+    }
+}
