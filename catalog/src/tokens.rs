@@ -490,8 +490,15 @@ async fn revoke_key(
 ) -> Result<StatusCode> {
     require_admin(&principal)?;
     let mut tx = state.ctx.pool.begin().await?;
+    /// The revoked key: its partner, when it was revoked before this call (if it was), and now.
+    #[derive(sqlx::FromRow)]
+    struct Revoked {
+        partner_id: Option<Uuid>,
+        was: Option<DateTime<Utc>>,
+        revoked_at: DateTime<Utc>,
+    }
     // `was` is the row before this statement: a repeated revoke changes nothing.
-    let revoked: Option<(Option<Uuid>, Option<DateTime<Utc>>, DateTime<Utc>)> = sqlx::query_as(
+    let revoked: Option<Revoked> = sqlx::query_as(
         "UPDATE api_keys k SET revoked_at = coalesce(k.revoked_at, now()) \
          FROM (SELECT id, revoked_at AS was FROM api_keys WHERE id = $1 FOR UPDATE) old \
          WHERE k.id = old.id AND ($2::uuid IS NULL OR k.partner_id = $2) \
@@ -501,16 +508,16 @@ async fn revoke_key(
     .bind(principal.partner().map(PartnerId::uuid))
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((partner, was, now)) = revoked else {
+    let Some(revoked) = revoked else {
         return Err(Problem::not_found(format!("no API key {id}")).into());
     };
-    if was.is_none() {
+    if revoked.was.is_none() {
         audit::record(
             &mut tx,
             &Actor::from(&principal),
             Action::ApiKeyRevoked,
-            &Target::api_key(id, partner.map(PartnerId::from)),
-            Changes::new().diff("revoked_at", &None, &Some(now)),
+            &Target::api_key(id, revoked.partner_id.map(PartnerId::from)),
+            Changes::new().diff("revoked_at", &None, &Some(revoked.revoked_at)),
         )
         .await?;
     }

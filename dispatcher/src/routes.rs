@@ -2,7 +2,7 @@
 
 use anika_shared::{
     Problem,
-    audit::{self, Action, Actor, Target},
+    audit::{self, Action, Actor, Changes, Target},
     auth::Principal,
     domain::{PartnerId, Role, SubscriptionId, Timestamp},
     extract::{Json, Path, Query},
@@ -91,6 +91,30 @@ async fn authorize(state: &State, principal: &Principal, id: SubscriptionId) -> 
         }
         _ => Err(Problem::not_found(format!("no subscription {id}")).into()),
     }
+}
+
+/// Records a recovery's result in the audit log. The recovery already happened: if
+/// the entry cannot be written, the log says what ran, and the caller gets the error
+/// rather than an answer that looks accounted for.
+async fn record_recovery(
+    state: &State,
+    principal: &Principal,
+    action: Action,
+    target: Target,
+    changes: Changes,
+) -> Result<()> {
+    audit::record_result(
+        &state.ctx.pool,
+        &Actor::from(principal),
+        action,
+        &target,
+        changes,
+    )
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, %action, ?target, "a recovery ran but its audit entry could not be written");
+        Error::Db(e)
+    })
 }
 
 /// Outcome filter of the attempt list.
@@ -322,11 +346,11 @@ async fn replay_dead_letters(
     tracing::info!(subscription = %id, replayed = outcome.replayed, kept = outcome.kept, "dead letters replayed");
     // The messages moved in RabbitMQ, not in one transaction with this: the entry
     // records the result, written once the replay is done.
-    audit::record_result(
-        &state.ctx.pool,
-        &Actor::from(&principal),
+    record_recovery(
+        &state,
+        &principal,
         Action::DeadLettersReplayed,
-        &Target::subscription(id, partner),
+        Target::subscription(id, partner),
         outcome.audited(limit),
     )
     .await?;
@@ -367,11 +391,11 @@ async fn purge_dead_letters(
         crate::recovery::purge_dead_letters(&state.ctx.pool, &state.ctx.broker, id).await?;
     tracing::info!(subscription = %id, purged, "dead letters purged");
     // As for a replay: the record of the result, after the purge.
-    audit::record_result(
-        &state.ctx.pool,
-        &Actor::from(&principal),
+    record_recovery(
+        &state,
+        &principal,
         Action::DeadLettersPurged,
-        &Target::subscription(id, partner),
+        Target::subscription(id, partner),
         crate::recovery::purge_audited(purged),
     )
     .await?;
@@ -448,11 +472,11 @@ async fn replay_log(
     .await?;
     tracing::info!(subscription = %id, enqueued = outcome.enqueued, refused = outcome.refused,
         since = %since, until = %until, "log replayed");
-    audit::record_result(
-        &state.ctx.pool,
-        &Actor::from(&principal),
+    record_recovery(
+        &state,
+        &principal,
         Action::EventsReplayed,
-        &Target::subscription(id, partner),
+        Target::subscription(id, partner),
         outcome.audited(&window),
     )
     .await?;
