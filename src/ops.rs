@@ -554,6 +554,7 @@ pub async fn audit_log(
 fn audit_row(entry: &audit::Entry) -> Vec<String> {
     let actor = &entry.actor;
     let who = match (actor.api_key_id(), actor.partner_id()) {
+        (None, _) if actor.role() == audit::ActorRole::System => "anika (system)".to_owned(),
         (None, _) => "cli (operator)".to_owned(),
         (Some(key), None) => format!("{} key {key}", actor.role()),
         (Some(key), Some(partner)) => format!("{} key {key} of {partner}", actor.role()),

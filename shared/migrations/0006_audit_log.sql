@@ -12,10 +12,11 @@ CREATE TABLE audit_log (
     id                uuid NOT NULL,
     at                timestamptz NOT NULL,
     -- The principal of the verified token; NULL key and partner with role
-    -- 'operator' is the command-line interface on the operator's machine.
+    -- 'operator' is the command-line interface on the operator's machine, with
+    -- role 'system' anika itself (the dispatcher disabling a failing endpoint).
     actor_api_key_id  uuid,
     actor_partner_id  uuid,
-    actor_role        text NOT NULL CHECK (actor_role IN ('operator', 'admin', 'publisher')),
+    actor_role        text NOT NULL CHECK (actor_role IN ('operator', 'admin', 'publisher', 'system')),
     -- `<resource>.<verb>`, e.g. `grant.created`.
     action            text NOT NULL,
     target_type       text NOT NULL,

@@ -211,15 +211,64 @@ impl TryFrom<String> for TargetId {
     }
 }
 
-/// Who acted: the principal of a verified token, or the operator's command line.
+/// The role an actor acted in: a principal's, or `system` for anika itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ActorRole {
+    /// An operator (also the command line).
+    Operator,
+    /// A partner's admin.
+    Admin,
+    /// A partner's publisher.
+    Publisher,
+    /// anika on its own, e.g. the dispatcher disabling an endpoint that keeps failing.
+    System,
+}
+
+impl ActorRole {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+            Self::Publisher => "publisher",
+            Self::System => "system",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [Self::Operator, Self::Admin, Self::Publisher, Self::System]
+            .into_iter()
+            .find(|r| r.as_str() == text)
+    }
+}
+
+impl From<Role> for ActorRole {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Operator => Self::Operator,
+            Role::Admin => Self::Admin,
+            Role::Publisher => Self::Publisher,
+        }
+    }
+}
+
+impl fmt::Display for ActorRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who acted: the principal of a verified token, the operator's command line, or anika itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Actor {
-    /// The API key of the token; `null` for the command line (`anika …` on the operator's machine).
+    /// The API key of the token; `null` for the command line (`anika …` on the
+    /// operator's machine) and for anika itself.
     api_key_id: Option<ApiKeyId>,
-    /// The principal's partner; `null` for operators.
+    /// The principal's partner; `null` for operators and anika itself.
     partner_id: Option<PartnerId>,
-    /// `operator`, `admin` or `publisher`.
-    role: Role,
+    /// `operator`, `admin`, `publisher`, or `system` for anika itself.
+    role: ActorRole,
 }
 
 impl Actor {
@@ -229,7 +278,16 @@ impl Actor {
         Self {
             api_key_id: None,
             partner_id: None,
-            role: Role::Operator,
+            role: ActorRole::Operator,
+        }
+    }
+
+    /// anika itself, acting on no one's request (the dispatcher disabling a failing endpoint).
+    pub fn system() -> Self {
+        Self {
+            api_key_id: None,
+            partner_id: None,
+            role: ActorRole::System,
         }
     }
 
@@ -244,7 +302,7 @@ impl Actor {
     }
 
     /// The actor's role.
-    pub fn role(&self) -> Role {
+    pub fn role(&self) -> ActorRole {
         self.role
     }
 }
@@ -254,7 +312,7 @@ impl From<&Principal> for Actor {
         Self {
             api_key_id: Some(principal.key_id()),
             partner_id: principal.partner(),
-            role: principal.role(),
+            role: principal.role().into(),
         }
     }
 }
@@ -547,8 +605,8 @@ impl Row {
             actor: Actor {
                 api_key_id: self.actor_api_key_id.map(ApiKeyId::from),
                 partner_id: self.actor_partner_id.map(PartnerId::from),
-                // The column's CHECK allows only the three roles.
-                role: self.actor_role.parse().unwrap_or(Role::Operator),
+                // The column's CHECK allows only these roles.
+                role: ActorRole::parse(&self.actor_role).unwrap_or(ActorRole::System),
             },
             action: self.action,
             target: TargetOut {

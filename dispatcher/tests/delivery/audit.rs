@@ -150,3 +150,44 @@ async fn replays_and_purges_each_write_one_entry_with_their_principal_and_counts
         assert!(actions.contains(&action), "{actions:?}");
     }
 }
+
+#[tokio::test]
+async fn an_endpoint_disabled_by_anika_is_in_the_audit_log_as_the_system_with_its_reason() {
+    let s = Setup::new(&[], json!({})).await;
+    s.receiver.always(Reply::Status(410));
+    s.publish(json!({"n": 1})).await;
+    let path = format!("/v1/subscriptions/{}", s.sub_id());
+    s.app
+        .eventually(
+            "the subscription is disabled",
+            std::time::Duration::from_secs(10),
+            || async {
+                s.app.api.get(&path, &s.dealer.admin).await.expect(200)["status"] == "disabled"
+            },
+        )
+        .await;
+    let updated = entries(&s, "subscription.updated").await;
+    assert_eq!(updated.len(), 1, "{updated:#?}");
+    assert_eq!(
+        updated[0]["actor"],
+        json!({"api_key_id": null, "partner_id": null, "role": "system"})
+    );
+    assert_eq!(
+        updated[0]["changes"]["status"],
+        json!({"old": "active", "new": "disabled"})
+    );
+    assert!(
+        updated[0]["changes"]["disabled_reason"]["new"]
+            .as_str()
+            .unwrap()
+            .contains("410")
+    );
+    // The subscription's admins see why it stopped.
+    let theirs = s
+        .app
+        .api
+        .get("/v1/audit-log?action=subscription.updated", &s.dealer.admin)
+        .await
+        .expect(200);
+    assert_eq!(theirs["items"].as_array().unwrap().len(), 1);
+}
