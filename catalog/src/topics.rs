@@ -409,11 +409,27 @@ async fn delete_topic(
 ) -> Result<StatusCode> {
     let mut tx = state.ctx.pool.begin().await?;
     let topic = managed_topic(&mut tx, &principal, id).await?;
-    let subscriptions: Vec<Uuid> =
-        sqlx::query_scalar("DELETE FROM subscriptions WHERE topic_id = $1 RETURNING id")
-            .bind(id.uuid())
-            .fetch_all(&mut *tx)
-            .await?;
+    let deleted: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+        "DELETE FROM subscriptions WHERE topic_id = $1 RETURNING id, partner_id, url",
+    )
+    .bind(id.uuid())
+    .fetch_all(&mut *tx)
+    .await?;
+    let subscriptions: Vec<Uuid> = deleted.iter().map(|d| d.0).collect();
+    // Each subscription that goes with the topic has its own entry, so its partner (a
+    // grantee, perhaps) finds out what happened to it.
+    for (sub, partner, url) in &deleted {
+        audit::record(
+            &mut tx,
+            &Actor::from(&principal),
+            Action::SubscriptionDeleted,
+            &Target::subscription((*sub).into(), (*partner).into()),
+            Changes::new()
+                .removed("topic_id", &id)
+                .removed("url", &audit::url_without_credentials(url)),
+        )
+        .await?;
+    }
     sqlx::query("DELETE FROM dead_letters WHERE subscription_id = ANY($1)")
         .bind(&subscriptions)
         .execute(&mut *tx)

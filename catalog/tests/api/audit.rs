@@ -213,7 +213,8 @@ async fn topic_and_grant_changes_each_write_one_entry_and_a_repeated_grant_none(
         json!({"partner_id": {"old": bank.id, "new": null}})
     );
 
-    let sub = app.subscription(&dealer.admin, &topic).await;
+    app.api.put(&grant, &dealer.admin).await.expect(204);
+    let sub = app.subscription(&bank.admin, &topic).await;
     app.api
         .delete(&format!("/v1/topics/{topic}"), &app.operator)
         .await
@@ -226,6 +227,17 @@ async fn topic_and_grant_changes_each_write_one_entry_and_a_repeated_grant_none(
         json!({"name": {"old": "car.chosen", "new": null},
                "subscriptions": {"old": [sub["id"]], "new": null}})
     );
+    // The grantee's subscription went with the topic: its admins see that, and who did it.
+    let theirs = app
+        .api
+        .get("/v1/audit-log?action=subscription.deleted", &bank.admin)
+        .await
+        .expect(200);
+    let items = theirs["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{theirs:#}");
+    assert_actor(&items[0], &app.operator, "operator");
+    assert_target(&items[0], "subscription", sub["id"].as_str().unwrap());
+    assert_eq!(items[0]["changes"]["topic_id"]["old"], topic.as_str());
 }
 
 #[tokio::test]
