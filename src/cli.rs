@@ -56,7 +56,7 @@ enum Command {
         json: bool,
     },
     /// Measure throughput and latency through the public API, with ratios to the raw ceilings.
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
     /// Print the audit log, newest first: who changed what in the catalog, who replayed or purged what.
     Audit {
         /// Only this action, e.g. `grant.created` or `dead_letters.replayed`.
@@ -195,7 +195,7 @@ impl Cli {
                 until,
                 json,
             } => crate::ops::replay(&config, subscription, since, until, json).await,
-            Command::Bench(args) => crate::bench::bench(config, args).await,
+            Command::Bench(args) => crate::bench::bench(config, *args).await,
             Command::Audit {
                 action,
                 since,

@@ -8,7 +8,10 @@ use anika_shared::{
     audit::{self, Action, Actor, Changes, Target},
     auth::Principal,
     changes::Change,
-    domain::{Description, PartnerId, SubscriptionId, TopicId, TopicName},
+    domain::{
+        Description, PartnerId, RESERVED_TOPIC_PREFIX, SYSTEM_TOPIC, SubscriptionId, TopicId,
+        TopicName,
+    },
     extract::{Json, Path, Query},
     page::{Limit, Page, decode_time_cursor},
     patch::Patch,
@@ -126,7 +129,24 @@ async fn managed_topic(
         )
         .into());
     }
+    if row.name == SYSTEM_TOPIC {
+        return Err(Problem::forbidden(format!(
+            "`{SYSTEM_TOPIC}` is kept by anika: it cannot be changed, deleted or granted (subscribe to it instead)"
+        ))
+        .into());
+    }
     Ok(row)
+}
+
+/// Refuses a name partners may not give a topic (API.md: names starting with `anika.`).
+fn refuse_reserved(name: &TopicName) -> Result<(), Problem> {
+    if name.is_reserved() {
+        return Err(Problem::invalid_field(
+            "/name",
+            format!("topic names starting with `{RESERVED_TOPIC_PREFIX}` are reserved for anika"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a JSON Schema before it is stored: valid against the 2020-12 meta-schema and compilable.
@@ -183,6 +203,7 @@ async fn create_topic(
     Json(body): Json<CreateTopic>,
 ) -> Result<(StatusCode, axum::Json<TopicOut>)> {
     require_admin(&principal)?;
+    refuse_reserved(&body.name)?;
     let owner = acting_partner(&principal, body.owner_partner_id, "/owner_partner_id")?;
     if let Some(schema) = &body.schema {
         check_schema(schema)?;
@@ -339,8 +360,12 @@ async fn update_topic(
     if let Patch::Value(schema) = &body.schema {
         check_schema(schema)?;
     }
-    if matches!(body.name, Patch::Null) {
-        return Err(Problem::invalid_field("/name", "a topic always has a name").into());
+    match &body.name {
+        Patch::Null => {
+            return Err(Problem::invalid_field("/name", "a topic always has a name").into());
+        }
+        Patch::Value(name) => refuse_reserved(name)?,
+        _ => {}
     }
     let mut tx = state.ctx.pool.begin().await?;
     let row = managed_topic(&mut tx, &principal, id).await?;

@@ -257,6 +257,8 @@ pub struct Config {
     pub subscription_max_in_flight: MaxInFlight,
     /// `ANIKA_MAX_RETRY_AFTER`: the longest `Retry-After` an endpoint can make a retry wait.
     pub max_retry_after: Duration,
+    /// `ANIKA_SYSTEM_NOTICE_INTERVAL`: at most one `dead_letter.added` per subscription this often.
+    pub system_notice_interval: Duration,
     /// `ANIKA_MAX_BACKLOG`: unpublished events (outbox rows) past which ingest answers 503.
     pub max_backlog: u64,
     /// `ANIKA_REQUEST_READ_TIMEOUT`: a request body must have arrived whole within this time.
@@ -310,6 +312,7 @@ struct Raw {
     metrics_per_subscription: Option<String>,
     subscription_max_in_flight: Option<String>,
     max_retry_after: Option<String>,
+    system_notice_interval: Option<String>,
     max_backlog: Option<String>,
     request_read_timeout: Option<String>,
     max_requests_in_flight: Option<String>,
@@ -485,6 +488,11 @@ impl Config {
                 "32",
             )?,
             max_retry_after: duration_setting("max_retry_after", raw.max_retry_after, "1h")?,
+            system_notice_interval: duration_setting(
+                "system_notice_interval",
+                raw.system_notice_interval,
+                "1m",
+            )?,
             max_backlog: setting("max_backlog", raw.max_backlog, "100000")?,
             request_read_timeout: duration_setting(
                 "request_read_timeout",

@@ -12,3 +12,4 @@ mod ordering;
 mod recovery;
 mod retries;
 mod signing;
+mod system;
