@@ -6,6 +6,7 @@ use std::{
 };
 
 use anika_shared::{
+    audit::{self, Action, Actor, Changes, Target},
     auth::{Claims, new_jti},
     domain::{ApiKeyId, PartnerId, Role, random_bytes},
     secrets::{Column, KeyRing, Sealed, Slot},
@@ -60,16 +61,28 @@ pub async fn ensure_signing_key(pool: &PgPool, ring: &KeyRing) -> Result<()> {
     Ok(())
 }
 
-/// Rotates in a new signing key; the previous ones stop signing but keep verifying for a day.
-pub async fn rotate_signing_key(pool: &PgPool, ring: &KeyRing) -> Result<String> {
+/// Rotates in a new signing key for `actor`, sealed with `ring`; the previous ones stop
+/// signing but keep verifying for a day. The audit entry names the new and the retired
+/// `kid`s, never a key.
+pub async fn rotate_signing_key(pool: &PgPool, ring: &KeyRing, actor: &Actor) -> Result<String> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('anika_signing_keys'))")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL")
-        .execute(&mut *tx)
-        .await?;
+    let retired: Vec<String> = sqlx::query_scalar(
+        "UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL RETURNING kid",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     let kid = insert_signing_key(&mut tx, ring).await?;
+    audit::record(
+        &mut tx,
+        actor,
+        Action::SigningKeyRotated,
+        &Target::signing_key(&kid),
+        Changes::new().diff("active_kid", &retired.first(), &Some(&kid)),
+    )
+    .await?;
     tx.commit().await?;
     Ok(kid)
 }

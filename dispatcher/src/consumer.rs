@@ -13,6 +13,7 @@ use std::{
 
 use anika_shared::{
     amqp::{DEAD_EXCHANGE, LAST_ERROR_HEADER, long_string, retry_name, subscription_queue},
+    audit::{self, Action, Actor, Changes, Target},
     changes::Change,
     domain::SubscriptionId,
     envelope::{Envelope, Meta, with_attempts},
@@ -26,6 +27,7 @@ use lapin::{
     types::FieldTable,
 };
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::{
     Deps,
@@ -728,17 +730,27 @@ async fn disable(deps: &Deps, sub: &Sub, reason: &str) {
     sub.disable_locally();
     let result = async {
         let mut tx = deps.pool.begin().await?;
-        let changed = sqlx::query(
+        let partner: Option<Uuid> = sqlx::query_scalar(
             "UPDATE subscriptions SET status = 'disabled', disabled_reason = $2, updated_at = now() \
-             WHERE id = $1 AND status = 'active'",
+             WHERE id = $1 AND status = 'active' RETURNING partner_id",
         )
         .bind(sub.id.uuid())
         .bind(reason)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .fetch_optional(&mut *tx)
+        .await?;
         let mut written = None;
-        if changed > 0 {
+        if let Some(partner) = partner {
+            // A status change nobody asked for: the audit log says anika did it, and why.
+            audit::record(
+                &mut tx,
+                &Actor::system(),
+                Action::SubscriptionUpdated,
+                &Target::subscription(sub.id, partner.into()),
+                Changes::new()
+                    .diff("status", "active", "disabled")
+                    .created("disabled_reason", reason),
+            )
+            .await?;
             Change::Subscription { subscription_id: sub.id }.notify(&mut tx).await?;
             let notice = Notice::Disabled {
                 reason: reason.to_owned(),
@@ -747,7 +759,7 @@ async fn disable(deps: &Deps, sub: &Sub, reason: &str) {
         }
         tx.commit().await?;
         system::publish_all(deps, written).await;
-        Ok::<_, sqlx::Error>(changed > 0)
+        Ok::<_, sqlx::Error>(partner.is_some())
     }
     .await;
     match result {

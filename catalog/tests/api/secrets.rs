@@ -103,9 +103,13 @@ async fn no_signing_key_and_no_webhook_secret_is_in_clear_in_any_column_of_any_t
             .expect(200);
         shown.push(rotated["secret"].as_str().unwrap().to_owned());
     }
-    anika_catalog::keys::rotate_signing_key(&app.ctx.pool, &app.ctx.secrets)
-        .await
-        .unwrap();
+    anika_catalog::keys::rotate_signing_key(
+        &app.ctx.pool,
+        &app.ctx.secrets,
+        &anika_shared::audit::Actor::cli(),
+    )
+    .await
+    .unwrap();
     // A token from the new key, so it was opened and used.
     app.api.token(OPERATOR_KEY).await;
     let keys = signing_keys(&app).await;

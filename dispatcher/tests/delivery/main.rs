@@ -1,6 +1,7 @@
 //! The dispatcher against real PostgreSQL, RabbitMQ and HTTP receivers.
 
 mod access;
+mod audit;
 mod filter;
 mod health;
 mod helpers;

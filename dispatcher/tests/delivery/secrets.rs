@@ -212,9 +212,13 @@ async fn no_secret_the_test_creates_appears_in_the_logs_or_the_metrics() {
     }
     let got = s.receiver.wait_for(5, Duration::from_secs(10)).await;
     assert!(got.iter().all(|r| verify(&secrets[1], r)));
-    anika_catalog::keys::rotate_signing_key(&s.app.ctx.pool, &s.app.ctx.secrets)
-        .await
-        .unwrap();
+    anika_catalog::keys::rotate_signing_key(
+        &s.app.ctx.pool,
+        &s.app.ctx.secrets,
+        &anika_shared::audit::Actor::cli(),
+    )
+    .await
+    .unwrap();
     s.app.api.token(OPERATOR_KEY).await;
     // A value that does not open, for the error paths' log lines.
     let b = s
