@@ -1,0 +1,275 @@
+//! Partners (operators) and API keys (operators and partner admins): create, list, revoke.
+
+use axum::{
+    extract::Query,
+    http::StatusCode,
+    response::{IntoResponse, Redirect},
+};
+use maud::{Markup, html};
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::{
+    api::ApiProblem,
+    error::PageResult,
+    layout::{csrf, empty, field_error, form_problem, notice, s, time},
+    session::Role,
+    subscriptions::{items, path_id},
+    web::{Console, Protected, filled, refusal},
+};
+
+/// The partner form, as typed.
+#[derive(Debug, Default, Deserialize)]
+pub struct NewPartner {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// What just happened on the partners page.
+#[derive(Debug, Default, Deserialize)]
+pub struct PartnerOutcome {
+    created: Option<String>,
+}
+
+fn partners_page(
+    c: &Console,
+    partners: &[Value],
+    form: &NewPartner,
+    problem: Option<&ApiProblem>,
+    created: Option<&Value>,
+) -> Markup {
+    html! {
+        @if let Some(p) = created {
+            (notice(&format!("Partner {} created.", s(p, "name"))))
+            p { a.button href={ "/console/api-keys?partner_id=" (s(p, "id")) } { "Create an API key for " (s(p, "name")) } }
+        }
+        @if partners.is_empty() { (empty("No partners yet.")) } @else {
+            div.scroll { table {
+                thead { tr { th { "Name" } th { "Id" } th { "Ingest limit" } th { "Created" } th { span.visually-hidden { "Keys" } } } }
+                tbody { @for p in partners {
+                    tr {
+                        td { (s(p, "name")) }
+                        td { code { (s(p, "id")) } }
+                        td { @match p["ingest_rate_per_s"].as_u64() { Some(n) => { (n) " / s" }, None => "none" } }
+                        td { (time(p, "created_at")) }
+                        td { a href={ "/console/api-keys?partner_id=" (s(p, "id")) } { "API keys" } }
+                    }
+                } }
+            } }
+        }
+        h2 { "Create a partner" }
+        (form_problem(problem))
+        form.card method="post" action="/console/partners" {
+            (csrf(&c.session))
+            label for="name" { "Name" }
+            input #name type="text" name="name" value=(form.name) required;
+            (field_error(problem, "/name", "name-error"))
+            label for="description" { "Description (optional)" }
+            input #description type="text" name="description" value=(form.description.clone().unwrap_or_default());
+            (field_error(problem, "/description", "description-error"))
+            button type="submit" { "Create partner" }
+        }
+    }
+}
+
+/// GET /console/partners
+pub async fn partners(c: Console, Query(outcome): Query<PartnerOutcome>) -> PageResult {
+    let list = c.get("/v1/partners?limit=1000").await?;
+    let created = items(&list)
+        .iter()
+        .find(|p| outcome.created.as_deref() == Some(s(p, "id")));
+    Ok(c.page(
+        "Partners",
+        partners_page(&c, items(&list), &NewPartner::default(), None, created),
+    ))
+}
+
+/// POST /console/partners
+pub async fn create_partner(Protected(c, form): Protected<NewPartner>) -> PageResult {
+    let mut body = Map::new();
+    body.insert("name".into(), json!(form.name.trim()));
+    if let Some(d) = filled(&form.description) {
+        body.insert("description".into(), json!(d));
+    }
+    match c
+        .call(Method::POST, "/v1/partners", Some(&Value::Object(body)))
+        .await
+        .map_err(refusal)
+    {
+        Ok(p) => {
+            Ok(Redirect::to(&format!("/console/partners?created={}", s(&p, "id"))).into_response())
+        }
+        Err(Ok(problem)) => {
+            let list = c.get("/v1/partners?limit=1000").await?;
+            let mut page = c.page(
+                "Partners",
+                partners_page(&c, items(&list), &form, Some(&problem), None),
+            );
+            *page.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(page)
+        }
+        Err(Err(e)) => Err(e),
+    }
+}
+
+/// Which partner's keys the page shows first.
+#[derive(Debug, Default, Deserialize)]
+pub struct KeyFilter {
+    partner_id: Option<String>,
+    revoked: Option<String>,
+}
+
+/// The key form, as typed.
+#[derive(Debug, Default, Deserialize)]
+pub struct NewKey {
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    partner_id: Option<String>,
+}
+
+async fn keys_page(
+    c: &Console,
+    filter: &KeyFilter,
+    form: &NewKey,
+    problem: Option<&ApiProblem>,
+    created: Option<&Value>,
+) -> PageResult {
+    let keys = c.get("/v1/api-keys?limit=1000").await?;
+    let operator = c.session.who.role == Role::Operator;
+    let partners = if operator {
+        items(&c.get("/v1/partners?limit=1000").await?).to_vec()
+    } else {
+        Vec::new()
+    };
+    let partner_name = |id: &str| {
+        partners
+            .iter()
+            .find(|p| s(p, "id") == id)
+            .map(|p| s(p, "name").to_owned())
+            .unwrap_or_else(|| id.to_owned())
+    };
+    let chosen = filled(&form.partner_id)
+        .or(filled(&filter.partner_id))
+        .map(str::to_owned);
+    let mut keys: Vec<&Value> = items(&keys).iter().collect();
+    if let Some(p) = &chosen {
+        keys.retain(|k| s(k, "partner_id") == p);
+    }
+    let title = "API keys";
+    Ok(c.page(
+        title,
+        html! {
+            @if let Some(k) = created {
+                div.secret role="status" {
+                    p { strong { "Key created: " (s(k, "name")) " (" (s(k, "role")) ")." } }
+                    label for="new-key" { "API key (shown only now: store it in your secret manager)" }
+                    input #new-key type="text" readonly value=(s(k, "api_key"));
+                }
+            }
+            @if filter.revoked.is_some() { (notice("Key revoked: its tokens stop working at once.")) }
+            @if let Some(p) = &chosen { p { "Keys of partner " strong { (partner_name(p)) } ". " a href="/console/api-keys" { "All keys" } } }
+            @if keys.is_empty() { (empty("No keys.")) } @else {
+                div.scroll { table {
+                    thead { tr { th { "Name" } th { "Role" } th { "Partner" } th { "Created" } th { span.visually-hidden { "Action" } } } }
+                    tbody { @for k in &keys {
+                        tr {
+                            td { (s(k, "name")) }
+                            td { (s(k, "role")) }
+                            td { @if s(k, "partner_id").is_empty() { "—" } @else { (partner_name(s(k, "partner_id"))) } }
+                            td { (time(k, "created_at")) }
+                            td {
+                                form method="post" action="/console/api-keys/revoke" {
+                                    (csrf(&c.session))
+                                    input type="hidden" name="id" value=(s(k, "id"));
+                                    button.danger type="submit" aria-label={ "Revoke key " (s(k, "name")) } { "Revoke" }
+                                }
+                            }
+                        }
+                    } }
+                } }
+            }
+            h2 { "Create an API key" }
+            (form_problem(problem))
+            form.card method="post" action="/console/api-keys" {
+                (csrf(&c.session))
+                label for="key-name" { "Name" }
+                input #key-name type="text" name="name" value=(form.name) required placeholder="ci publisher";
+                (field_error(problem, "/name", "name-error"))
+                label for="role" { "Role" }
+                select #role name="role" {
+                    option value="admin" selected[form.role == "admin"] { "admin — manages the partner's topics, grants, subscriptions and keys" }
+                    option value="publisher" selected[form.role == "publisher"] { "publisher — posts and reads the partner's events" }
+                    @if operator { option value="operator" selected[form.role == "operator"] { "operator — runs the platform" } }
+                }
+                (field_error(problem, "/role", "role-error"))
+                @if operator {
+                    label for="partner_id" { "Partner" }
+                    select #partner_id name="partner_id" {
+                        option value="" { "none (for an operator key)" }
+                        @for p in &partners { option value=(s(p, "id")) selected[chosen.as_deref() == Some(s(p, "id"))] { (s(p, "name")) } }
+                    }
+                    (field_error(problem, "/partner_id", "partner_id-error"))
+                }
+                button type="submit" { "Create key" }
+            }
+        },
+    ))
+}
+
+/// GET /console/api-keys
+pub async fn api_keys(c: Console, Query(filter): Query<KeyFilter>) -> PageResult {
+    keys_page(&c, &filter, &NewKey::default(), None, None).await
+}
+
+/// POST /console/api-keys: the new key is shown on this answer only (never in a URL).
+pub async fn create_key(Protected(c, form): Protected<NewKey>) -> PageResult {
+    let mut body = Map::new();
+    body.insert("role".into(), json!(form.role));
+    body.insert("name".into(), json!(form.name.trim()));
+    if let Some(p) = filled(&form.partner_id) {
+        body.insert("partner_id".into(), json!(p));
+    }
+    let filter = KeyFilter::default();
+    match c
+        .call(Method::POST, "/v1/api-keys", Some(&Value::Object(body)))
+        .await
+        .map_err(refusal)
+    {
+        Ok(created) => {
+            let shown = NewKey {
+                partner_id: form.partner_id.clone(),
+                ..NewKey::default()
+            };
+            let mut page = keys_page(&c, &filter, &shown, None, Some(&created)).await?;
+            *page.status_mut() = StatusCode::CREATED;
+            Ok(page)
+        }
+        Err(Ok(problem)) => {
+            let mut page = keys_page(&c, &filter, &form, Some(&problem), None).await?;
+            *page.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(page)
+        }
+        Err(Err(e)) => Err(e),
+    }
+}
+
+/// The revoke form.
+#[derive(Deserialize)]
+pub struct RevokeKey {
+    #[serde(default)]
+    id: String,
+}
+
+/// POST /console/api-keys/revoke
+pub async fn revoke_key(Protected(c, form): Protected<RevokeKey>) -> PageResult {
+    let id = path_id(form.id.trim())?;
+    c.call(Method::DELETE, &format!("/v1/api-keys/{id}"), None)
+        .await?;
+    Ok(Redirect::to("/console/api-keys?revoked=1").into_response())
+}

@@ -1,0 +1,337 @@
+//! The web console in headless Chromium against the real `anika up`, PostgreSQL and
+//! RabbitMQ: the scenario of issue 16 from the operator's sign-in to the sign-out.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod browser;
+
+use std::time::Duration;
+
+use anika_shared::testing::{Receiver, Reply, TestEnv};
+use browser::Browser;
+use serde_json::json;
+use support::{Anika, OPERATOR_KEY};
+
+/// A query parameter of the browser's current URL.
+fn query_param(url: &url::Url, name: &str) -> String {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no `{name}` in {url}"))
+}
+
+/// The last path segment of the browser's current URL (the id of the page's resource).
+fn last_segment(url: &url::Url) -> String {
+    url.path_segments()
+        .and_then(|mut s| s.next_back().map(str::to_owned))
+        .expect("a path")
+}
+
+/// The value of the read-only field that shows a key or secret once.
+async fn shown_once(browser: &Browser, label: &str) -> String {
+    browser
+        .field(label)
+        .await
+        .prop("value")
+        .await
+        .expect("value")
+        .expect("a value")
+}
+
+#[tokio::test]
+async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
+    let env = TestEnv::new().await;
+    let anika = Anika::up(&env, &[("ANIKA_RETRY_SCHEDULE", "100ms,200ms")]).await;
+    let base = anika.api.base.clone();
+    let b = Browser::start(&base).await;
+
+    // A page that needs a session sends a stranger to the sign-in form.
+    b.open("/console/subscriptions").await;
+    b.wait_text("API key").await;
+    b.check_page("sign-in").await;
+
+    // A wrong key is refused on the form, in words.
+    b.fill("API key", "not-a-key").await;
+    b.press("Sign in").await;
+    b.wait_text("unknown or was revoked").await;
+
+    // The operator signs in and creates two partners, each with an admin key.
+    b.sign_in(OPERATOR_KEY).await;
+    b.wait_text("events accepted").await;
+    let mut keys = Vec::new();
+    let mut partner_ids = Vec::new();
+    for name in ["dealer", "bank"] {
+        b.open("/console/partners").await;
+        b.fill("Name", name).await;
+        b.press("Create partner").await;
+        b.wait_text(&format!("Partner {name} created.")).await;
+        partner_ids.push(query_param(&b.url().await, "created"));
+        b.follow(&format!("Create an API key for {name}")).await;
+        b.fill("Name", &format!("{name} admin")).await;
+        b.choose("Role", "admin").await;
+        b.press("Create key").await;
+        b.wait_text("Key created").await;
+        keys.push(
+            shown_once(
+                &b,
+                "API key (shown only now: store it in your secret manager)",
+            )
+            .await,
+        );
+    }
+    b.check_page("api-keys").await;
+    b.open("/console/partners").await;
+    b.check_page("partners").await;
+    b.open("/console").await;
+    b.wait_text("deliveries succeeded").await;
+    b.check_page("overview").await;
+    b.sign_out().await;
+    let (dealer_key, bank_key) = (keys[0].clone(), keys[1].clone());
+    let bank_id = partner_ids[1].clone();
+
+    // The dealer's admin creates a topic; an invalid schema is refused next to the field.
+    b.sign_in(&dealer_key).await;
+    b.open("/console/topics").await;
+    b.fill("Name", "car.chosen").await;
+    b.fill(
+        "JSON Schema of the events' data (optional, 2020-12)",
+        r#"{"type": 5}"#,
+    )
+    .await;
+    b.press("Create topic").await;
+    let refused = b.wait_text("Not saved").await;
+    assert!(
+        refused.contains("schema"),
+        "the API's words about the schema: {refused}"
+    );
+    b.fill(
+        "JSON Schema of the events' data (optional, 2020-12)",
+        r#"{"type": "object", "required": ["model"], "properties": {"model": {"type": "string"}}}"#,
+    )
+    .await;
+    b.press("Create topic").await;
+    b.wait_text("Topic car.chosen").await;
+    let topic_id = last_segment(&b.url().await);
+    b.fill("Grant to partner (id)", &bank_id).await;
+    b.press("Grant").await;
+    b.wait_text("Grant given").await;
+    b.wait_text("bank").await;
+    b.check_page("topic").await;
+    b.open("/console/topics").await;
+    b.check_page("topics").await;
+    b.sign_out().await;
+
+    // The bank's admin subscribes a healthy receiver and one that fails.
+    let good = Receiver::start().await;
+    let bad = Receiver::start().await;
+    bad.always(Reply::Status(500));
+    b.sign_in(&bank_key).await;
+    let mut subs = Vec::new();
+    for (receiver, attempts) in [(&good, "5"), (&bad, "2")] {
+        b.open("/console/subscriptions/new").await;
+        b.choose("Topic", &topic_id).await;
+        b.fill("Endpoint URL", &receiver.url("/hook")).await;
+        b.fill("Max attempts (optional)", attempts).await;
+        b.press("Create subscription").await;
+        b.wait_text("Subscription created").await;
+        let secret = shown_once(
+            &b,
+            "Signing secret (shown only now: store it where your endpoint verifies signatures)",
+        )
+        .await;
+        assert!(secret.starts_with("whsec_"), "{secret}");
+        b.follow("Open the subscription").await;
+        b.wait_text("Recent attempts").await;
+        subs.push(last_segment(&b.url().await));
+    }
+    let (good_sub, bad_sub) = (subs[0].clone(), subs[1].clone());
+
+    // An event posted through the API shows up in the bank's event log, succeeded.
+    let operator = anika.api.token(OPERATOR_KEY).await;
+    let publisher_key = anika
+        .api
+        .post(
+            "/v1/api-keys",
+            &operator,
+            json!({"role": "publisher", "name": "dealer publisher", "partner_id": partner_ids[0]}),
+        )
+        .await
+        .expect(201)["api_key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let publisher = anika.api.token(&publisher_key).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut events = Vec::new();
+    for model in ["ID.3", "ID.4"] {
+        let posted = anika
+            .api
+            .post(
+                &format!("/v1/topics/{topic_id}/events"),
+                &publisher,
+                json!({"data": {"model": model}, "key": format!("order-{model}")}),
+            )
+            .await
+            .expect(202);
+        events.push(posted["id"].as_str().expect("id").to_owned());
+    }
+    good.wait_for(2, Duration::from_secs(20)).await;
+    b.open("/console/events").await;
+    b.wait_text("order-ID.3").await;
+    b.check_page("events").await;
+    let event_page = format!("/console/events/{}", events[0]);
+    let page = b
+        .reload_until(&event_page, "succeeded", Duration::from_secs(20))
+        .await;
+    assert!(
+        page.contains("204"),
+        "the attempt's HTTP status is shown: {page}"
+    );
+    b.check_page("event").await;
+
+    // The failing endpoint's events reach the dead-letter view; Replay after it recovers.
+    let dead_page = format!("/console/subscriptions/{bad_sub}/dead-letters");
+    b.reload_until(&dead_page, "holds 2 dead letters", Duration::from_secs(30))
+        .await;
+    b.check_page("dead-letters").await;
+    b.follow("Purge…").await;
+    b.wait_text("for good").await;
+    b.check_page("purge-confirmation").await;
+    b.follow("Cancel").await;
+    let before = bad.received().len();
+    bad.always(Reply::Status(204));
+    b.press("Replay").await;
+    b.wait_text("Replayed 2 dead letters").await;
+    let got = bad.wait_for(before + 2, Duration::from_secs(20)).await;
+    let replayed: std::collections::HashSet<_> = got[before..]
+        .iter()
+        .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        replayed,
+        events.iter().cloned().collect(),
+        "both dead letters arrived"
+    );
+    b.open(&format!("/console/subscriptions/{good_sub}")).await;
+    b.wait_text("204").await;
+    b.check_page("subscription").await;
+    b.open("/console/subscriptions").await;
+    b.check_page("subscriptions").await;
+
+    // A form posted without its CSRF token is refused, and changes nothing.
+    let cookie = format!("anika_console={}", b.session_cookie().await);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    for form in ["status=paused", "status=paused&csrf=forged"] {
+        let answer = http
+            .post(format!("{base}/console/subscriptions/{good_sub}/status"))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(
+            answer.status(),
+            403,
+            "a form without the session's CSRF token"
+        );
+        assert!(answer.text().await.expect("body").contains("Form refused"));
+    }
+    let sub = anika
+        .api
+        .get(&format!("/v1/subscriptions/{good_sub}"), &operator)
+        .await
+        .expect(200);
+    assert_eq!(sub["status"], "active", "the refused form changed nothing");
+    // The same session's own form does work (so the refusal was the token's doing).
+    b.open(&format!("/console/subscriptions/{good_sub}")).await;
+    b.press("Pause").await;
+    b.wait_text("Resume").await;
+    b.press("Resume").await;
+    b.wait_text("Pause").await;
+
+    // After sign-out the old cookie is worthless.
+    b.sign_out().await;
+    let answer = http
+        .get(format!("{base}/console/subscriptions"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(answer.status(), 303, "the old session is gone");
+    assert_eq!(
+        answer.headers()["location"],
+        "/console/sign-in",
+        "and leads to the sign-in form"
+    );
+
+    // Another partner opening the bank's subscription by URL gets the 404 page.
+    b.sign_in(&dealer_key).await;
+    b.open(&format!("/console/subscriptions/{good_sub}")).await;
+    b.wait_text("Not found").await;
+    b.check_page("not-found").await;
+    let status = http
+        .get(format!("{base}/console/subscriptions/{good_sub}"))
+        .header(
+            "cookie",
+            format!("anika_console={}", b.session_cookie().await),
+        )
+        .send()
+        .await
+        .expect("get")
+        .status();
+    assert_eq!(status, 404);
+    b.open("/console").await;
+    b.sign_out().await;
+
+    b.close().await;
+    anika.terminate().await;
+}
+
+#[tokio::test]
+async fn every_console_answer_carries_the_strict_content_security_policy() {
+    let env = TestEnv::new().await;
+    let anika = Anika::up(&env, &[]).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    for path in [
+        "/console/sign-in",
+        "/console",
+        "/console/static/htmx.min.js",
+        "/console/nowhere",
+    ] {
+        let answer = http
+            .get(format!("{}{path}", anika.api.base))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(
+            answer.headers()["content-security-policy"],
+            anika_console::CONTENT_SECURITY_POLICY,
+            "{path}"
+        );
+        assert_eq!(answer.headers()["x-content-type-options"], "nosniff");
+    }
+    let sign_in = http
+        .post(format!("{}/console/sign-in", anika.api.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("api_key={OPERATOR_KEY}"))
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(sign_in.status(), 303);
+    let cookie = sign_in.headers()["set-cookie"].to_str().expect("cookie");
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && !cookie.contains("Secure"),
+        "{cookie}"
+    );
+    anika.terminate().await;
+}
