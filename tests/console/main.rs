@@ -335,3 +335,53 @@ async fn every_console_answer_carries_the_strict_content_security_policy() {
     );
     anika.terminate().await;
 }
+
+#[tokio::test]
+async fn the_catalog_role_serves_the_console_and_signs_in_through_its_own_api() {
+    let env = TestEnv::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let _catalog = support::Role::start(&env, "catalog", &[("ANIKA_LISTEN", &listen)]);
+    let base = format!("http://{listen}");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let page = loop {
+        match http.get(format!("{base}/console/sign-in")).send().await {
+            Ok(answer) if answer.status() == 200 => break answer.text().await.expect("body"),
+            _ if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => panic!("the catalog role did not serve the console: {other:?}"),
+        }
+    };
+    assert!(page.contains("API key") && page.contains("Sign in"), "{page}");
+    let sign_in = http
+        .post(format!("{base}/console/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("api_key={OPERATOR_KEY}"))
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(sign_in.status(), 303, "the key was exchanged at the role's own /v1");
+    let cookie = sign_in.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("name=value")
+        .to_owned();
+    let partners = http
+        .get(format!("{base}/console/partners"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("partners");
+    assert_eq!(partners.status(), 200);
+    assert!(partners.text().await.expect("body").contains("Create a partner"));
+}
