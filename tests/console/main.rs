@@ -385,3 +385,27 @@ async fn the_catalog_role_serves_the_console_and_signs_in_through_its_own_api() 
     assert_eq!(partners.status(), 200);
     assert!(partners.text().await.expect("body").contains("Create a partner"));
 }
+
+#[tokio::test]
+async fn an_api_that_fails_gives_a_friendly_page_and_the_console_follows_its_configured_api_url() {
+    let env = TestEnv::new().await;
+    // ANIKA_CONSOLE_API_URL points at a real HTTP server that answers every request 500.
+    let broken = Receiver::start().await;
+    broken.always(Reply::Body(500, "stack trace: secret internals".into()));
+    let anika = Anika::up(&env, &[("ANIKA_CONSOLE_API_URL", &broken.url(""))]).await;
+    let answer = reqwest::Client::new()
+        .post(format!("{}/console/sign-in", anika.api.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("api_key={OPERATOR_KEY}"))
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(answer.status(), 503);
+    let page = answer.text().await.expect("body");
+    assert!(page.contains("anika is not answering"), "{page}");
+    assert!(!page.contains("secret internals"), "never the raw error: {page}");
+    let asked = broken.received();
+    assert_eq!(asked.len(), 1, "the console asked the configured API");
+    assert_eq!(asked[0].path, "/v1/auth/token");
+    anika.terminate().await;
+}
