@@ -133,8 +133,8 @@ fn banner(ctx: &Context, addr: std::net::SocketAddr) {
     println!("anika is up (catalog, ingest and dispatcher in one process)");
     println!("  API          {base}/v1");
     println!("  docs         {base}/docs");
-    println!("  console      {base}/console");
     println!("  OpenAPI      {base}/openapi.json");
+    println!("  console      {base}/console");
     println!("  readiness    {base}/readyz    metrics {base}/metrics");
     println!(
         "  PostgreSQL   {}",

@@ -360,7 +360,10 @@ async fn the_catalog_role_serves_the_console_and_signs_in_through_its_own_api() 
             other => panic!("the catalog role did not serve the console: {other:?}"),
         }
     };
-    assert!(page.contains("API key") && page.contains("Sign in"), "{page}");
+    assert!(
+        page.contains("API key") && page.contains("Sign in"),
+        "{page}"
+    );
     let sign_in = http
         .post(format!("{base}/console/sign-in"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -368,7 +371,11 @@ async fn the_catalog_role_serves_the_console_and_signs_in_through_its_own_api() 
         .send()
         .await
         .expect("sign in");
-    assert_eq!(sign_in.status(), 303, "the key was exchanged at the role's own /v1");
+    assert_eq!(
+        sign_in.status(),
+        303,
+        "the key was exchanged at the role's own /v1"
+    );
     let cookie = sign_in.headers()["set-cookie"]
         .to_str()
         .expect("cookie")
@@ -383,7 +390,13 @@ async fn the_catalog_role_serves_the_console_and_signs_in_through_its_own_api() 
         .await
         .expect("partners");
     assert_eq!(partners.status(), 200);
-    assert!(partners.text().await.expect("body").contains("Create a partner"));
+    assert!(
+        partners
+            .text()
+            .await
+            .expect("body")
+            .contains("Create a partner")
+    );
 }
 
 #[tokio::test]
@@ -403,7 +416,10 @@ async fn an_api_that_fails_gives_a_friendly_page_and_the_console_follows_its_con
     assert_eq!(answer.status(), 503);
     let page = answer.text().await.expect("body");
     assert!(page.contains("anika is not answering"), "{page}");
-    assert!(!page.contains("secret internals"), "never the raw error: {page}");
+    assert!(
+        !page.contains("secret internals"),
+        "never the raw error: {page}"
+    );
     let asked = broken.received();
     assert_eq!(asked.len(), 1, "the console asked the configured API");
     assert_eq!(asked[0].path, "/v1/auth/token");
