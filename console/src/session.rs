@@ -21,8 +21,9 @@ pub const COOKIE: &str = "anika_console";
 /// A session not used for this long is forgotten (the refresh token then ages out unused).
 const IDLE_LIMIT: Duration = Duration::from_secs(12 * 3600);
 
-/// Refresh the access token when it has less than this left, so a request never
-/// reaches the API with a token that expires on the way.
+/// Refresh the access token when it has less than this left (or a quarter of its
+/// lifetime, for short-lived tokens), so a request never reaches the API with a
+/// token that expires on the way.
 const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 
 /// 32 random bytes, base64url: unguessable, and safe in a cookie or a form field.
@@ -117,6 +118,8 @@ pub struct Tokens {
     pub access: String,
     /// When `access` expires (by the API's `expires_in`).
     pub access_expires: Instant,
+    /// How long before `access_expires` it is refreshed.
+    pub refresh_margin: Duration,
     /// The refresh token; used at most once (the API rotates it).
     pub refresh: String,
 }
@@ -124,17 +127,21 @@ pub struct Tokens {
 impl Tokens {
     /// Tokens as the token endpoint returned them at `now`.
     pub fn issued(access: String, expires_in: u64, refresh: String, now: Instant) -> Self {
+        let lifetime = Duration::from_secs(expires_in);
         Self {
             access,
-            access_expires: now + Duration::from_secs(expires_in),
+            access_expires: now + lifetime,
+            refresh_margin: REFRESH_MARGIN.min(lifetime / 4),
             refresh,
         }
     }
 }
 
-/// Whether the access token must be refreshed before the next API call.
-pub fn needs_refresh(expires: Instant, now: Instant) -> bool {
-    expires.saturating_duration_since(now) < REFRESH_MARGIN
+impl Tokens {
+    /// Whether the access token must be refreshed before the next API call.
+    pub fn need_refresh(&self, now: Instant) -> bool {
+        self.access_expires.saturating_duration_since(now) < self.refresh_margin
+    }
 }
 
 /// One signed-in session.
@@ -261,9 +268,14 @@ mod tests {
     #[test]
     fn an_access_token_is_refreshed_shortly_before_it_expires() {
         let now = Instant::now();
-        assert!(!needs_refresh(now + Duration::from_secs(600), now));
-        assert!(needs_refresh(now + Duration::from_secs(10), now));
-        assert!(needs_refresh(now, now + Duration::from_secs(5)));
+        let usual = Tokens::issued("a".into(), 900, "r".into(), now);
+        assert!(!usual.need_refresh(now + Duration::from_secs(860)));
+        assert!(usual.need_refresh(now + Duration::from_secs(880)));
+        assert!(usual.need_refresh(now + Duration::from_secs(1000)));
+        // A 10 s token is not refreshed on every request, only in its last 2.5 s.
+        let short = Tokens::issued("a".into(), 10, "r".into(), now);
+        assert!(!short.need_refresh(now + Duration::from_secs(5)));
+        assert!(short.need_refresh(now + Duration::from_secs(8)));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{
     api::{ApiError, ApiProblem},
     error::{PageError, PageResult},
     layout,
-    session::{self, Session, Tokens, Who, needs_refresh},
+    session::{self, Session, Tokens, Who},
 };
 
 /// The vendored htmx (2.x, BSD Zero Clause licence: `console/assets/htmx-LICENSE`).
@@ -58,7 +58,7 @@ impl Console {
     /// A valid access token, refreshed first when it is about to expire.
     async fn token(&self) -> PageResult<String> {
         let mut tokens = self.session.tokens.lock().await;
-        if needs_refresh(tokens.access_expires, Instant::now()) {
+        if tokens.need_refresh(Instant::now()) {
             let answer = self
                 .state
                 .api

@@ -425,3 +425,45 @@ async fn an_api_that_fails_gives_a_friendly_page_and_the_console_follows_its_con
     assert_eq!(asked[0].path, "/v1/auth/token");
     anika.terminate().await;
 }
+
+#[tokio::test]
+async fn a_session_outlives_its_access_token_by_refreshing_it() {
+    let env = TestEnv::new().await;
+    // The shortest access token the API issues: 10 s.
+    let anika = Anika::up(&env, &[("ANIKA_ACCESS_TOKEN_TTL", "10s")]).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let sign_in = http
+        .post(format!("{}/console/sign-in", anika.api.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("api_key={OPERATOR_KEY}"))
+        .send()
+        .await
+        .expect("sign in");
+    let cookie = sign_in.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("name=value")
+        .to_owned();
+    // Past the first access token's life and the verifier's 30 s leeway (48 s > 10 + 30):
+    // only refreshed tokens keep the pages open.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let page = http
+            .get(format!("{}/console/partners", anika.api.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("partners");
+        assert_eq!(
+            page.status(),
+            200,
+            "still signed in after the token expired"
+        );
+    }
+    anika.terminate().await;
+}
