@@ -97,13 +97,52 @@ impl IntoResponse for PageError {
                 )
             }
         };
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            layout::bare(title, body).into_string(),
+            layout::bare(title, body.clone()).into_string(),
         )
-            .into_response()
+            .into_response();
+        // For a signed-in person, `frame_errors` draws the same content inside the
+        // navigation (with Sign out); this is what it needs for that.
+        response.extensions_mut().insert(ErrorFrame {
+            title,
+            body: body.into_string(),
+        });
+        response
     }
+}
+
+/// An error page's title and content, for re-framing it in a signed-in page.
+#[derive(Clone, Debug)]
+pub struct ErrorFrame {
+    title: &'static str,
+    body: String,
+}
+
+/// Draws error pages inside the signed-in frame when the request has a live session.
+pub async fn frame_errors(
+    axum::extract::State(state): axum::extract::State<crate::State>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let session = request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(crate::session::session_id_from_cookies)
+        .and_then(|id| state.sessions.get(&id));
+    let response = next.run(request).await;
+    let (Some(session), Some(frame)) =
+        (session, response.extensions().get::<ErrorFrame>().cloned())
+    else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let page = layout::page(&session, frame.title, maud::PreEscaped(frame.body));
+    Response::from_parts(parts, axum::body::Body::from(page.into_string()))
 }
 
 /// The result of a console handler.

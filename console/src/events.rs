@@ -105,7 +105,7 @@ pub async fn list(c: Console, Query(search): Query<Search>) -> PageResult {
     Ok(c.page(
         "Events",
         html! {
-            (form_problem(problem))
+            (form_problem(problem, &["/topic_id", "/key", "/since", "/until", "/contains"]))
             form.search method="get" action="/console/events" {
                 div.fields {
                     div { label for="topic_id" { "Topic" }
@@ -167,6 +167,15 @@ fn older(search: &Search, found: &Value) -> Option<String> {
     serde_urlencoded::to_string(&params).ok()
 }
 
+/// "1 attempt", "3 attempts".
+fn attempts_label(n: u64) -> String {
+    if n == 1 {
+        "1 attempt".into()
+    } else {
+        format!("{n} attempts")
+    }
+}
+
 /// The start of an event's data, for a table cell.
 fn excerpt(data: &Value) -> String {
     let text = data.to_string();
@@ -181,6 +190,10 @@ fn excerpt(data: &Value) -> String {
 pub async fn show(c: Console, Path(raw): Path<String>) -> PageResult {
     let id = path_id(&raw)?;
     let event = c.get(&format!("/v1/events/{id}")).await?;
+    let topic = c
+        .get(&format!("/v1/topics/{}", s(&event, "topic_id")))
+        .await
+        .ok();
     let deliveries = event["deliveries"].as_array().cloned().unwrap_or_default();
     let since =
         serde_urlencoded::to_string([("since", s(&event, "received_at"))]).unwrap_or_default();
@@ -213,7 +226,10 @@ pub async fn show(c: Console, Path(raw): Path<String>) -> PageResult {
             dl.facts {
                 dt { "Id" } dd { code { (id) } }
                 dt { "Received" } dd { (time(&event, "received_at")) }
-                dt { "Topic" } dd { code { (s(&event, "topic_id")) } }
+                dt { "Topic" } dd {
+                    @if let Some(t) = &topic { a href={ "/console/topics/" (s(t, "id")) } { (s(t, "name")) } " " }
+                    code { (s(&event, "topic_id")) }
+                }
                 dt { "Key" } dd { (s(&event, "key")) }
             }
             h2 { "Data" }
@@ -226,7 +242,7 @@ pub async fn show(c: Console, Path(raw): Path<String>) -> PageResult {
                         a href={ "/console/subscriptions/" (s(d, "subscription_id")) } { (url.clone().unwrap_or_else(|| s(d, "subscription_id").to_owned())) }
                         " " (badge(s(d, "status")))
                     }
-                    p { (d["attempts"].to_string()) " attempts" @if !d["last_attempt_at"].is_null() { ", the last at " (time(d, "last_attempt_at")) } }
+                    p { (attempts_label(d["attempts"].as_u64().unwrap_or(0))) @if !d["last_attempt_at"].is_null() { ", the last at " (time(d, "last_attempt_at")) } }
                     @match attempts {
                         Ok(list) => (attempt_table(list, false)),
                         Err(_) => (layout::empty("The attempts could not be read.")),

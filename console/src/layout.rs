@@ -96,13 +96,16 @@ pub fn field_error(problem: Option<&ApiProblem>, pointer: &str, id: &str) -> Mar
     }
 }
 
-/// The API's summary of a refused form, above it.
-pub fn form_problem(problem: Option<&ApiProblem>) -> Markup {
+/// The API's summary of a refused form, above it, with the field errors the form
+/// does not show next to one of its `placed` fields.
+pub fn form_problem(problem: Option<&ApiProblem>, placed: &[&str]) -> Markup {
     match problem {
         Some(p) => html! {
             div.problem role="alert" {
                 p { strong { "Not saved: " } (p.detail) }
-                @let unplaced: Vec<_> = p.errors.iter().filter(|e| !e.pointer.is_empty()).collect();
+                @let unplaced: Vec<_> = p.errors.iter()
+                    .filter(|e| !placed.iter().any(|f| e.pointer == *f || e.pointer.starts_with(&format!("{f}/"))))
+                    .collect();
                 @if !unplaced.is_empty() {
                     ul { @for e in unplaced { li { code { (e.pointer) } ": " (e.detail) } } }
                 }

@@ -118,6 +118,10 @@ pub fn router(settings: Settings) -> Result<Router, SetupError> {
         .route("/console/subscriptions/new", get(subscriptions::new_form))
         .route("/console/subscriptions/{id}", get(subscriptions::show))
         .route(
+            "/console/subscriptions/{id}/edit",
+            get(subscriptions::edit_page).post(subscriptions::edit),
+        )
+        .route(
             "/console/subscriptions/{id}/status",
             post(subscriptions::set_status),
         )
@@ -156,6 +160,10 @@ pub fn router(settings: Settings) -> Result<Router, SetupError> {
         .route("/console/static/console.css", get(web::css))
         .route("/console/static/favicon.svg", get(web::favicon))
         .route("/console/{*rest}", get(web::not_found))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            error::frame_errors,
+        ))
         .with_state(state)
         .layer(middleware::from_fn(security_headers)))
 }

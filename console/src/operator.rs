@@ -61,7 +61,7 @@ fn partners_page(
             } }
         }
         h2 { "Create a partner" }
-        (form_problem(problem))
+        (form_problem(problem, &["/name", "/description"]))
         form.card method="post" action="/console/partners" {
             (csrf(&c.session))
             label for="name" { "Name" }
@@ -195,7 +195,7 @@ async fn keys_page(
                 } }
             }
             h2 { "Create an API key" }
-            (form_problem(problem))
+            (form_problem(problem, &["/name", "/role", "/partner_id"]))
             form.card method="post" action="/console/api-keys" {
                 (csrf(&c.session))
                 label for="key-name" { "Name" }

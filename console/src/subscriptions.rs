@@ -154,7 +154,7 @@ fn subscription_form(
     problem: Option<&ApiProblem>,
 ) -> Markup {
     html! {
-        (form_problem(problem))
+        (form_problem(problem, &["/topic_id", "/url", "/description", "/filter", "/max_attempts"]))
         form.card method="post" action="/console/subscriptions" {
             (csrf(&c.session))
             label for="topic_id" { "Topic" }
@@ -257,6 +257,8 @@ pub async fn show(c: Console, Path(raw): Path<String>) -> PageResult {
                 }
                 dt { "Filter" } dd { @if sub["filter"].is_null() { "none (every event)" } @else { code { (sub["filter"].to_string()) } } }
                 dt { "Max attempts" } dd { (sub["max_attempts"].to_string()) }
+                dt { "Rate limit" } dd { @match sub["rate_limit_per_s"].as_u64() { Some(n) => { (n) " / s" }, None => "none" } }
+                dt { "In flight at most" } dd { (sub["max_in_flight"].to_string()) }
                 dt { "Ordered" } dd { (if sub["ordered"].as_bool() == Some(true) { "yes" } else { "no" }) }
                 dt { "Description" } dd { (s(&sub, "description")) }
                 dt { "Id" } dd { code { (id) } }
@@ -273,6 +275,7 @@ pub async fn show(c: Console, Path(raw): Path<String>) -> PageResult {
                         button type="submit" { "Resume" }
                     }
                 }
+                a.button href={ "/console/subscriptions/" (id) "/edit" } { "Edit" }
                 form method="post" action={ "/console/subscriptions/" (id) "/rotate-secret" } {
                     (csrf(&c.session))
                     button type="submit" { "Rotate secret" }
@@ -307,6 +310,153 @@ pub(crate) fn attempt_table(attempts: &[Value], with_event: bool) -> Markup {
                 }
             } }
         } }
+    }
+}
+
+/// The edit form, as typed (every field present; empty clears where the API allows).
+#[derive(Debug, Default, Deserialize)]
+pub struct EditSubscription {
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    filter: Option<String>,
+    #[serde(default)]
+    max_attempts: Option<String>,
+    #[serde(default)]
+    rate_limit_per_s: Option<String>,
+    #[serde(default)]
+    max_in_flight: Option<String>,
+}
+
+impl EditSubscription {
+    /// The form filled with the subscription as it is.
+    fn from_subscription(sub: &Value) -> Self {
+        let number = |key: &str| sub[key].as_u64().map(|n| n.to_string());
+        Self {
+            url: s(sub, "url").to_owned(),
+            description: Some(s(sub, "description").to_owned()),
+            filter: (!sub["filter"].is_null()).then(|| sub["filter"].to_string()),
+            max_attempts: number("max_attempts"),
+            rate_limit_per_s: number("rate_limit_per_s"),
+            max_in_flight: number("max_in_flight"),
+        }
+    }
+}
+
+/// The PATCH body: an empty description, filter, rate limit or in-flight cap is `null`
+/// (cleared, or the server's default); an empty max attempts is left as it is.
+fn edit_body(form: &EditSubscription) -> Result<Value, ApiProblem> {
+    let number = |pointer: &str, value: &Option<String>| -> Result<Value, ApiProblem> {
+        match filled(value) {
+            None => Ok(Value::Null),
+            Some(v) => v
+                .parse::<u64>()
+                .map(|n| json!(n))
+                .map_err(|_| local_problem(pointer, "a whole number, e.g. 10".into())),
+        }
+    };
+    let mut body = Map::new();
+    body.insert("url".into(), json!(form.url.trim()));
+    body.insert(
+        "description".into(),
+        filled(&form.description).map_or(Value::Null, |d| json!(d)),
+    );
+    let filter = match filled(&form.filter) {
+        None => Value::Null,
+        Some(f) => serde_json::from_str(f)
+            .map_err(|e| local_problem("/filter", format!("not JSON: {e}")))?,
+    };
+    body.insert("filter".into(), filter);
+    let attempts = number("/max_attempts", &form.max_attempts)?;
+    if !attempts.is_null() {
+        body.insert("max_attempts".into(), attempts);
+    }
+    body.insert(
+        "rate_limit_per_s".into(),
+        number("/rate_limit_per_s", &form.rate_limit_per_s)?,
+    );
+    body.insert(
+        "max_in_flight".into(),
+        number("/max_in_flight", &form.max_in_flight)?,
+    );
+    Ok(Value::Object(body))
+}
+
+fn edit_form(
+    c: &Console,
+    id: Uuid,
+    form: &EditSubscription,
+    problem: Option<&ApiProblem>,
+) -> Markup {
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    html! {
+        (form_problem(problem, &["/url", "/description", "/filter", "/max_attempts", "/rate_limit_per_s", "/max_in_flight"]))
+        form.card method="post" action={ "/console/subscriptions/" (id) "/edit" } {
+            (csrf(&c.session))
+            label for="url" { "Endpoint URL" }
+            input #url type="url" name="url" value=(form.url) required;
+            (field_error(problem, "/url", "url-error"))
+            label for="description" { "Description" }
+            input #description type="text" name="description" value=(text(&form.description));
+            (field_error(problem, "/description", "description-error"))
+            label for="filter" { "Filter (JSON object; empty: every event)" }
+            textarea #filter name="filter" rows="4" { (text(&form.filter)) }
+            (field_error(problem, "/filter", "filter-error"))
+            label for="max_attempts" { "Max attempts" }
+            input #max_attempts type="number" min="1" name="max_attempts" value=(text(&form.max_attempts));
+            (field_error(problem, "/max_attempts", "max_attempts-error"))
+            label for="rate_limit_per_s" { "Rate limit per second (empty: none)" }
+            input #rate_limit_per_s type="number" min="1" name="rate_limit_per_s" value=(text(&form.rate_limit_per_s));
+            (field_error(problem, "/rate_limit_per_s", "rate_limit_per_s-error"))
+            label for="max_in_flight" { "Requests in flight at most (empty: the server's default)" }
+            input #max_in_flight type="number" min="1" max="1000" name="max_in_flight" value=(text(&form.max_in_flight));
+            (field_error(problem, "/max_in_flight", "max_in_flight-error"))
+            button type="submit" { "Save changes" }
+        }
+        p { a href={ "/console/subscriptions/" (id) } { "Cancel" } }
+    }
+}
+
+/// GET /console/subscriptions/{id}/edit
+pub async fn edit_page(c: Console, Path(raw): Path<String>) -> PageResult {
+    let id = path_id(&raw)?;
+    let sub = c.get(&format!("/v1/subscriptions/{id}")).await?;
+    Ok(c.page(
+        "Edit subscription",
+        edit_form(&c, id, &EditSubscription::from_subscription(&sub), None),
+    ))
+}
+
+/// POST /console/subscriptions/{id}/edit
+pub async fn edit(
+    Path(raw): Path<String>,
+    Protected(c, form): Protected<EditSubscription>,
+) -> PageResult {
+    let id = path_id(&raw)?;
+    let answer = match edit_body(&form) {
+        Ok(body) => c
+            .call(
+                Method::PATCH,
+                &format!("/v1/subscriptions/{id}"),
+                Some(&body),
+            )
+            .await
+            .map_err(refusal),
+        Err(local) => Err(Ok(local)),
+    };
+    match answer {
+        Ok(_) => Ok(Redirect::to(&format!("/console/subscriptions/{id}")).into_response()),
+        Err(Ok(problem)) => {
+            let mut page = c.page(
+                "Edit subscription",
+                edit_form(&c, id, &form, Some(&problem)),
+            );
+            *page.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(page)
+        }
+        Err(Err(e)) => Err(e),
     }
 }
 
@@ -493,6 +643,36 @@ mod tests {
                 ("paused", 0),
                 ("active", 0)
             ]
+        );
+    }
+
+    #[test]
+    fn an_emptied_field_clears_it_and_an_unreadable_one_is_named() {
+        let form = EditSubscription {
+            url: " http://x/hook ".into(),
+            description: Some(String::new()),
+            filter: Some(r#"{"a":1}"#.into()),
+            max_attempts: Some(String::new()),
+            rate_limit_per_s: Some("10".into()),
+            max_in_flight: None,
+        };
+        let body = edit_body(&form).unwrap();
+        assert_eq!(body["url"], "http://x/hook");
+        assert!(body["description"].is_null() && body["max_in_flight"].is_null());
+        assert_eq!(body["rate_limit_per_s"], 10);
+        assert!(
+            body.get("max_attempts").is_none(),
+            "an empty max attempts stays as it is"
+        );
+        let bad = EditSubscription {
+            rate_limit_per_s: Some("fast".into()),
+            ..form
+        };
+        assert!(
+            edit_body(&bad)
+                .unwrap_err()
+                .field("/rate_limit_per_s")
+                .is_some()
         );
     }
 

@@ -48,7 +48,7 @@ fn topic_body(form: &NewTopic) -> Result<Value, ApiProblem> {
 fn topic_form(c: &Console, form: &NewTopic, problem: Option<&ApiProblem>) -> Markup {
     html! {
         h2 { "Create a topic" }
-        (form_problem(problem))
+        (form_problem(problem, &["/name", "/description", "/schema"]))
         form.card method="post" action="/console/topics" {
             (csrf(&c.session))
             label for="name" { "Name" }

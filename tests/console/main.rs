@@ -128,6 +128,22 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
     bad.always(Reply::Status(500));
     b.sign_in(&bank_key).await;
     let mut subs = Vec::new();
+    // A URL the API refuses is shown next to the field, in the API's words.
+    b.open("/console/subscriptions/new").await;
+    b.choose("Topic", &topic_id).await;
+    b.fill("Endpoint URL", "ftp://bank.example/hook").await;
+    b.press("Create subscription").await;
+    b.wait_text("Not saved").await;
+    let beside_url = b
+        .client
+        .find(fantoccini::Locator::Id("url-error"))
+        .await
+        .expect("an error next to the URL field")
+        .text()
+        .await
+        .expect("text");
+    assert!(!beside_url.is_empty(), "the API's detail about /url");
+    b.check_page("subscription-refused").await;
     for (receiver, attempts) in [(&good, "5"), (&bad, "2")] {
         b.open("/console/subscriptions/new").await;
         b.choose("Topic", &topic_id).await;
@@ -213,7 +229,15 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
         events.iter().cloned().collect(),
         "both dead letters arrived"
     );
+    // The bank edits its subscription: a description and a rate limit.
     b.open(&format!("/console/subscriptions/{good_sub}")).await;
+    b.follow("Edit").await;
+    b.fill("Description", "loan offers").await;
+    b.fill("Rate limit per second (empty: none)", "50").await;
+    b.check_page("subscription-edit").await;
+    b.press("Save changes").await;
+    b.wait_text("loan offers").await;
+    b.wait_text("50 / s").await;
     b.wait_text("204").await;
     b.check_page("subscription").await;
     b.open("/console/subscriptions").await;
@@ -285,8 +309,7 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
         .expect("get")
         .status();
     assert_eq!(status, 404);
-    b.open("/console").await;
-    b.sign_out().await;
+    b.sign_out().await; // the 404 page of a signed-in person keeps the navigation
 
     b.close().await;
     anika.terminate().await;
