@@ -490,3 +490,127 @@ async fn a_session_outlives_its_access_token_by_refreshing_it() {
     }
     anika.terminate().await;
 }
+
+/// Median of the server's answer time for `path` over a few runs (after one warm-up).
+async fn median_answer(http: &reqwest::Client, url: &str, cookie: &str) -> (Duration, String) {
+    let mut times = Vec::new();
+    let mut body = String::new();
+    for run in 0..6 {
+        let started = std::time::Instant::now();
+        let answer = http
+            .get(url)
+            .header("cookie", cookie)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(answer.status(), 200, "{url}");
+        body = answer.text().await.expect("body");
+        if run > 0 {
+            times.push(started.elapsed());
+        }
+    }
+    times.sort();
+    (times[times.len() / 2], body)
+}
+
+#[tokio::test]
+async fn pages_over_ten_thousand_events_and_a_hundred_subscriptions_are_measured() {
+    let env = TestEnv::new().await;
+    let anika = Anika::up(&env, &[]).await;
+    let api = &anika.api;
+    let operator = api.token(OPERATOR_KEY).await;
+    let dealer = api.partner(&operator, "dealer").await;
+    let log = api
+        .post("/v1/topics", &dealer.admin, json!({"name": "car.chosen"}))
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // The subscriptions listen to another topic, so the 10,000 events cost no deliveries.
+    let quiet = api
+        .post("/v1/topics", &dealer.admin, json!({"name": "quiet"}))
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    for batch in 0..10 {
+        let events: Vec<_> = (0..1000)
+            .map(|i| json!({"data": {"n": batch * 1000 + i, "model": "ID.3"}, "key": format!("k-{i}")}))
+            .collect();
+        api.post(
+            &format!("/v1/topics/{log}/events/batch"),
+            &dealer.publisher,
+            json!({ "events": events }),
+        )
+        .await
+        .expect(202);
+    }
+    let receiver = Receiver::start().await;
+    for i in 0..100 {
+        api.post(
+            "/v1/subscriptions",
+            &dealer.admin,
+            json!({"topic_id": quiet, "url": receiver.url(&format!("/hook/{i}"))}),
+        )
+        .await
+        .expect(201);
+    }
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let sign_in = http
+        .post(format!("{}/console/sign-in", api.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("api_key={OPERATOR_KEY}"))
+        .send()
+        .await
+        .expect("sign in");
+    let cookie = sign_in.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("name=value")
+        .to_owned();
+    let (subs_time, subs) = median_answer(
+        &http,
+        &format!("{}/console/subscriptions", api.base),
+        &cookie,
+    )
+    .await;
+    assert_eq!(
+        subs.matches("/hook/").count(),
+        100,
+        "every subscription is listed"
+    );
+    let (events_time, events) =
+        median_answer(&http, &format!("{}/console/events", api.base), &cookie).await;
+    assert_eq!(
+        events.matches("k-").count(),
+        50,
+        "the newest page of events"
+    );
+    assert!(
+        events.contains("Older events"),
+        "and a link to the next page"
+    );
+    let (search_time, _) = median_answer(
+        &http,
+        &format!(
+            "{}/console/events?key=k-7&contains=%7B%22model%22%3A%22ID.3%22%7D",
+            api.base
+        ),
+        &cookie,
+    )
+    .await;
+    // Measured, not asserted (a shared CI machine's timing is noise); docs/console.md
+    // quotes these figures.
+    eprintln!(
+        "console render (median of 5, debug build, through the API): subscriptions (100) {subs_time:?}, \
+         events (10,000 in the log) {events_time:?}, search by key and containment {search_time:?}"
+    );
+    anika.terminate().await;
+}
