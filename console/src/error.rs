@@ -133,7 +133,17 @@ pub async fn frame_errors(
         .filter_map(|v| v.to_str().ok())
         .find_map(crate::session::session_id_from_cookies)
         .and_then(|id| state.sessions.get(&id));
+    // htmx follows a redirect inside the fragment it swaps: for its requests, a lost
+    // session sends the whole page to the sign-in form instead.
+    let from_htmx = request.headers().contains_key("hx-request");
     let response = next.run(request).await;
+    if from_htmx && response.status().is_redirection() {
+        return (
+            axum::http::StatusCode::OK,
+            [("hx-redirect", "/console/sign-in")],
+        )
+            .into_response();
+    }
     let (Some(session), Some(frame)) =
         (session, response.extensions().get::<ErrorFrame>().cloned())
     else {

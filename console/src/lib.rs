@@ -126,6 +126,10 @@ pub fn router(settings: Settings) -> Result<Router, SetupError> {
             post(subscriptions::set_status),
         )
         .route(
+            "/console/subscriptions/{id}/replay",
+            post(subscriptions::replay_log),
+        )
+        .route(
             "/console/subscriptions/{id}/rotate-secret",
             post(subscriptions::rotate_secret),
         )

@@ -232,7 +232,11 @@ fn secret_once(secret: &str) -> Markup {
 }
 
 /// GET /console/subscriptions/{id}
-pub async fn show(c: Console, Path(raw): Path<String>) -> PageResult {
+pub async fn show(
+    c: Console,
+    Path(raw): Path<String>,
+    Query(outcome): Query<SubscriptionOutcome>,
+) -> PageResult {
     let id = path_id(&raw)?;
     let sub = c.get(&format!("/v1/subscriptions/{id}")).await?;
     let dead = dead_letter_total(&c, &id.to_string()).await;
@@ -247,6 +251,7 @@ pub async fn show(c: Console, Path(raw): Path<String>) -> PageResult {
     Ok(c.page(
         "Subscription",
         html! {
+            @if let Some(n) = outcome.enqueued { (notice(&format!("Re-delivering {n} events from the log."))) }
             dl.facts {
                 dt { "Status" } dd { (badge(status)) }
                 dt { "Endpoint" } dd.url { (s(&sub, "url")) }
@@ -283,6 +288,16 @@ pub async fn show(c: Console, Path(raw): Path<String>) -> PageResult {
             }
             h2 { "Recent attempts" }
             (attempt_table(items(&attempts), true))
+            h2 { "Replay from the event log" }
+            form.card method="post" action={ "/console/subscriptions/" (id) "/replay" } {
+                (csrf(&c.session))
+                p.hint { "Sends this subscription every event of the window again (subject to its grant and filter now). Times are UTC." }
+                label for="replay-since" { "Since (UTC)" }
+                input #replay-since type="datetime-local" step="1" name="since" required;
+                label for="replay-until" { "Until (UTC, optional: now)" }
+                input #replay-until type="datetime-local" step="1" name="until";
+                button type="submit" { "Replay from the log" }
+            }
         },
     ))
 }
@@ -458,6 +473,60 @@ pub async fn edit(
         }
         Err(Err(e)) => Err(e),
     }
+}
+
+/// The replay-from-the-log form, as typed (times as `datetime-local`, read as UTC).
+#[derive(Debug, Default, Deserialize)]
+pub struct ReplayLog {
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: Option<String>,
+}
+
+/// The API request for a replay from the log, or the field the console cannot read.
+fn replay_body(form: &ReplayLog) -> Result<Value, ApiProblem> {
+    let since =
+        crate::events::to_rfc3339(form.since.trim()).map_err(|e| local_problem("/since", e))?;
+    let mut body = json!({ "since": since });
+    if let Some(until) = filled(&form.until) {
+        body["until"] =
+            json!(crate::events::to_rfc3339(until).map_err(|e| local_problem("/until", e))?);
+    }
+    Ok(body)
+}
+
+/// POST /console/subscriptions/{id}/replay: re-delivers a window of the event log.
+pub async fn replay_log(
+    Path(raw): Path<String>,
+    Protected(c, form): Protected<ReplayLog>,
+) -> PageResult {
+    let id = path_id(&raw)?;
+    let answer = match replay_body(&form) {
+        Ok(body) => c
+            .call(
+                Method::POST,
+                &format!("/v1/subscriptions/{id}/replay"),
+                Some(&body),
+            )
+            .await
+            .map_err(refusal),
+        Err(local) => Err(Ok(local)),
+    };
+    match answer {
+        Ok(done) => {
+            let n = done["enqueued"].as_u64().unwrap_or(0);
+            Ok(Redirect::to(&format!("/console/subscriptions/{id}?enqueued={n}")).into_response())
+        }
+        Err(Ok(problem)) => Err(PageError::Refused(problem)),
+        Err(Err(e)) => Err(e),
+    }
+}
+
+/// What just happened on the subscription page (after a redirect).
+#[derive(Debug, Default, Deserialize)]
+pub struct SubscriptionOutcome {
+    enqueued: Option<u64>,
 }
 
 /// The pause/resume form.
@@ -674,6 +743,23 @@ mod tests {
                 .field("/rate_limit_per_s")
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_replay_window_is_sent_as_rfc_3339_and_an_unreadable_time_is_named() {
+        let form = ReplayLog {
+            since: "2026-12-01T21:00:00".into(),
+            until: Some(String::new()),
+        };
+        assert_eq!(
+            replay_body(&form).unwrap(),
+            json!({"since": "2026-12-01T21:00:00Z"})
+        );
+        let form = ReplayLog {
+            since: "soon".into(),
+            until: None,
+        };
+        assert!(replay_body(&form).unwrap_err().field("/since").is_some());
     }
 
     #[test]

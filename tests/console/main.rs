@@ -240,6 +240,21 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
     b.wait_text("50 / s").await;
     b.wait_text("204").await;
     b.check_page("subscription").await;
+    // A replay from the log over the last hour re-delivers both events to the bank.
+    let before = good.received().len();
+    let an_hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1))
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+    b.client
+        .execute(
+            "document.getElementById('replay-since').value = arguments[0]",
+            vec![json!(an_hour_ago)],
+        )
+        .await
+        .expect("set the time");
+    b.press("Replay from the log").await;
+    b.wait_text("Re-delivering 2 events from the log.").await;
+    good.wait_for(before + 2, Duration::from_secs(20)).await;
     b.open("/console/subscriptions").await;
     b.check_page("subscriptions").await;
 
@@ -341,6 +356,14 @@ async fn every_console_answer_carries_the_strict_content_security_policy() {
         );
         assert_eq!(answer.headers()["x-content-type-options"], "nosniff");
     }
+    // The overview's poll without a session sends the whole page to the sign-in form.
+    let poll = http
+        .get(format!("{}/console/overview/live", anika.api.base))
+        .header("hx-request", "true")
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(poll.headers()["hx-redirect"], "/console/sign-in");
     let sign_in = http
         .post(format!("{}/console/sign-in", anika.api.base))
         .header("content-type", "application/x-www-form-urlencoded")
