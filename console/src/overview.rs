@@ -14,10 +14,11 @@ use crate::{
     web::Console,
 };
 
-/// The sum of every sample of `metric` whose labels contain `label` (all when `None`),
-/// in the Prometheus text format.
-pub(crate) fn metric_sum(text: &str, metric: &str, label: Option<&str>) -> f64 {
-    text.lines()
+/// The sum of every sample of the counter `metric` whose labels contain `label` (all
+/// when `None`), in the Prometheus text format; counters count whole things.
+pub(crate) fn metric_sum(text: &str, metric: &str, label: Option<&str>) -> u64 {
+    let sum: f64 = text
+        .lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
@@ -29,7 +30,9 @@ pub(crate) fn metric_sum(text: &str, metric: &str, label: Option<&str>) -> f64 {
                 .then(|| value.parse::<f64>().ok())
                 .flatten()
         })
-        .sum()
+        .sum();
+    // An empty f64 sum is -0.0; a counter is never negative.
+    sum.max(0.0).round() as u64
 }
 
 /// GET /console
@@ -97,15 +100,15 @@ mod tests {
             anika_deliveries_total{outcome=\"failed\"} 2\n\
             anika_deliveries_total{outcome=\"delivered\",x=\"y\"} 1\n\
             anika_events_accepted_total 12\n";
-        assert_eq!(metric_sum(text, "anika_events_accepted_total", None), 12.0);
+        assert_eq!(metric_sum(text, "anika_events_accepted_total", None), 12);
         assert_eq!(
             metric_sum(
                 text,
                 "anika_deliveries_total",
                 Some("outcome=\"delivered\"")
             ),
-            8.0
+            8
         );
-        assert_eq!(metric_sum(text, "anika_missing", None), 0.0);
+        assert_eq!(metric_sum(text, "anika_missing", None), 0);
     }
 }

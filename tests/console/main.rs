@@ -85,7 +85,6 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
     b.check_page("partners").await;
     b.open("/console").await;
     b.wait_text("deliveries succeeded").await;
-    b.check_page("overview").await;
     b.sign_out().await;
     let (dealer_key, bank_key) = (keys[0].clone(), keys[1].clone());
     let bank_id = partner_ids[1].clone();
@@ -325,6 +324,40 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
         .status();
     assert_eq!(status, 404);
     b.sign_out().await; // the 404 page of a signed-in person keeps the navigation
+
+    // The operator's overview updates by itself (htmx polling under the strict CSP).
+    b.sign_in(OPERATOR_KEY).await;
+    b.open("/console").await;
+    let accepted = || async {
+        b.client
+            .find(fantoccini::Locator::Id("accepted"))
+            .await
+            .expect("the accepted counter")
+            .text()
+            .await
+            .expect("text")
+    };
+    let before: u64 = accepted().await.parse().expect("a count");
+    assert!(before >= 2, "the events so far are counted: {before}");
+    anika
+        .api
+        .post(
+            &format!("/v1/topics/{topic_id}/events"),
+            &publisher,
+            json!({"data": {"model": "ID.7"}}),
+        )
+        .await
+        .expect(202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while accepted().await != (before + 1).to_string() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the overview did not update by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.check_page("overview").await;
+    b.sign_out().await;
 
     b.close().await;
     anika.terminate().await;
