@@ -56,8 +56,33 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
     b.press("Sign in").await;
     b.wait_text("unknown or was revoked").await;
 
-    // The operator signs in and creates two partners, each with an admin key.
-    b.sign_in(OPERATOR_KEY).await;
+    // The operator signs in with the keyboard alone: Tab reaches the field, Enter submits.
+    b.open("/console/sign-in").await;
+    let mut focused = String::new();
+    for _ in 0..3 {
+        let active = b.client.active_element().await.expect("focus");
+        active.send_keys("\u{E004}").await.expect("Tab");
+        focused = b
+            .client
+            .active_element()
+            .await
+            .expect("focus")
+            .attr("id")
+            .await
+            .expect("id")
+            .unwrap_or_default();
+        if focused == "api_key" {
+            break;
+        }
+    }
+    assert_eq!(focused, "api_key", "Tab reaches the API key field");
+    let field = b.client.active_element().await.expect("focus");
+    field
+        .send_keys(&format!("{OPERATOR_KEY}\u{E007}"))
+        .await
+        .expect("type and Enter");
+    b.wait_text("Sign out").await;
+    // Then creates two partners, each with an admin key.
     b.wait_text("events accepted").await;
     let mut keys = Vec::new();
     let mut partner_ids = Vec::new();
