@@ -156,6 +156,10 @@ pub fn router(settings: Settings) -> Result<Router, SetupError> {
             get(operator::partners).post(operator::create_partner),
         )
         .route(
+            "/console/partners/{id}",
+            get(operator::partner).post(operator::set_quota),
+        )
+        .route(
             "/console/api-keys",
             get(operator::api_keys).post(operator::create_key),
         )

@@ -55,7 +55,10 @@ fn partners_page(
                         td { code { (s(p, "id")) } }
                         td { @match p["ingest_rate_per_s"].as_u64() { Some(n) => { (n) " / s" }, None => "none" } }
                         td { (time(p, "created_at")) }
-                        td { a href={ "/console/api-keys?partner_id=" (s(p, "id")) } { "API keys" } }
+                        td {
+                            a href={ "/console/api-keys?partner_id=" (s(p, "id")) } { "API keys" } " · "
+                            a href={ "/console/partners/" (s(p, "id")) } aria-label={ "Ingest limit of " (s(p, "name")) } { "Ingest limit" }
+                        }
                     }
                 } }
             } }
@@ -107,6 +110,102 @@ pub async fn create_partner(Protected(c, form): Protected<NewPartner>) -> PageRe
             let mut page = c.page(
                 "Partners",
                 partners_page(&c, items(&list), &form, Some(&problem), None),
+            );
+            *page.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(page)
+        }
+        Err(Err(e)) => Err(e),
+    }
+}
+
+/// The ingest-limit form, as typed (empty: no limit / one second's worth).
+#[derive(Debug, Default, Deserialize)]
+pub struct Quota {
+    #[serde(default)]
+    ingest_rate_per_s: Option<String>,
+    #[serde(default)]
+    ingest_burst: Option<String>,
+}
+
+/// The PATCH body: an empty field is `null` (no limit; the default burst).
+fn quota_body(form: &Quota) -> Result<Value, ApiProblem> {
+    let number = |pointer: &str, value: &Option<String>| -> Result<Value, ApiProblem> {
+        match filled(value) {
+            None => Ok(Value::Null),
+            Some(v) => v.parse::<u64>().map(|n| json!(n)).map_err(|_| {
+                crate::subscriptions::local_problem(pointer, "a whole number, e.g. 100".into())
+            }),
+        }
+    };
+    Ok(json!({
+        "ingest_rate_per_s": number("/ingest_rate_per_s", &form.ingest_rate_per_s)?,
+        "ingest_burst": number("/ingest_burst", &form.ingest_burst)?,
+    }))
+}
+
+fn quota_page(c: &Console, partner: &Value, form: &Quota, problem: Option<&ApiProblem>) -> Markup {
+    let id = s(partner, "id");
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    html! {
+        dl.facts {
+            dt { "Id" } dd { code { (id) } }
+            dt { "Description" } dd { (s(partner, "description")) }
+            dt { "Created" } dd { (time(partner, "created_at")) }
+        }
+        h2 { "Ingest limit" }
+        (form_problem(problem, &["/ingest_rate_per_s", "/ingest_burst"]))
+        form.card method="post" action={ "/console/partners/" (id) } {
+            (csrf(&c.session))
+            label for="ingest_rate_per_s" { "Events per second, all of the partner's keys together (empty: no limit)" }
+            input #ingest_rate_per_s type="number" min="1" max="1000000" name="ingest_rate_per_s" value=(text(&form.ingest_rate_per_s));
+            (field_error(problem, "/ingest_rate_per_s", "ingest_rate_per_s-error"))
+            label for="ingest_burst" { "Burst (empty: one second's worth)" }
+            input #ingest_burst type="number" min="1" max="1000000" name="ingest_burst" value=(text(&form.ingest_burst));
+            (field_error(problem, "/ingest_burst", "ingest_burst-error"))
+            button type="submit" { "Save limit" }
+        }
+        p { a href="/console/partners" { "All partners" } }
+    }
+}
+
+/// GET /console/partners/{id}
+pub async fn partner(
+    c: Console,
+    axum::extract::Path(raw): axum::extract::Path<String>,
+) -> PageResult {
+    let id = path_id(&raw)?;
+    let partner = c.get(&format!("/v1/partners/{id}")).await?;
+    let number = |key: &str| partner[key].as_u64().map(|n| n.to_string());
+    let form = Quota {
+        ingest_rate_per_s: number("ingest_rate_per_s"),
+        ingest_burst: number("ingest_burst"),
+    };
+    Ok(c.page(
+        &format!("Partner {}", s(&partner, "name")),
+        quota_page(&c, &partner, &form, None),
+    ))
+}
+
+/// POST /console/partners/{id}: sets the partner's ingest limit.
+pub async fn set_quota(
+    axum::extract::Path(raw): axum::extract::Path<String>,
+    Protected(c, form): Protected<Quota>,
+) -> PageResult {
+    let id = path_id(&raw)?;
+    let answer = match quota_body(&form) {
+        Ok(body) => c
+            .call(Method::PATCH, &format!("/v1/partners/{id}"), Some(&body))
+            .await
+            .map_err(refusal),
+        Err(local) => Err(Ok(local)),
+    };
+    match answer {
+        Ok(_) => Ok(Redirect::to("/console/partners").into_response()),
+        Err(Ok(problem)) => {
+            let partner = c.get(&format!("/v1/partners/{id}")).await?;
+            let mut page = c.page(
+                &format!("Partner {}", s(&partner, "name")),
+                quota_page(&c, &partner, &form, Some(&problem)),
             );
             *page.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             Ok(page)
@@ -272,4 +371,31 @@ pub async fn revoke_key(Protected(c, form): Protected<RevokeKey>) -> PageResult 
     c.call(Method::DELETE, &format!("/v1/api-keys/{id}"), None)
         .await?;
     Ok(Redirect::to("/console/api-keys?revoked=1").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_limit_removes_it_and_a_word_is_named() {
+        let form = Quota {
+            ingest_rate_per_s: Some("100".into()),
+            ingest_burst: Some(String::new()),
+        };
+        assert_eq!(
+            quota_body(&form).unwrap(),
+            json!({"ingest_rate_per_s": 100, "ingest_burst": null})
+        );
+        let form = Quota {
+            ingest_rate_per_s: Some("lots".into()),
+            ingest_burst: None,
+        };
+        assert!(
+            quota_body(&form)
+                .unwrap_err()
+                .field("/ingest_rate_per_s")
+                .is_some()
+        );
+    }
 }

@@ -106,7 +106,17 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
         );
     }
     b.check_page("api-keys").await;
-    b.open("/console/partners").await;
+    // The dealer gets an ingest limit.
+    b.open(&format!("/console/partners/{}", partner_ids[0]))
+        .await;
+    b.fill(
+        "Events per second, all of the partner's keys together (empty: no limit)",
+        "500",
+    )
+    .await;
+    b.check_page("partner").await;
+    b.press("Save limit").await;
+    b.wait_text("500 / s").await;
     b.check_page("partners").await;
     b.open("/console").await;
     b.wait_text("deliveries succeeded").await;
