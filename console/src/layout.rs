@@ -22,6 +22,7 @@ fn head(title: &str) -> Markup {
             link rel="icon" type="image/svg+xml" href="/console/static/favicon.svg";
             link rel="stylesheet" href="/console/static/console.css";
             script src="/console/static/htmx.min.js" defer {}
+            script src="/console/static/console.js" defer {}
         }
     }
 }

@@ -167,6 +167,7 @@ pub fn router(settings: Settings) -> Result<Router, SetupError> {
         .route("/console/static/htmx.min.js", get(web::htmx))
         .route("/console/static/console.css", get(web::css))
         .route("/console/static/favicon.svg", get(web::favicon))
+        .route("/console/static/console.js", get(web::script))
         .route("/console/{*rest}", get(web::not_found))
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -268,7 +268,10 @@ async fn keys_page(
                 div.secret role="status" {
                     p { strong { "Key created: " (s(k, "name")) " (" (s(k, "role")) ")." } }
                     label for="new-key" { "API key (shown only now: store it in your secret manager)" }
-                    input #new-key type="text" readonly value=(s(k, "api_key"));
+                    div.copy {
+                        input #new-key type="text" readonly value=(s(k, "api_key"));
+                        button type="button" data-copy="new-key" { "Copy" }
+                    }
                 }
             }
             @if filter.revoked.is_some() { (notice("Key revoked: its tokens stop working at once.")) }

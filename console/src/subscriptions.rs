@@ -226,7 +226,10 @@ fn secret_once(secret: &str) -> Markup {
     html! {
         div.secret {
             label for="secret" { "Signing secret (shown only now: store it where your endpoint verifies signatures)" }
-            input #secret type="text" readonly value=(secret);
+            div.copy {
+                input #secret type="text" readonly value=(secret);
+                button type="button" data-copy="secret" { "Copy" }
+            }
         }
     }
 }

@@ -24,6 +24,8 @@ use crate::{
 
 /// The vendored htmx (2.x, BSD Zero Clause licence: `console/assets/htmx-LICENSE`).
 const HTMX: &[u8] = include_bytes!("../assets/htmx.min.js");
+/// The console's own script (copy buttons).
+const SCRIPT: &[u8] = include_bytes!("../assets/console.js");
 /// The console's icon.
 const FAVICON: &[u8] = include_bytes!("../assets/favicon.svg");
 /// The console's own style sheet.
@@ -315,6 +317,17 @@ pub async fn favicon() -> impl IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=86400"),
         ],
         FAVICON,
+    )
+}
+
+/// GET /console/static/console.js
+pub async fn script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        SCRIPT,
     )
 }
 

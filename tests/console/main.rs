@@ -185,6 +185,21 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
         b.fill("Max attempts (optional)", attempts).await;
         b.press("Create subscription").await;
         b.wait_text("Subscription created").await;
+        // The copy button (the console's own script) copies, or selects where the
+        // headless clipboard refuses; either way it says which.
+        b.press("Copy").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let said = b.text().await;
+            if said.contains("Copied") || said.contains("Selected: press Ctrl+C") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the copy button did not answer: {said}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let secret = shown_once(
             &b,
             "Signing secret (shown only now: store it where your endpoint verifies signatures)",
