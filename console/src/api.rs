@@ -127,6 +127,12 @@ impl ApiClient {
 
     /// Plain text from a service endpoint (`/metrics`).
     pub async fn text(&self, path: &str) -> Result<String, ApiError> {
+        self.fetch_text(path).await.inspect_err(|e| {
+            tracing::warn!(error = %e, path, "console: a service endpoint failed");
+        })
+    }
+
+    async fn fetch_text(&self, path: &str) -> Result<String, ApiError> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
