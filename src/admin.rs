@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout)] // printing is what these commands are for
 
 use anika_shared::{
+    audit::Actor,
     config::{Config, redact_url},
     db,
     domain::{PartnerId, Role},
@@ -31,7 +32,7 @@ pub async fn create_api_key(
     name: &str,
 ) -> Result<(), CliError> {
     let pool = db::connect_and_migrate(config.database_url.expose(), 2).await?;
-    let (id, key) = anika_catalog::create_api_key(&pool, role, partner, name)
+    let (id, key) = anika_catalog::create_api_key(&pool, &Actor::cli(), role, partner, name)
         .await
         .map_err(|e| format!("{e}: {}", explain(&e)))?;
     eprintln!("created {role} API key {id}; it is shown only now:");
@@ -49,7 +50,7 @@ fn explain(error: &anika_catalog::Error) -> String {
 /// `anika signing-keys rotate`.
 pub async fn rotate_signing_key(config: &Config) -> Result<(), CliError> {
     let pool = db::connect_and_migrate(config.database_url.expose(), 2).await?;
-    let kid = anika_catalog::keys::rotate_signing_key(&pool).await?;
+    let kid = anika_catalog::keys::rotate_signing_key(&pool, &Actor::cli()).await?;
     println!(
         "new signing key {kid}; tokens signed by the previous key stay valid until they expire"
     );

@@ -56,7 +56,22 @@ enum Command {
         json: bool,
     },
     /// Measure throughput and latency through the public API, with ratios to the raw ceilings.
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
+    /// Print the audit log, newest first: who changed what in the catalog, who replayed or purged what.
+    Audit {
+        /// Only this action, e.g. `grant.created` or `dead_letters.replayed`.
+        #[arg(long)]
+        action: Option<anika_shared::audit::Action>,
+        /// Only entries at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<anika_shared::domain::Timestamp>,
+        /// At most this many entries (1–1000).
+        #[arg(long, default_value = "50", value_parser = parse_limit)]
+        limit: anika_shared::page::Limit,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List subscriptions with their health: failing, disabled, queued and dead-lettered messages.
     Subscriptions {
         /// Only these.
@@ -139,6 +154,13 @@ fn parse_role(text: &str) -> Result<Role, String> {
     text.parse()
 }
 
+fn parse_limit(text: &str) -> Result<anika_shared::page::Limit, String> {
+    let n: u32 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))?;
+    anika_shared::page::Limit::parse(n)
+}
+
 impl Cli {
     /// Runs the chosen command.
     pub async fn run(self) -> Result<(), CliError> {
@@ -173,7 +195,13 @@ impl Cli {
                 until,
                 json,
             } => crate::ops::replay(&config, subscription, since, until, json).await,
-            Command::Bench(args) => crate::bench::bench(config, args).await,
+            Command::Bench(args) => crate::bench::bench(config, *args).await,
+            Command::Audit {
+                action,
+                since,
+                limit,
+                json,
+            } => crate::ops::audit_log(&config, action, since, limit, json).await,
             Command::Subscriptions { status, json } => {
                 crate::ops::subscriptions(&config, status, json).await
             }

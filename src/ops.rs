@@ -1,7 +1,9 @@
-//! Operator commands: dead letters, replay from the log, subscription health.
+//! Operator commands: dead letters, replay from the log, subscription health, the audit log.
 //!
 //! They talk to PostgreSQL and RabbitMQ directly (no token needed on the
 //! operator's own machine) through the same library functions as the API.
+//! What they change is in the audit log like the API's changes, with the
+//! command line as the actor (role operator, no API key, no partner).
 //! Tables by default, JSON with `--json`; long runs show a progress bar with
 //! rate and ETA on a terminal and plain lines otherwise.
 
@@ -13,13 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anika_dispatcher::recovery::{LogReplay, Window};
+use anika_dispatcher::recovery::{LogReplay, Window, purge_audited};
 use anika_shared::{
     amqp::{Broker, Topology, dead_letter_queue, subscription_queue},
+    audit::{self, Action, Actor, Target},
     config::Config,
     db,
-    domain::SubscriptionId,
+    domain::{SubscriptionId, Timestamp},
     envelope::format_time,
+    page::Limit,
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -67,6 +71,34 @@ impl Ops {
     }
 }
 
+impl Ops {
+    /// Records what a command did to a subscription, with the command line as the actor.
+    /// The operation already happened; a failure to record it is an error the operator sees.
+    async fn audit(
+        &self,
+        subscription: SubscriptionId,
+        action: Action,
+        changes: audit::Changes,
+    ) -> Result<(), CliError> {
+        let partner: Option<Uuid> =
+            sqlx::query_scalar("SELECT partner_id FROM subscriptions WHERE id = $1")
+                .bind(subscription.uuid())
+                .fetch_optional(&self.pool)
+                .await?;
+        let partner = partner.ok_or_else(|| format!("no subscription {subscription}"))?;
+        audit::record_result(
+            &self.pool,
+            &Actor::cli(),
+            action,
+            &Target::subscription(subscription, partner.into()),
+            changes,
+        )
+        .await
+        .map_err(|e| format!("done, but the audit entry could not be written: {e}"))?;
+        Ok(())
+    }
+}
+
 /// Prints rows as an aligned table.
 fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
@@ -100,18 +132,7 @@ fn print_json(value: &impl Serialize) -> Result<(), CliError> {
 /// A webhook URL as the CLI shows it: any `user:password@` replaced by `***@`, since
 /// operators paste this output into tickets and chats.
 fn shown_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
-            let hidden = parsed.set_password(None).is_ok() && parsed.set_username("***").is_ok();
-            if hidden {
-                parsed.to_string()
-            } else {
-                "<url with credentials>".to_owned()
-            }
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => "<unparseable url>".to_owned(),
-    }
+    audit::url_without_credentials(url)
 }
 
 fn cut(text: &str, max: usize) -> String {
@@ -305,6 +326,12 @@ pub async fn dlq_replay(
     )
     .await?;
     progress.finish();
+    ops.audit(
+        subscription,
+        Action::DeadLettersReplayed,
+        outcome.audited(limit),
+    )
+    .await?;
     let (replayed, kept) = (outcome.replayed, outcome.kept);
     if json {
         print_json(&json!({"subscription_id": subscription, "replayed": replayed, "kept": kept}))
@@ -329,6 +356,12 @@ pub async fn dlq_purge(
     let purged =
         anika_dispatcher::recovery::purge_dead_letters(&ops.pool, &ops.broker, subscription)
             .await?;
+    ops.audit(
+        subscription,
+        Action::DeadLettersPurged,
+        purge_audited(purged),
+    )
+    .await?;
     if json {
         print_json(&json!({"subscription_id": subscription, "purged": purged}))
     } else {
@@ -373,6 +406,12 @@ pub async fn replay(
     )
     .await?;
     progress.finish();
+    ops.audit(
+        subscription,
+        Action::EventsReplayed,
+        outcome.audited(&window),
+    )
+    .await?;
     let (enqueued, refused) = (outcome.enqueued, outcome.refused);
     if json {
         print_json(
@@ -479,6 +518,54 @@ pub async fn subscriptions(
         &cells,
     );
     Ok(())
+}
+
+/// `anika audit [--action A] [--since T] [--limit N]`: newest first, everything (the CLI is an operator).
+pub async fn audit_log(
+    config: &Config,
+    action: Option<Action>,
+    since: Option<Timestamp>,
+    limit: Limit,
+    json: bool,
+) -> Result<(), CliError> {
+    let pool = db::connect_and_migrate(config.database_url.expose(), 2).await?;
+    let filter = audit::Filter {
+        action,
+        since: since.map(Timestamp::get),
+        ..audit::Filter::default()
+    };
+    let entries = audit::list(
+        &pool,
+        audit::Visibility::Everything,
+        &filter,
+        None,
+        i64::from(limit.get()),
+    )
+    .await?;
+    if json {
+        return print_json(&entries);
+    }
+    let cells: Vec<Vec<String>> = entries.iter().map(audit_row).collect();
+    table(&["at", "action", "target", "actor", "changes"], &cells);
+    Ok(())
+}
+
+/// One entry as a table row: the actor as its role and key (or `cli`), the changes as compact JSON.
+fn audit_row(entry: &audit::Entry) -> Vec<String> {
+    let actor = &entry.actor;
+    let who = match (actor.api_key_id(), actor.partner_id()) {
+        (None, _) if actor.role() == audit::ActorRole::System => "anika (system)".to_owned(),
+        (None, _) => "cli (operator)".to_owned(),
+        (Some(key), None) => format!("{} key {key}", actor.role()),
+        (Some(key), Some(partner)) => format!("{} key {key} of {partner}", actor.role()),
+    };
+    vec![
+        format_time(entry.at),
+        entry.action.clone(),
+        format!("{} {}", entry.target.kind, entry.target.id),
+        who,
+        cut(&entry.changes.to_string(), 80),
+    ]
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use std::{collections::HashMap, sync::Mutex};
 
 use anika_shared::{
+    audit::{self, Action, Actor, Changes, Target},
     auth::{Claims, new_jti},
     domain::{ApiKeyId, PartnerId, Role, random_bytes},
 };
@@ -56,16 +57,27 @@ pub async fn ensure_signing_key(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
-/// Rotates in a new signing key; the previous ones stop signing but keep verifying for a day.
-pub async fn rotate_signing_key(pool: &PgPool) -> Result<String> {
+/// Rotates in a new signing key for `actor`; the previous ones stop signing but keep
+/// verifying for a day. The audit entry names the new and the retired `kid`s, never a key.
+pub async fn rotate_signing_key(pool: &PgPool, actor: &Actor) -> Result<String> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('anika_signing_keys'))")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL")
-        .execute(&mut *tx)
-        .await?;
+    let retired: Vec<String> = sqlx::query_scalar(
+        "UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL RETURNING kid",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     let kid = insert_signing_key(&mut tx).await?;
+    audit::record(
+        &mut tx,
+        actor,
+        Action::SigningKeyRotated,
+        &Target::signing_key(&kid),
+        Changes::new().diff("active_kid", &retired.first(), &Some(&kid)),
+    )
+    .await?;
     tx.commit().await?;
     Ok(kid)
 }

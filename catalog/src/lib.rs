@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+mod audit;
 pub mod error;
 pub mod keys;
 mod partners;
@@ -76,6 +77,7 @@ fn routes() -> OpenApiRouter<State> {
         .merge(partners::routes())
         .merge(topics::routes())
         .merge(subscriptions::routes())
+        .merge(audit::routes())
 }
 
 /// The catalog's routes, ready to merge with the other roles'.

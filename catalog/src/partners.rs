@@ -2,6 +2,7 @@
 
 use anika_shared::{
     Problem,
+    audit::{self, Action, Actor, Changes, Target},
     auth::Principal,
     changes::Change,
     domain::{Description, DisplayName, PartnerId},
@@ -101,6 +102,7 @@ async fn create_partner(
     if !principal.is_operator() {
         return Err(Problem::forbidden("only operators create partners").into());
     }
+    let mut tx = state.ctx.pool.begin().await?;
     let partner: PartnerOut = sqlx::query_as(
         "INSERT INTO partners (id, name, description) VALUES ($1, $2, $3) \
          RETURNING id, name, description, ingest_rate_per_s, ingest_burst, created_at",
@@ -108,13 +110,25 @@ async fn create_partner(
     .bind(PartnerId::new().uuid())
     .bind(body.name.as_str())
     .bind(body.description.as_ref().map(Description::as_str))
-    .fetch_one(&state.ctx.pool)
+    .fetch_one(&mut *tx)
     .await
     .map_err(|e| {
         conflict_on_unique(e, || {
             format!("a partner named `{}` already exists", body.name.as_str())
         })
     })?;
+    let changes = Changes::new()
+        .created("name", &partner.name)
+        .created("description", &partner.description);
+    audit::record(
+        &mut tx,
+        &Actor::from(&principal),
+        Action::PartnerCreated,
+        &Target::partner(partner.id.into()),
+        changes,
+    )
+    .await?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, axum::Json(partner)))
 }
 
@@ -294,6 +308,26 @@ async fn update_partner(
     .fetch_one(&mut *tx)
     .await
     .map_err(|e| conflict_on_unique(e, || format!("a partner named `{name}` already exists")))?;
+    let changes = Changes::new()
+        .diff("name", &current.name, &updated.name)
+        .diff("description", &current.description, &updated.description)
+        .diff(
+            "ingest_rate_per_s",
+            &current.ingest_rate_per_s,
+            &updated.ingest_rate_per_s,
+        )
+        .diff("ingest_burst", &current.ingest_burst, &updated.ingest_burst);
+    // A PATCH that changes nothing is no change to account for.
+    if !changes.is_empty() {
+        audit::record(
+            &mut tx,
+            &Actor::from(&principal),
+            Action::PartnerUpdated,
+            &Target::partner(id),
+            changes,
+        )
+        .await?;
+    }
     Change::Partner { partner_id: id }.notify(&mut tx).await?;
     tx.commit().await?;
     Ok(axum::Json(updated))

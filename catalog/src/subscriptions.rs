@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anika_shared::{
     Problem,
     amqp::Broker,
+    audit::{self, Action, Actor, Changes, Target, url_without_credentials},
     auth::Principal,
     changes::Change,
     domain::{Description, MaxInFlight, PartnerId, SubscriptionId, TopicId, WebhookSecret},
@@ -201,6 +202,35 @@ impl Row {
     }
 }
 
+/// The fields of a subscription the audit log compares: everything a client sets,
+/// and the status. The URL without credentials; never the secret.
+#[derive(Serialize)]
+struct Audited {
+    url: String,
+    description: Option<String>,
+    filter: Option<Value>,
+    status: String,
+    max_attempts: i32,
+    rate_limit_per_s: Option<i32>,
+    max_in_flight: Option<i32>,
+    ordered: bool,
+}
+
+impl Audited {
+    fn of(row: &Row) -> Self {
+        Self {
+            url: url_without_credentials(&row.url),
+            description: row.description.clone(),
+            filter: row.filter.as_ref().map(|f| f.0.clone()),
+            status: row.status.clone(),
+            max_attempts: row.max_attempts,
+            rate_limit_per_s: row.rate_limit_per_s,
+            max_in_flight: row.max_in_flight,
+            ordered: row.ordered,
+        }
+    }
+}
+
 /// Loads one of the caller's partner's subscriptions: 404 for strangers, 403 for publishers.
 async fn own_subscription(
     conn: &mut PgConnection,
@@ -322,6 +352,16 @@ async fn create_subscription(
         .bind(body.max_in_flight.map(|m| m.get() as i32))
         .fetch_one(&mut *tx)
         .await?;
+    audit::record(
+        &mut tx,
+        &Actor::from(&principal),
+        Action::SubscriptionCreated,
+        &Target::subscription(id, partner),
+        Changes::new()
+            .created("topic_id", &body.topic_id)
+            .between(None, &Audited::of(&row)),
+    )
+    .await?;
     // In a task of its own: a client hanging up must not cut the work between the declare
     // and the commit.
     let (broker, pool) = (Arc::clone(&state.ctx.broker), state.ctx.pool.clone());
@@ -553,6 +593,7 @@ async fn update_subscription(
     }
     let mut tx = state.ctx.pool.begin().await?;
     let row = own_subscription(&mut tx, &principal, id, true).await?;
+    let before = Audited::of(&row);
     let status = match body.status {
         Some(SettableStatus::Active) => "active",
         Some(SettableStatus::Paused) => "paused",
@@ -587,6 +628,17 @@ async fn update_subscription(
         )
         .fetch_one(&mut *tx)
         .await?;
+    let changes = Changes::new().between(Some(&before), &Audited::of(&updated));
+    if !changes.is_empty() {
+        audit::record(
+            &mut tx,
+            &Actor::from(&principal),
+            Action::SubscriptionUpdated,
+            &Target::subscription(id, row.partner_id.into()),
+            changes,
+        )
+        .await?;
+    }
     Change::Subscription {
         subscription_id: id,
     }
@@ -616,7 +668,7 @@ async fn delete_subscription(
     Path(id): Path<SubscriptionId>,
 ) -> Result<StatusCode> {
     let mut tx = state.ctx.pool.begin().await?;
-    own_subscription(&mut tx, &principal, id, true).await?;
+    let row = own_subscription(&mut tx, &principal, id, true).await?;
     sqlx::query("DELETE FROM subscriptions WHERE id = $1")
         .bind(id.uuid())
         .execute(&mut *tx)
@@ -633,6 +685,16 @@ async fn delete_subscription(
         .delete_subscription(&channel, id)
         .await?;
     let _ = channel.close(200, "done".into()).await;
+    audit::record(
+        &mut tx,
+        &Actor::from(&principal),
+        Action::SubscriptionDeleted,
+        &Target::subscription(id, row.partner_id.into()),
+        Changes::new()
+            .removed("topic_id", &row.topic_id)
+            .removed("url", &url_without_credentials(&row.url)),
+    )
+    .await?;
     Change::Subscription {
         subscription_id: id,
     }
@@ -667,7 +729,7 @@ async fn rotate_secret(
     Path(id): Path<SubscriptionId>,
 ) -> Result<axum::Json<RotatedSecret>> {
     let mut tx = state.ctx.pool.begin().await?;
-    own_subscription(&mut tx, &principal, id, true).await?;
+    let row = own_subscription(&mut tx, &principal, id, true).await?;
     let secret = WebhookSecret::generate();
     sqlx::query(
         "UPDATE subscriptions SET previous_secret = secret, previous_secret_expires_at = now() + interval '24 hours', \
@@ -676,6 +738,15 @@ async fn rotate_secret(
     .bind(id.uuid())
     .bind(secret.expose())
     .execute(&mut *tx)
+    .await?;
+    // That it was rotated, never a secret: no changes.
+    audit::record(
+        &mut tx,
+        &Actor::from(&principal),
+        Action::SubscriptionSecretRotated,
+        &Target::subscription(id, row.partner_id.into()),
+        Changes::new(),
+    )
     .await?;
     Change::Subscription {
         subscription_id: id,

@@ -2,6 +2,7 @@
 
 use anika_shared::{
     Problem,
+    audit::{self, Action, Actor, Changes, Target},
     auth::Principal,
     domain::{ApiKeyId, DisplayName, PartnerId, Role},
     extract::{Json, Path, Query},
@@ -52,9 +53,11 @@ pub(crate) async fn ensure_operator_key(pool: &PgPool, key: &str) -> Result<()> 
     Ok(())
 }
 
-/// Creates an API key directly in the database (the CLI's `anika api-keys create`).
+/// Creates an API key and its audit entry (by `actor`: a principal, or the CLI's
+/// `anika api-keys create`) in one transaction.
 pub async fn create_api_key(
     pool: &PgPool,
+    actor: &Actor,
     role: Role,
     partner: Option<PartnerId>,
     name: &str,
@@ -67,6 +70,7 @@ pub async fn create_api_key(
     }
     let id = ApiKeyId::new();
     let key = new_api_key();
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO api_keys (id, partner_id, role, name, key_hash) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -75,7 +79,7 @@ pub async fn create_api_key(
     .bind(role.as_str())
     .bind(name)
     .bind(hash_secret(&key))
-    .execute(pool)
+    .execute(&mut *tx)
     .await
     .map_err(|e| match &e {
         sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
@@ -83,6 +87,20 @@ pub async fn create_api_key(
         }
         _ => crate::Error::Db(e),
     })?;
+    // The key's name and role, never the key (nor its hash).
+    let changes = Changes::new()
+        .created("role", &role)
+        .created("name", name)
+        .created("partner_id", &partner);
+    audit::record(
+        &mut tx,
+        actor,
+        Action::ApiKeyCreated,
+        &Target::api_key(id, partner),
+        changes,
+    )
+    .await?;
+    tx.commit().await?;
     Ok((id, key))
 }
 
@@ -355,7 +373,14 @@ async fn create_key(
             Some(acting_partner(&principal, body.partner_id, "/partner_id")?)
         }
     };
-    let (id, key) = create_api_key(&state.ctx.pool, body.role, partner, body.name.as_str()).await?;
+    let (id, key) = create_api_key(
+        &state.ctx.pool,
+        &Actor::from(&principal),
+        body.role,
+        partner,
+        body.name.as_str(),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(CreatedKey {
@@ -465,16 +490,36 @@ async fn revoke_key(
 ) -> Result<StatusCode> {
     require_admin(&principal)?;
     let mut tx = state.ctx.pool.begin().await?;
-    let revoked: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) \
-         WHERE id = $1 AND ($2::uuid IS NULL OR partner_id = $2) RETURNING id",
+    /// The revoked key: its partner, when it was revoked before this call (if it was), and now.
+    #[derive(sqlx::FromRow)]
+    struct Revoked {
+        partner_id: Option<Uuid>,
+        was: Option<DateTime<Utc>>,
+        revoked_at: DateTime<Utc>,
+    }
+    // `was` is the row before this statement: a repeated revoke changes nothing.
+    let revoked: Option<Revoked> = sqlx::query_as(
+        "UPDATE api_keys k SET revoked_at = coalesce(k.revoked_at, now()) \
+         FROM (SELECT id, revoked_at AS was FROM api_keys WHERE id = $1 FOR UPDATE) old \
+         WHERE k.id = old.id AND ($2::uuid IS NULL OR k.partner_id = $2) \
+         RETURNING k.partner_id, old.was, k.revoked_at",
     )
     .bind(id.uuid())
     .bind(principal.partner().map(PartnerId::uuid))
     .fetch_optional(&mut *tx)
     .await?;
-    if revoked.is_none() {
+    let Some(revoked) = revoked else {
         return Err(Problem::not_found(format!("no API key {id}")).into());
+    };
+    if revoked.was.is_none() {
+        audit::record(
+            &mut tx,
+            &Actor::from(&principal),
+            Action::ApiKeyRevoked,
+            &Target::api_key(id, revoked.partner_id.map(PartnerId::from)),
+            Changes::new().diff("revoked_at", &None, &Some(revoked.revoked_at)),
+        )
+        .await?;
     }
     sqlx::query(
         "UPDATE refresh_tokens SET revoked_at = now() WHERE api_key_id = $1 AND revoked_at IS NULL",

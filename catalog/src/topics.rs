@@ -5,9 +5,13 @@
 
 use anika_shared::{
     Problem,
+    audit::{self, Action, Actor, Changes, Target},
     auth::Principal,
     changes::Change,
-    domain::{Description, PartnerId, SubscriptionId, TopicId, TopicName},
+    domain::{
+        Description, PartnerId, RESERVED_TOPIC_PREFIX, SYSTEM_TOPIC, SubscriptionId, TopicId,
+        TopicName,
+    },
     extract::{Json, Path, Query},
     page::{Limit, Page, decode_time_cursor},
     patch::Patch,
@@ -125,7 +129,24 @@ async fn managed_topic(
         )
         .into());
     }
+    if row.name == SYSTEM_TOPIC {
+        return Err(Problem::forbidden(format!(
+            "`{SYSTEM_TOPIC}` is kept by anika: it cannot be changed, deleted or granted (subscribe to it instead)"
+        ))
+        .into());
+    }
     Ok(row)
+}
+
+/// Refuses a name partners may not give a topic (API.md: names starting with `anika.`).
+fn refuse_reserved(name: &TopicName) -> Result<(), Problem> {
+    if name.is_reserved() {
+        return Err(Problem::invalid_field(
+            "/name",
+            format!("topic names starting with `{RESERVED_TOPIC_PREFIX}` are reserved for anika"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a JSON Schema before it is stored: valid against the 2020-12 meta-schema and compilable.
@@ -182,10 +203,12 @@ async fn create_topic(
     Json(body): Json<CreateTopic>,
 ) -> Result<(StatusCode, axum::Json<TopicOut>)> {
     require_admin(&principal)?;
+    refuse_reserved(&body.name)?;
     let owner = acting_partner(&principal, body.owner_partner_id, "/owner_partner_id")?;
     if let Some(schema) = &body.schema {
         check_schema(schema)?;
     }
+    let mut tx = state.ctx.pool.begin().await?;
     let row: TopicRow = sqlx::query_as(
         "INSERT INTO topics (id, owner_partner_id, name, description, schema) VALUES ($1, $2, $3, $4, $5) \
          RETURNING id, name, description, owner_partner_id, schema, created_at, false AS granted",
@@ -195,7 +218,7 @@ async fn create_topic(
     .bind(body.name.as_str())
     .bind(body.description.as_ref().map(Description::as_str))
     .bind(body.schema.map(SqlJson))
-    .fetch_one(&state.ctx.pool)
+    .fetch_one(&mut *tx)
     .await
     .map_err(|e| match &e {
         sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
@@ -203,6 +226,19 @@ async fn create_topic(
         }
         _ => conflict_on_unique(e, || format!("this partner already has a topic named `{}`", body.name)),
     })?;
+    let changes = Changes::new()
+        .created("name", &row.name)
+        .created("description", &row.description)
+        .created("schema", &row.schema);
+    audit::record(
+        &mut tx,
+        &Actor::from(&principal),
+        Action::TopicCreated,
+        &Target::topic(row.id.into(), owner),
+        changes,
+    )
+    .await?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, axum::Json(row.into())))
 }
 
@@ -324,8 +360,12 @@ async fn update_topic(
     if let Patch::Value(schema) = &body.schema {
         check_schema(schema)?;
     }
-    if matches!(body.name, Patch::Null) {
-        return Err(Problem::invalid_field("/name", "a topic always has a name").into());
+    match &body.name {
+        Patch::Null => {
+            return Err(Problem::invalid_field("/name", "a topic always has a name").into());
+        }
+        Patch::Value(name) => refuse_reserved(name)?,
+        _ => {}
     }
     let mut tx = state.ctx.pool.begin().await?;
     let row = managed_topic(&mut tx, &principal, id).await?;
@@ -355,6 +395,20 @@ async fn update_topic(
                 format!("this partner already has a topic named `{name}`")
             })
         })?;
+    let changes = Changes::new()
+        .diff("name", &row.name, &updated.name)
+        .diff("description", &row.description, &updated.description)
+        .diff("schema", &row.schema, &updated.schema);
+    if !changes.is_empty() {
+        audit::record(
+            &mut tx,
+            &Actor::from(&principal),
+            Action::TopicUpdated,
+            &Target::topic(id, row.owner_partner_id.into()),
+            changes,
+        )
+        .await?;
+    }
     Change::Topic { topic_id: id }.notify(&mut tx).await?;
     tx.commit().await?;
     Ok(axum::Json(updated.into()))
@@ -379,12 +433,28 @@ async fn delete_topic(
     Path(id): Path<TopicId>,
 ) -> Result<StatusCode> {
     let mut tx = state.ctx.pool.begin().await?;
-    managed_topic(&mut tx, &principal, id).await?;
-    let subscriptions: Vec<Uuid> =
-        sqlx::query_scalar("DELETE FROM subscriptions WHERE topic_id = $1 RETURNING id")
-            .bind(id.uuid())
-            .fetch_all(&mut *tx)
-            .await?;
+    let topic = managed_topic(&mut tx, &principal, id).await?;
+    let deleted: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+        "DELETE FROM subscriptions WHERE topic_id = $1 RETURNING id, partner_id, url",
+    )
+    .bind(id.uuid())
+    .fetch_all(&mut *tx)
+    .await?;
+    let subscriptions: Vec<Uuid> = deleted.iter().map(|d| d.0).collect();
+    // Each subscription that goes with the topic has its own entry, so its partner (a
+    // grantee, perhaps) finds out what happened to it.
+    for (sub, partner, url) in &deleted {
+        audit::record(
+            &mut tx,
+            &Actor::from(&principal),
+            Action::SubscriptionDeleted,
+            &Target::subscription((*sub).into(), (*partner).into()),
+            Changes::new()
+                .removed("topic_id", &id)
+                .removed("url", &audit::url_without_credentials(url)),
+        )
+        .await?;
+    }
     sqlx::query("DELETE FROM dead_letters WHERE subscription_id = ANY($1)")
         .bind(&subscriptions)
         .execute(&mut *tx)
@@ -409,6 +479,18 @@ async fn delete_topic(
         .await?;
     }
     let _ = channel.close(200, "done".into()).await;
+    // What went with it, since the rows to read it from are gone.
+    let changes = Changes::new()
+        .removed("name", &topic.name)
+        .removed("subscriptions", &subscriptions);
+    audit::record(
+        &mut tx,
+        &Actor::from(&principal),
+        Action::TopicDeleted,
+        &Target::topic(id, topic.owner_partner_id.into()),
+        changes,
+    )
+    .await?;
     Change::Topic { topic_id: id }.notify(&mut tx).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -538,6 +620,16 @@ async fn put_grant(
     .await?
     .rows_affected();
     if inserted > 0 {
+        // Only a grant that was not there is a change: a repeated PUT records nothing.
+        // Written before the broker binds: if RabbitMQ refuses, it rolls back with the grant.
+        audit::record(
+            &mut tx,
+            &Actor::from(&principal),
+            Action::GrantCreated,
+            &Target::grant(id, topic.owner_partner_id.into()),
+            Changes::new().created("partner_id", &partner),
+        )
+        .await?;
         let subscriptions = grantee_subscriptions(&mut tx, id, partner).await?;
         if !subscriptions.is_empty() {
             let channel = state.ctx.broker.channel().await?;
@@ -581,12 +673,23 @@ async fn delete_grant(
     Path((id, partner)): Path<(TopicId, PartnerId)>,
 ) -> Result<StatusCode> {
     let mut tx = state.ctx.pool.begin().await?;
-    managed_topic(&mut tx, &principal, id).await?;
-    sqlx::query("DELETE FROM grants WHERE topic_id = $1 AND partner_id = $2")
+    let topic = managed_topic(&mut tx, &principal, id).await?;
+    let deleted = sqlx::query("DELETE FROM grants WHERE topic_id = $1 AND partner_id = $2")
         .bind(id.uuid())
         .bind(partner.uuid())
         .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if deleted > 0 {
+        audit::record(
+            &mut tx,
+            &Actor::from(&principal),
+            Action::GrantDeleted,
+            &Target::grant(id, topic.owner_partner_id.into()),
+            Changes::new().removed("partner_id", &partner),
+        )
         .await?;
+    }
     // Unbind even if no grant row was found: a queue bound by drift is unbound too.
     let subscriptions = grantee_subscriptions(&mut tx, id, partner).await?;
     if !subscriptions.is_empty() {

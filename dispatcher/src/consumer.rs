@@ -13,7 +13,9 @@ use std::{
 
 use anika_shared::{
     amqp::{DEAD_EXCHANGE, LAST_ERROR_HEADER, long_string, retry_name, subscription_queue},
+    audit::{self, Action, Actor, Changes, Target},
     changes::Change,
+    domain::SubscriptionId,
     envelope::{Envelope, Meta, with_attempts},
 };
 use bytes::Bytes;
@@ -25,6 +27,7 @@ use lapin::{
     types::FieldTable,
 };
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::{
     Deps,
@@ -34,6 +37,7 @@ use crate::{
     fair::Slot,
     in_flight::Place,
     registry::{Sub, SubConfig, Verdict},
+    system::{self, Notice},
     writer::{AttemptRow, Settle, SkipRow},
 };
 
@@ -438,7 +442,7 @@ impl Job {
                 .attempt(row, Settle::Requeue(self.acker.clone()));
             return false;
         }
-        if failing_too_long(&self.sub, &self.deps).await {
+        if failing_too_long(&self.sub, &self.deps, &failure.error).await {
             self.deps
                 .writer
                 .attempt(row, Settle::Requeue(self.acker.clone()));
@@ -526,17 +530,33 @@ impl Job {
             deps.writer.settle(Settle::Requeue(self.acker.clone()));
             return;
         }
-        let recorded = sqlx::query(
-            "INSERT INTO dead_letters (subscription_id, event_id, attempts, last_error) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (subscription_id, event_id) DO UPDATE \
-             SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, dead_at = now()",
-        )
-        .bind(sub.id.uuid())
-        .bind(event.uuid())
-        .bind(attempts as i32)
-        .bind(crate::deliver::text(error.as_bytes()))
-        .execute(&deps.pool)
+        // The record and the partner's `dead_letter.added` count commit together.
+        let recorded = async {
+            let mut tx = deps.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO dead_letters (subscription_id, event_id, attempts, last_error) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (subscription_id, event_id) DO UPDATE \
+                 SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, dead_at = now()",
+            )
+            .bind(sub.id.uuid())
+            .bind(event.uuid())
+            .bind(attempts as i32)
+            .bind(crate::deliver::text(error.as_bytes()))
+            .execute(&mut *tx)
+            .await?;
+            let written =
+                system::dead_lettered(&mut tx, sub.id, deps.config.system_notice_interval).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(written)
+        }
         .await;
+        let recorded = match recorded {
+            Ok(written) => {
+                system::publish_all(deps, written).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
         match recorded {
             Ok(_) => {
                 metrics::counter!("anika_deliveries_total", "outcome" => "dead_lettered")
@@ -614,15 +634,49 @@ async fn healthy(sub: &Sub, deps: &Deps) {
         .is_some();
     if was_failing {
         // Boxed: a rare path whose future would otherwise widen every delivery's.
-        let cleared = sqlx::query("UPDATE subscriptions SET failing_since = NULL WHERE id = $1")
-            .bind(sub.id.uuid())
-            .execute(&deps.pool);
-        let _ = Box::pin(cleared).await;
+        let cleared = Box::pin(transition(
+            deps,
+            sub.id,
+            sqlx::query(
+                "UPDATE subscriptions SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
+            )
+            .bind(sub.id.uuid()),
+            Notice::Recovered,
+        ));
+        if let Err(e) = cleared.await {
+            tracing::warn!(subscription = %sub.id, error = %e, "cannot record that the endpoint recovered; the next success tries again");
+            // Still failing as far as PostgreSQL knows: the next success clears it.
+            sub.failing_since
+                .lock()
+                .expect("health lock")
+                .get_or_insert_with(Utc::now);
+        }
     }
 }
 
+/// Runs `change`, an UPDATE that matches only the state it leaves, and, when this process
+/// made the transition (one row changed), writes `notice` in the same transaction;
+/// publishes the notice after the commit. Whether the transition was made here.
+async fn transition(
+    deps: &Deps,
+    subscription: SubscriptionId,
+    change: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    notice: Notice,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = deps.pool.begin().await?;
+    let changed = change.execute(&mut *tx).await?.rows_affected() > 0;
+    let written = if changed {
+        system::write(&mut tx, subscription, &notice).await?
+    } else {
+        None
+    };
+    tx.commit().await?;
+    system::publish_all(deps, written).await;
+    Ok(changed)
+}
+
 /// Notes a failure; disables the subscription once it has failed for `ANIKA_DISABLE_AFTER`.
-async fn failing_too_long(sub: &Sub, deps: &Deps) -> bool {
+async fn failing_too_long(sub: &Sub, deps: &Deps, error: &str) -> bool {
     let now = Utc::now();
     let since = {
         let mut since = sub.failing_since.lock().expect("health lock");
@@ -636,11 +690,23 @@ async fn failing_too_long(sub: &Sub, deps: &Deps) -> bool {
     };
     match since {
         None => {
-            let _ = sqlx::query("UPDATE subscriptions SET failing_since = coalesce(failing_since, $2) WHERE id = $1")
+            let marked = transition(
+                deps,
+                sub.id,
+                sqlx::query(
+                    "UPDATE subscriptions SET failing_since = $2 WHERE id = $1 AND failing_since IS NULL",
+                )
                 .bind(sub.id.uuid())
-                .bind(now)
-                .execute(&deps.pool)
-                .await;
+                .bind(now),
+                Notice::Failing {
+                    error: error.to_owned(),
+                },
+            )
+            .await;
+            if let Err(e) = marked {
+                tracing::warn!(subscription = %sub.id, error = %e, "cannot record that the endpoint fails; the next failure tries again");
+                *sub.failing_since.lock().expect("health lock") = None;
+            }
             false
         }
         Some(t) if (now - t).to_std().unwrap_or_default() >= deps.config.disable_after => {
@@ -664,20 +730,36 @@ async fn disable(deps: &Deps, sub: &Sub, reason: &str) {
     sub.disable_locally();
     let result = async {
         let mut tx = deps.pool.begin().await?;
-        let changed = sqlx::query(
+        let partner: Option<Uuid> = sqlx::query_scalar(
             "UPDATE subscriptions SET status = 'disabled', disabled_reason = $2, updated_at = now() \
-             WHERE id = $1 AND status = 'active'",
+             WHERE id = $1 AND status = 'active' RETURNING partner_id",
         )
         .bind(sub.id.uuid())
         .bind(reason)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed > 0 {
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut written = None;
+        if let Some(partner) = partner {
+            // A status change nobody asked for: the audit log says anika did it, and why.
+            audit::record(
+                &mut tx,
+                &Actor::system(),
+                Action::SubscriptionUpdated,
+                &Target::subscription(sub.id, partner.into()),
+                Changes::new()
+                    .diff("status", "active", "disabled")
+                    .created("disabled_reason", reason),
+            )
+            .await?;
             Change::Subscription { subscription_id: sub.id }.notify(&mut tx).await?;
+            let notice = Notice::Disabled {
+                reason: reason.to_owned(),
+            };
+            written = system::write(&mut tx, sub.id, &notice).await?;
         }
         tx.commit().await?;
-        Ok::<_, sqlx::Error>(changed > 0)
+        system::publish_all(deps, written).await;
+        Ok::<_, sqlx::Error>(partner.is_some())
     }
     .await;
     match result {

@@ -31,6 +31,7 @@ pub mod recovery;
 mod registry;
 mod routes;
 pub mod sign;
+pub mod system;
 pub mod target;
 mod writer;
 
@@ -107,6 +108,7 @@ impl State {
             writer,
             slots: fair::FairSlots::new(ctx.config.dispatch_concurrency),
         });
+        tasks.spawn(system::flush_loop(Arc::clone(&deps), shutdown.clone()));
         let registry = registry::Registry::new(Arc::clone(&deps));
         tasks.spawn({
             let registry = Arc::clone(&registry);

@@ -51,6 +51,25 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
+        if self
+            .publish_routed(exchange, routing_key, body, properties)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(BrokerError::NotConfirmed("no queue is bound for it"))
+        }
+    }
+
+    /// Publishes and waits for the broker's confirm: whether a queue took the message
+    /// (`false`: confirmed, but no queue is bound for it); a refused message is an error.
+    pub async fn publish_routed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<bool, BrokerError> {
         let channel = self.channel().await?;
         let confirm = channel
             .basic_publish(
@@ -67,10 +86,8 @@ impl Publisher {
             .await?
             .await?;
         match confirm {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => {
-                Err(BrokerError::NotConfirmed("no queue is bound for it"))
-            }
+            Confirmation::Ack(None) => Ok(true),
+            Confirmation::Ack(Some(_)) => Ok(false),
             Confirmation::Nack(_) => Err(BrokerError::NotConfirmed("the broker refused it")),
             Confirmation::NotRequested => Err(BrokerError::NotConfirmed(
                 "confirms are off on this channel",

@@ -18,6 +18,7 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use anika_shared::{
     amqp::{Broker, BrokerError, DELIVER_EXCHANGE, dead_letter_queue},
+    audit::Changes,
     changes::Change,
     domain::{EventId, PartnerId, SubscriptionId, TopicId},
     envelope::{Envelope, Meta, properties, with_attempts},
@@ -130,6 +131,32 @@ pub struct LogReplayed {
     pub enqueued: u64,
     /// Refused or returned by the broker (the replay stopped at the first): not enqueued.
     pub refused: u64,
+}
+
+impl DeadLettersReplayed {
+    /// What its audit entry records: the counts and the limit asked for.
+    pub fn audited(&self, limit: Option<u64>) -> Changes {
+        Changes::new()
+            .created("replayed", &self.replayed)
+            .created("kept", &self.kept)
+            .created("limit", &limit)
+    }
+}
+
+impl LogReplayed {
+    /// What its audit entry records: the window and the counts.
+    pub fn audited(&self, window: &Window) -> Changes {
+        Changes::new()
+            .created("since", &window.since())
+            .created("until", &window.until())
+            .created("enqueued", &self.enqueued)
+            .created("refused", &self.refused)
+    }
+}
+
+/// What a purge's audit entry records: how many were dropped.
+pub fn purge_audited(purged: u64) -> Changes {
+    Changes::new().created("purged", &purged)
 }
 
 /// How a replay from the log runs: its own PostgreSQL connection, at a paced rate.

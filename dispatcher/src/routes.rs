@@ -2,8 +2,9 @@
 
 use anika_shared::{
     Problem,
+    audit::{self, Action, Actor, Changes, Target},
     auth::Principal,
-    domain::{Role, SubscriptionId, Timestamp},
+    domain::{PartnerId, Role, SubscriptionId, Timestamp},
     extract::{Json, Path, Query},
     page::{Limit, Page, decode_time_cursor},
     problem::{internal_error, problem_from_db},
@@ -73,8 +74,8 @@ impl IntoResponse for Error {
 type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The caller may manage this subscription: its partner's admin or an operator.
-/// Strangers get 404; the partner's publishers 403.
-async fn authorize(state: &State, principal: &Principal, id: SubscriptionId) -> Result<()> {
+/// Strangers get 404; the partner's publishers 403. Returns the subscription's partner.
+async fn authorize(state: &State, principal: &Principal, id: SubscriptionId) -> Result<PartnerId> {
     let partner: Option<Uuid> =
         sqlx::query_scalar("SELECT partner_id FROM subscriptions WHERE id = $1")
             .bind(id.uuid())
@@ -85,11 +86,35 @@ async fn authorize(state: &State, principal: &Principal, id: SubscriptionId) -> 
             if principal.role() == Role::Publisher {
                 Err(Problem::forbidden("this needs an admin or operator key").into())
             } else {
-                Ok(())
+                Ok(p.into())
             }
         }
         _ => Err(Problem::not_found(format!("no subscription {id}")).into()),
     }
+}
+
+/// Records a recovery's result in the audit log. The recovery already happened: if
+/// the entry cannot be written, the log says what ran, and the caller gets the error
+/// rather than an answer that looks accounted for.
+async fn record_recovery(
+    state: &State,
+    principal: &Principal,
+    action: Action,
+    target: Target,
+    changes: Changes,
+) -> Result<()> {
+    audit::record_result(
+        &state.ctx.pool,
+        &Actor::from(principal),
+        action,
+        &target,
+        changes,
+    )
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, %action, ?target, "a recovery ran but its audit entry could not be written");
+        Error::Db(e)
+    })
 }
 
 /// Outcome filter of the attempt list.
@@ -305,7 +330,7 @@ async fn replay_dead_letters(
     Path(id): Path<SubscriptionId>,
     body: Option<Json<ReplayDeadLetters>>,
 ) -> Result<(StatusCode, axum::Json<Replayed>)> {
-    authorize(&state, &principal, id).await?;
+    let partner = authorize(&state, &principal, id).await?;
     let limit = body.and_then(|Json(b)| b.limit);
     if limit == Some(0) {
         return Err(Problem::invalid_field("/limit", "limit must be at least 1").into());
@@ -319,6 +344,16 @@ async fn replay_dead_letters(
     )
     .await?;
     tracing::info!(subscription = %id, replayed = outcome.replayed, kept = outcome.kept, "dead letters replayed");
+    // The messages moved in RabbitMQ, not in one transaction with this: the entry
+    // records the result, written once the replay is done.
+    record_recovery(
+        &state,
+        &principal,
+        Action::DeadLettersReplayed,
+        Target::subscription(id, partner),
+        outcome.audited(limit),
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(Replayed {
@@ -351,10 +386,19 @@ async fn purge_dead_letters(
     principal: Principal,
     Path(id): Path<SubscriptionId>,
 ) -> Result<axum::Json<Purged>> {
-    authorize(&state, &principal, id).await?;
+    let partner = authorize(&state, &principal, id).await?;
     let purged =
         crate::recovery::purge_dead_letters(&state.ctx.pool, &state.ctx.broker, id).await?;
     tracing::info!(subscription = %id, purged, "dead letters purged");
+    // As for a replay: the record of the result, after the purge.
+    record_recovery(
+        &state,
+        &principal,
+        Action::DeadLettersPurged,
+        Target::subscription(id, partner),
+        crate::recovery::purge_audited(purged),
+    )
+    .await?;
     Ok(axum::Json(Purged { purged }))
 }
 
@@ -402,7 +446,7 @@ async fn replay_log(
     Path(id): Path<SubscriptionId>,
     Json(body): Json<ReplayLog>,
 ) -> Result<(StatusCode, axum::Json<Enqueued>)> {
-    authorize(&state, &principal, id).await?;
+    let partner = authorize(&state, &principal, id).await?;
     let since = body.since.get();
     let until = body.until.map_or_else(Utc::now, Timestamp::get);
     let config = &state.ctx.config;
@@ -428,6 +472,14 @@ async fn replay_log(
     .await?;
     tracing::info!(subscription = %id, enqueued = outcome.enqueued, refused = outcome.refused,
         since = %since, until = %until, "log replayed");
+    record_recovery(
+        &state,
+        &principal,
+        Action::EventsReplayed,
+        Target::subscription(id, partner),
+        outcome.audited(&window),
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(Enqueued {

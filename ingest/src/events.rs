@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Instant};
 use anika_shared::{
     Problem,
     auth::Principal,
-    domain::{EventId, PartnerId, Role, TopicId},
+    domain::{EventId, PartnerId, Role, SYSTEM_TOPIC, TopicId},
     envelope::format_time,
     extract::Path,
 };
@@ -110,6 +110,14 @@ async fn postable(
         .await?
         .ok_or_else(not_found)?;
     match (principal.partner(), principal.role()) {
+        (Some(partner), Role::Admin | Role::Publisher)
+            if partner == topic.owner && topic.name == SYSTEM_TOPIC =>
+        {
+            Err(Problem::forbidden(format!(
+                "only anika publishes into `{SYSTEM_TOPIC}`: it carries operational events about your subscriptions"
+            ))
+            .into())
+        }
         (Some(partner), Role::Admin | Role::Publisher) if partner == topic.owner => {
             Ok((topic, partner))
         }

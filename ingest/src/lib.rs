@@ -123,7 +123,10 @@ impl State {
         tasks.spawn(maintenance::run(
             pool.clone(),
             config.maintenance_interval,
-            config.retention,
+            maintenance::Retention {
+                events: config.retention,
+                audit: config.audit_retention,
+            },
             shutdown.clone(),
         ));
         Ok(Self(Arc::new(Inner {

@@ -1,4 +1,5 @@
 //! Keeping the log's shape: partitions ahead, retention behind, expired keys and records gone.
+//! The audit log is partitioned the same way, under its own (equal or longer) retention.
 //!
 //! Runs once at start-up and every `maintenance_interval`. Every step is
 //! idempotent (the partition functions take their own advisory locks), so
@@ -15,7 +16,27 @@ const DELETE_CHUNK: i64 = 10_000;
 const DAYS_AHEAD: i32 = 8;
 
 /// The tables partitioned by day.
-const PARTITIONED: [&str; 2] = ["events", "attempts"];
+const PARTITIONED: [&str; 3] = ["events", "attempts", "audit_log"];
+
+/// How long each kind of record is kept.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Retention {
+    /// The event log, attempts and skips (`ANIKA_RETENTION`).
+    pub(crate) events: Duration,
+    /// The audit log (`ANIKA_AUDIT_RETENTION`).
+    pub(crate) audit: Duration,
+}
+
+impl Retention {
+    /// The retention of one partitioned table.
+    fn of(self, table: &str) -> Duration {
+        if table == "audit_log" {
+            self.audit
+        } else {
+            self.events
+        }
+    }
+}
 
 /// Makes sure the daily partitions around today exist; cheap when they do.
 pub(crate) async fn ensure_partitions(pool: &PgPool) -> Result<(), sqlx::Error> {
@@ -37,16 +58,16 @@ pub(crate) struct Report {
 }
 
 /// One full run.
-pub(crate) async fn run_once(pool: &PgPool, retention: Duration) -> Result<Report, sqlx::Error> {
+pub(crate) async fn run_once(pool: &PgPool, retention: Retention) -> Result<Report, sqlx::Error> {
     ensure_partitions(pool).await?;
-    let retention_ms = retention.as_millis() as f64;
+    let retention_ms = retention.events.as_millis() as f64;
     let mut report = Report::default();
     for table in PARTITIONED {
         let dropped: i32 = sqlx::query_scalar(
             "SELECT anika_drop_partitions_before($1, now() - $2 * interval '1 millisecond')",
         )
         .bind(table)
-        .bind(retention_ms)
+        .bind(retention.of(table).as_millis() as f64)
         .fetch_one(pool)
         .await?;
         report.partitions_dropped += dropped;
@@ -64,6 +85,13 @@ pub(crate) async fn run_once(pool: &PgPool, retention: Duration) -> Result<Repor
         "DELETE FROM attempts_default WHERE ctid = ANY(ARRAY(SELECT ctid FROM attempts_default \
          WHERE at < now() - $1 * interval '1 millisecond' LIMIT $2))",
         retention_ms,
+    )
+    .await?;
+    report.rows_deleted += delete_chunked(
+        pool,
+        "DELETE FROM audit_log_default WHERE ctid = ANY(ARRAY(SELECT ctid FROM audit_log_default \
+         WHERE at < now() - $1 * interval '1 millisecond' LIMIT $2))",
+        retention.audit.as_millis() as f64,
     )
     .await?;
     report.rows_deleted += delete_chunked(
@@ -115,7 +143,7 @@ async fn delete_chunked(pool: &PgPool, sql: &'static str, age_ms: f64) -> Result
 pub(crate) async fn run(
     pool: PgPool,
     interval: Duration,
-    retention: Duration,
+    retention: Retention,
     shutdown: CancellationToken,
 ) {
     loop {

@@ -225,6 +225,9 @@ pub struct Config {
     pub disable_after: Duration,
     /// `ANIKA_RETENTION`: how long the event log and attempt records are kept.
     pub retention: Duration,
+    /// `ANIKA_AUDIT_RETENTION`: how long audit-log entries are kept; default and
+    /// minimum: `ANIKA_RETENTION` (an entry must outlive the events it explains).
+    pub audit_retention: Duration,
     /// `ANIKA_LOG_FORMAT`: `auto`, `text` or `json`.
     pub log_format: LogFormat,
     /// `ANIKA_PUBLIC_URL`: how clients reach the API (for the start-up banner).
@@ -254,6 +257,8 @@ pub struct Config {
     pub subscription_max_in_flight: MaxInFlight,
     /// `ANIKA_MAX_RETRY_AFTER`: the longest `Retry-After` an endpoint can make a retry wait.
     pub max_retry_after: Duration,
+    /// `ANIKA_SYSTEM_NOTICE_INTERVAL`: at most one `dead_letter.added` per subscription this often.
+    pub system_notice_interval: Duration,
     /// `ANIKA_MAX_BACKLOG`: unpublished events (outbox rows) past which ingest answers 503.
     pub max_backlog: u64,
     /// `ANIKA_REQUEST_READ_TIMEOUT`: a request body must have arrived whole within this time.
@@ -296,6 +301,7 @@ struct Raw {
     prefetch: Option<String>,
     disable_after: Option<String>,
     retention: Option<String>,
+    audit_retention: Option<String>,
     log_format: Option<String>,
     public_url: Option<String>,
     outbox_relay_interval: Option<String>,
@@ -309,6 +315,7 @@ struct Raw {
     metrics_per_subscription: Option<String>,
     subscription_max_in_flight: Option<String>,
     max_retry_after: Option<String>,
+    system_notice_interval: Option<String>,
     max_backlog: Option<String>,
     request_read_timeout: Option<String>,
     max_requests_in_flight: Option<String>,
@@ -390,6 +397,13 @@ impl Config {
                 "ANIKA_ACCESS_TOKEN_TTL: must be between 10s and 15m".into(),
             ));
         }
+        let retention = duration_setting("retention", raw.retention, "30days")?;
+        let audit_retention = raw
+            .audit_retention
+            .map(|text| duration_setting("audit_retention", Some(text), ""))
+            .transpose()?;
+        let audit_retention = audit_retention_for(retention, audit_retention)
+            .map_err(|e| ConfigError(format!("ANIKA_AUDIT_RETENTION: {e}")))?;
         let console_api_url = match raw.console_api_url.filter(|u| !u.trim().is_empty()) {
             None => None,
             Some(u) => {
@@ -446,7 +460,8 @@ impl Config {
             dispatch_concurrency: setting("dispatch_concurrency", raw.dispatch_concurrency, "512")?,
             prefetch: setting("prefetch", raw.prefetch, "200")?,
             disable_after: duration_setting("disable_after", raw.disable_after, "5days")?,
-            retention: duration_setting("retention", raw.retention, "30days")?,
+            retention,
+            audit_retention,
             log_format: setting("log_format", raw.log_format, "auto")?,
             public_url: raw.public_url.filter(|u| !u.is_empty()),
             outbox_relay_interval: duration_setting(
@@ -492,6 +507,11 @@ impl Config {
                 "32",
             )?,
             max_retry_after: duration_setting("max_retry_after", raw.max_retry_after, "1h")?,
+            system_notice_interval: duration_setting(
+                "system_notice_interval",
+                raw.system_notice_interval,
+                "1m",
+            )?,
             max_backlog: setting("max_backlog", raw.max_backlog, "100000")?,
             request_read_timeout: duration_setting(
                 "request_read_timeout",
@@ -560,9 +580,39 @@ impl Config {
     }
 }
 
+/// How long the audit log is kept: the event log's retention unless a longer one is set.
+/// A shorter one is refused: an entry must outlive the events and deliveries it explains.
+fn audit_retention_for(retention: Duration, audit: Option<Duration>) -> Result<Duration, String> {
+    match audit {
+        None => Ok(retention),
+        Some(audit) if audit >= retention => Ok(audit),
+        Some(audit) => Err(format!(
+            "{} is shorter than ANIKA_RETENTION ({}); the audit log is kept at least as long as the event log",
+            humantime::format_duration(audit),
+            humantime::format_duration(retention)
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_audit_log_is_kept_as_long_as_the_event_log_or_longer() {
+        let c = Config::with_overrides([("retention", "7days")]).unwrap();
+        assert_eq!(c.audit_retention, Duration::from_secs(7 * 86_400));
+        let c = Config::with_overrides([("retention", "7days"), ("audit_retention", "400days")])
+            .unwrap();
+        assert_eq!(c.audit_retention, Duration::from_secs(400 * 86_400));
+        let err = Config::with_overrides([("retention", "7days"), ("audit_retention", "1day")])
+            .unwrap_err();
+        assert!(err.to_string().contains("ANIKA_AUDIT_RETENTION"), "{err}");
+        assert!(
+            Config::with_overrides([("audit_retention", "soon")]).is_err(),
+            "not a duration"
+        );
+    }
 
     #[test]
     fn defaults_are_valid_and_match_the_design() {

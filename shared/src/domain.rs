@@ -213,7 +213,20 @@ impl TopicName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Names starting with `anika.` belong to anika (the system topic); partners may not
+    /// create or rename a topic to one (API.md: 422).
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with(RESERVED_TOPIC_PREFIX)
+    }
 }
+
+/// The prefix of the topic names anika keeps for itself.
+pub const RESERVED_TOPIC_PREFIX: &str = "anika.";
+
+/// The name of every partner's system topic, into which anika publishes operational
+/// events about the partner's own subscriptions.
+pub const SYSTEM_TOPIC: &str = "anika.system";
 
 impl TryFrom<String> for TopicName {
     type Error = String;
@@ -527,6 +540,9 @@ mod tests {
         assert!(TopicName::parse("").is_err());
         assert!(TopicName::parse("has space").unwrap_err().contains('`'));
         assert!(TopicName::parse(&"a".repeat(128)).is_ok());
+        assert!(TopicName::parse(SYSTEM_TOPIC).unwrap().is_reserved());
+        assert!(TopicName::parse("anika.other").unwrap().is_reserved());
+        assert!(!TopicName::parse("anika-system").unwrap().is_reserved());
         assert!(TopicName::parse(&"a".repeat(129)).is_err());
         assert!(TopicName::parse("ünïcode").is_err());
     }

@@ -1,6 +1,7 @@
 //! What every anika role shares: configuration, errors, domain types, auth, PostgreSQL, RabbitMQ, HTTP plumbing.
 
 pub mod amqp;
+pub mod audit;
 pub mod auth;
 pub mod changes;
 pub mod config;

@@ -21,6 +21,8 @@ const TOKEN_REFRESH: Duration = Duration::from_secs(5 * 60);
 pub struct Api {
     /// `http://host:port`.
     pub base: String,
+    /// Where events are posted (the ingest processes; `base` alone for `anika up`).
+    pub ingest_bases: Vec<String>,
     /// The pooled client every request of the bench goes through.
     pub http: reqwest::Client,
 }
@@ -37,8 +39,17 @@ impl Api {
             .build()?;
         Ok(Self {
             base: base.to_owned(),
+            ingest_bases: vec![base.to_owned()],
             http,
         })
+    }
+
+    /// The same client, posting events to `bases` in turn.
+    pub fn posting_to(mut self, bases: &[String]) -> Self {
+        if !bases.is_empty() {
+            self.ingest_bases = bases.to_vec();
+        }
+        self
     }
 
     /// Calls `method path` with `token` and `body`; the answer's JSON if it was a 2xx.

@@ -87,8 +87,10 @@ struct AcceptedBatch {
 #[derive(Clone, Debug)]
 pub struct Poster {
     http: reqwest::Client,
-    single: String,
-    batch: String,
+    /// The single-event URL of each ingest process; event `seq` goes to `seq % len`.
+    singles: Arc<[String]>,
+    /// The batch URL of each ingest process.
+    batches: Arc<[String]>,
     token: Arc<Credential>,
     pad: Arc<str>,
     /// Counts events accepted, for the progress display.
@@ -100,8 +102,16 @@ impl Poster {
     pub fn new(api: &Api, topic: Uuid, publisher: Arc<Credential>, payload_bytes: usize) -> Self {
         Self {
             http: api.http.clone(),
-            single: format!("{}/v1/topics/{topic}/events", api.base),
-            batch: format!("{}/v1/topics/{topic}/events/batch", api.base),
+            singles: api
+                .ingest_bases
+                .iter()
+                .map(|base| format!("{base}/v1/topics/{topic}/events"))
+                .collect(),
+            batches: api
+                .ingest_bases
+                .iter()
+                .map(|base| format!("{base}/v1/topics/{topic}/events/batch"))
+                .collect(),
             token: publisher,
             pad: Arc::from(pad(payload_bytes)),
             progress: Arc::new(AtomicU64::new(0)),
@@ -115,7 +125,7 @@ impl Poster {
         let sent = Instant::now();
         let response = self
             .http
-            .post(&self.single)
+            .post(pick(&self.singles, seq))
             .bearer_auth(&token)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)
@@ -158,7 +168,8 @@ impl Poster {
         let sent = Instant::now();
         let response = self
             .http
-            .post(&self.batch)
+            // Batches take `size` sequence numbers each: count batches, not events.
+            .post(pick(&self.batches, seq / size.max(1) as u64))
             .bearer_auth(&token)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)
@@ -186,6 +197,11 @@ impl Poster {
             })
             .collect())
     }
+}
+
+/// The URL of the ingest process whose turn event `seq` is.
+fn pick(urls: &[String], seq: u64) -> &str {
+    &urls[(seq % urls.len() as u64) as usize]
 }
 
 /// The `pad` string that makes an event's `data` about `bytes` long.

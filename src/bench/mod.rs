@@ -45,7 +45,11 @@ pub enum Scenario {
     Noisy,
     /// Single events offered at twice the measured capacity: accepted rate, latency, refusals, losses.
     Overload,
-    /// Every scenario but soak, noisy and overload.
+    /// The same closed loop on one node and on the local RabbitMQ cluster (`scripts/cluster
+    /// start`) with a catalog, 2 ingest and 2 dispatcher processes: rates, p99 and the CPU
+    /// each process and broker node spent per event.
+    Cluster,
+    /// Every scenario but soak, noisy, overload and cluster.
     All,
 }
 
@@ -124,6 +128,22 @@ pub struct BenchArgs {
     /// Keep the bench's database and vhost afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// The cluster scenario's RabbitMQ nodes (`scripts/cluster urls` prints them).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "amqp://guest:guest@127.0.0.1:5701,amqp://guest:guest@127.0.0.1:5702,amqp://guest:guest@127.0.0.1:5703"
+    )]
+    pub cluster_amqp: Vec<String>,
+    /// The management API of one of the cluster's nodes (for the scenario's vhost).
+    #[arg(long, default_value = "http://guest:guest@127.0.0.1:15701")]
+    pub cluster_api: String,
+    /// `anika serve ingest` processes of the cluster scenario.
+    #[arg(long, default_value_t = 2)]
+    pub cluster_ingest: usize,
+    /// `anika serve dispatcher` processes of the cluster scenario.
+    #[arg(long, default_value_t = 2)]
+    pub cluster_dispatchers: usize,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -159,12 +179,15 @@ pub async fn bench(config: Config, args: BenchArgs) -> Result<(), CliError> {
                 .into(),
         );
     }
-    let mut target: Option<server::Target> = None;
+    let mut targets = Targets::default();
     let outcome = tokio::select! {
-        outcome = run(&config, &args, &mut target) => outcome,
+        outcome = run(&config, &args, &mut targets) => outcome,
         _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
     };
-    if let Some(mut target) = target.take() {
+    for mut target in [targets.main.take(), targets.split.take()]
+        .into_iter()
+        .flatten()
+    {
         target.stop(args.keep, outcome.is_err()).await;
     }
     let report = outcome?;
@@ -179,11 +202,46 @@ pub async fn bench(config: Config, args: BenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// What the bench started, stopped whatever the outcome.
+#[derive(Default)]
+struct Targets {
+    /// `anika up`, or the installation at `--url`.
+    main: Option<server::Target>,
+    /// The cluster scenario's catalog, ingest and dispatcher processes.
+    split: Option<server::Target>,
+}
+
 async fn run(
     config: &Config,
     args: &BenchArgs,
-    slot: &mut Option<server::Target>,
+    targets: &mut Targets,
 ) -> Result<report::Report, CliError> {
+    if args.scenario == Scenario::Cluster {
+        if args.url.is_some() {
+            return Err("the cluster scenario starts its own processes; it takes no --url".into());
+        }
+        let name = format!("{}_split", server::run_name());
+        eprintln!(
+            "starting a catalog, {} ingest and {} dispatcher processes on {} (database and vhost {name}) …",
+            args.cluster_ingest,
+            args.cluster_dispatchers,
+            args.cluster_amqp.join(",")
+        );
+        let target = targets.split.insert(
+            server::Target::prepare(config, &name, &args.cluster_api, &args.cluster_amqp, true)
+                .await
+                .map_err(|e| {
+                    format!("{e} (is the cluster running? `scripts/cluster start` starts it)")
+                })?,
+        );
+        target
+            .start_split(server::Shape {
+                ingest: args.cluster_ingest,
+                dispatcher: args.cluster_dispatchers,
+            })
+            .await?;
+    }
+    let slot = &mut targets.main;
     let mode = match (&args.url, &args.operator_key) {
         (Some(url), Some(key)) => {
             *slot = Some(server::Target::existing(config, url.clone(), key.clone()));
@@ -227,6 +285,27 @@ async fn run(
                 Scenario::Soak => bench.soak(&mut run).await?,
                 Scenario::Noisy => bench.noisy(&mut run).await?,
                 Scenario::Overload => bench.overload(&mut run).await?,
+                Scenario::Cluster => {
+                    bench
+                        .costed_throughput(&mut run, scenarios::CLUSTER_SINGLE)
+                        .await?;
+                    let split = targets.split.as_ref().expect("started above");
+                    let api = api::Api::new(&split.base, args.concurrency)?
+                        .posting_to(&split.ingest_bases);
+                    let mut on_cluster = scenarios::Bench {
+                        args,
+                        target: split,
+                        operator: api::Credential::login(&api, split.operator_key.clone()).await?,
+                        api,
+                        receiver: bench.receiver.clone(),
+                        next_index: bench.next_index,
+                        queue_type: config.queue_type,
+                    };
+                    on_cluster
+                        .costed_throughput(&mut run, scenarios::CLUSTER_SPLIT)
+                        .await?;
+                    bench.next_index = on_cluster.next_index;
+                }
                 Scenario::All => {}
             }
         }
@@ -302,6 +381,7 @@ fn ratios(run: &mut report::Run) {
         receiver,
     );
     scenarios::noisy_ratio(run);
+    scenarios::cluster_ratio(run);
 }
 
 fn cpu_model() -> String {

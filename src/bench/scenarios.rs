@@ -22,7 +22,9 @@ use super::{
 };
 use crate::cli::CliError;
 
+mod cluster;
 mod noisy;
+pub use cluster::{SINGLE as CLUSTER_SINGLE, SPLIT as CLUSTER_SPLIT, ratio as cluster_ratio};
 pub use noisy::ratio as noisy_ratio;
 
 /// The drain gives up when no delivery arrived for this long.

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anika_shared::config::Config;
+use anika_shared::config::{Config, redact_url};
 use sqlx::{Connection, PgConnection};
 use tokio::process::{Child, Command};
 
@@ -26,27 +26,48 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Where the system under test is and what the bench may inspect of it.
 #[derive(Debug)]
 pub struct Target {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`: where the catalog routes (and, for `anika up`, every route) are.
     pub base: String,
+    /// Where events are posted; the bench spreads them over these in turn.
+    pub ingest_bases: Vec<String>,
     /// An operator API key.
     pub operator_key: String,
     /// PostgreSQL of the installation (for the outbox check and the insert ceiling).
     pub database_url: String,
-    /// RabbitMQ of the installation (for queue depths and the publish ceiling).
+    /// RabbitMQ of the installation (for queue depths and the publish ceiling); a
+    /// comma-separated list for a cluster.
     pub amqp_url: String,
-    /// The child process, when the bench started the server itself.
+    /// The child processes, when the bench started the server itself.
     child: Option<Spawned>,
 }
 
 #[derive(Debug)]
 struct Spawned {
-    process: Child,
-    pid: u32,
+    processes: Vec<Process>,
     database: String,
     admin_url: String,
     vhost: Option<String>,
     rabbitmq_api: String,
+}
+
+/// One `anika` child process.
+#[derive(Debug)]
+struct Process {
+    /// `up`, `catalog`, `ingest-1`, `dispatcher-2`, …
+    label: String,
+    process: Child,
+    pid: u32,
+    base: String,
     log: PathBuf,
+}
+
+/// How many processes of each role a split deployment runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    /// `anika serve ingest` processes.
+    pub ingest: usize,
+    /// `anika serve dispatcher` processes.
+    pub dispatcher: usize,
 }
 
 /// A name for this run's database and vhost: `anika_bench_<unix seconds>`.
@@ -61,8 +82,10 @@ pub fn run_name() -> String {
 impl Target {
     /// An installation that is already running; the bench creates nothing but API objects there.
     pub fn existing(config: &Config, base: String, operator_key: String) -> Self {
+        let base = base.trim_end_matches('/').to_owned();
         Self {
-            base: base.trim_end_matches('/').to_owned(),
+            ingest_bases: vec![base.clone()],
+            base,
             operator_key,
             database_url: config.database_url.expose().to_owned(),
             amqp_url: config.amqp_url.expose().to_owned(),
@@ -70,44 +93,132 @@ impl Target {
         }
     }
 
-    /// The server's process id, when the bench started it (for RSS sampling).
+    /// The process id of the server, when the bench started it as one process (for RSS sampling).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.pid)
+        match self.child.as_ref().map(|c| c.processes.as_slice()) {
+            Some([one]) => Some(one.pid),
+            _ => None,
+        }
     }
 
-    /// Where the child's log goes.
-    pub fn log(&self) -> Option<&std::path::Path> {
-        self.child.as_ref().map(|c| c.log.as_path())
+    /// Every process the bench started, with its label (`up`, `ingest-1`, …).
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        self.child
+            .iter()
+            .flat_map(|c| c.processes.iter().map(|p| (p.label.clone(), p.pid)))
+            .collect()
     }
 
     /// Starts `anika up` on a free port with a fresh database and vhost; see [`Target::wait_ready`].
     pub async fn spawn(config: &Config, name: &str, rabbitmq_api: &str) -> Result<Self, CliError> {
+        let amqp: Vec<String> = config
+            .amqp_url
+            .expose()
+            .split(',')
+            .map(|node| node.trim().to_owned())
+            .collect();
+        let mut target = Self::prepare(config, name, rabbitmq_api, &amqp, false).await?;
+        let up = target.start_process("up", &["up"], name)?;
+        target.base.clone_from(&up.base);
+        target.ingest_bases = vec![up.base.clone()];
+        target.spawned().processes.push(up);
+        Ok(target)
+    }
+
+    /// Starts one `anika serve catalog` and `shape`'s ingest and dispatcher processes of a
+    /// target made by [`Target::prepare`], and waits until each is ready. The catalog starts
+    /// first: it migrates the new database alone.
+    pub async fn start_split(&mut self, shape: Shape) -> Result<(), CliError> {
+        let name = self.spawned().database.clone();
+        let catalog = self.start_process("catalog", &["serve", "catalog"], &name)?;
+        self.base.clone_from(&catalog.base);
+        self.spawned().processes.push(catalog);
+        self.wait_ready().await?;
+        let mut ingest_bases = Vec::new();
+        for (role, count) in [("ingest", shape.ingest), ("dispatcher", shape.dispatcher)] {
+            for n in 1..=count {
+                let process =
+                    self.start_process(&format!("{role}-{n}"), &["serve", role], &name)?;
+                if role == "ingest" {
+                    ingest_bases.push(process.base.clone());
+                }
+                self.spawned().processes.push(process);
+            }
+        }
+        self.ingest_bases = ingest_bases;
+        self.wait_ready().await
+    }
+
+    /// Names a fresh database and creates a vhost on `amqp_nodes` through `rabbitmq_api`
+    /// (falling back to the configured vhost, unless `vhost_required`); no process runs yet.
+    pub async fn prepare(
+        config: &Config,
+        name: &str,
+        rabbitmq_api: &str,
+        amqp_nodes: &[String],
+        vhost_required: bool,
+    ) -> Result<Self, CliError> {
         let admin_url = config.database_url.expose().to_owned();
         let database_url = with_path(&admin_url, name)?;
-        let vhost = match create_vhost(rabbitmq_api, name, &config.amqp_url).await {
+        let first = amqp_nodes.first().ok_or("no RabbitMQ node to run on")?;
+        let vhost = match create_vhost(rabbitmq_api, name, first).await {
             Ok(()) => Some(name.to_owned()),
+            Err(e) if vhost_required => {
+                return Err(format!(
+                    "cannot create vhost {name} through {}: {e}",
+                    redact_url(rabbitmq_api)
+                )
+                .into());
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot create a vhost through the management API; using the configured one");
                 None
             }
         };
         let amqp_url = match &vhost {
-            Some(v) => with_path(config.amqp_url.expose(), v)?,
-            None => config.amqp_url.expose().to_owned(),
+            Some(v) => amqp_nodes
+                .iter()
+                .map(|node| with_path(node, v))
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            None => amqp_nodes.join(","),
         };
+        Ok(Self {
+            base: String::new(),
+            ingest_bases: Vec::new(),
+            operator_key: format!("bench_{}", uuid::Uuid::new_v4().simple()),
+            database_url,
+            amqp_url,
+            child: Some(Spawned {
+                processes: Vec::new(),
+                database: name.to_owned(),
+                admin_url,
+                vhost,
+                rabbitmq_api: rabbitmq_api.to_owned(),
+            }),
+        })
+    }
+
+    fn spawned(&mut self) -> &mut Spawned {
+        self.child
+            .as_mut()
+            .expect("prepared targets have a child slot")
+    }
+
+    /// Starts `anika <args>` on a free port, logging to a file of its own.
+    fn start_process(&self, label: &str, args: &[&str], name: &str) -> Result<Process, CliError> {
         let port = free_port()?;
-        let operator_key = format!("bench_{}", uuid::Uuid::new_v4().simple());
-        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let log = std::env::temp_dir().join(format!("{name}-{label}.log"));
         let log_file = std::fs::File::create(&log)
             .map_err(|e| format!("cannot create the server log {}: {e}", log.display()))?;
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find the anika binary to start: {e}"))?;
         let process = Command::new(exe)
-            .arg("up")
+            .args(args)
             .env("ANIKA_LISTEN", format!("127.0.0.1:{port}"))
-            .env("ANIKA_DATABASE_URL", &database_url)
-            .env("ANIKA_AMQP_URL", &amqp_url)
-            .env("ANIKA_BOOTSTRAP_OPERATOR_KEY", &operator_key)
+            .env("ANIKA_DATABASE_URL", &self.database_url)
+            .env("ANIKA_AMQP_URL", &self.amqp_url)
+            .env("ANIKA_BOOTSTRAP_OPERATOR_KEY", &self.operator_key)
             .env("ANIKA_ALLOWED_TARGET_NETS", "127.0.0.0/8")
             .env("ANIKA_LOG_FORMAT", "json")
             .env_remove("ANIKA_PUBLIC_URL")
@@ -121,83 +232,89 @@ impl Target {
             // A panic in the bench must not leave a server behind.
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start `anika up`: {e}"))?;
+            .map_err(|e| format!("cannot start `anika {}`: {e}", args.join(" ")))?;
         let pid = process.id().unwrap_or_default();
-        Ok(Self {
+        Ok(Process {
+            label: label.to_owned(),
+            process,
+            pid,
             base: format!("http://127.0.0.1:{port}"),
-            operator_key,
-            database_url,
-            amqp_url,
-            child: Some(Spawned {
-                process,
-                pid,
-                database: name.to_owned(),
-                admin_url,
-                vhost,
-                rabbitmq_api: rabbitmq_api.to_owned(),
-                log,
-            }),
+            log,
         })
     }
 
-    /// Waits until the child answers `/readyz` (fails early if it exits).
+    /// Waits until every child answers `/readyz` (fails early if one exits).
     pub async fn wait_ready(&mut self) -> Result<(), CliError> {
         let http = reqwest::Client::new();
-        let url = format!("{}/readyz", self.base);
         let started = Instant::now();
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.process.try_wait()
-            {
-                return Err(format!(
-                    "`anika up` exited with {status} before it was ready; its log: {}",
-                    child.log.display()
-                )
-                .into());
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        for process in &mut child.processes {
+            let url = format!("{}/readyz", process.base);
+            loop {
+                if let Ok(Some(status)) = process.process.try_wait() {
+                    return Err(format!(
+                        "`anika {}` exited with {status} before it was ready; its log: {}",
+                        process.label,
+                        process.log.display()
+                    )
+                    .into());
+                }
+                if let Ok(response) = http.get(&url).send().await
+                    && response.status().is_success()
+                {
+                    break;
+                }
+                if started.elapsed() > READY_TIMEOUT {
+                    return Err(format!(
+                        "`anika {}` not ready after {READY_TIMEOUT:?}; its log: {}",
+                        process.label,
+                        process.log.display()
+                    )
+                    .into());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if let Ok(response) = http.get(&url).send().await
-                && response.status().is_success()
-            {
-                return Ok(());
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                return Err(format!(
-                    "`anika up` not ready after {READY_TIMEOUT:?}; its log: {}",
-                    self.log()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default()
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        Ok(())
     }
 
-    /// Stops the child (SIGTERM, then SIGKILL) and removes its database and vhost unless `keep`;
-    /// the server's log stays when the bench `failed`.
+    /// Stops the children (SIGTERM, then SIGKILL) and removes their database and vhost unless
+    /// `keep`; the servers' logs stay when the bench `failed`.
     pub async fn stop(&mut self, keep: bool, failed: bool) {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        // SIGTERM first: the server closes its connections and leaves nothing half-done.
-        if matches!(child.process.try_wait(), Ok(None)) {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &child.pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
+        // SIGTERM first: each server closes its connections and leaves nothing half-done.
+        for process in &mut child.processes {
+            if matches!(process.process.try_wait(), Ok(None)) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &process.pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
-        if tokio::time::timeout(STOP_TIMEOUT, child.process.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.process.kill().await;
+        for process in &mut child.processes {
+            if tokio::time::timeout(STOP_TIMEOUT, process.process.wait())
+                .await
+                .is_err()
+                && let Err(e) = process.process.kill().await
+            {
+                eprintln!("could not kill `anika {}`: {e}", process.label);
+            }
         }
+        let logs: Vec<String> = child
+            .processes
+            .iter()
+            .map(|p| p.log.display().to_string())
+            .collect();
         if keep {
             eprintln!(
-                "kept database {} and vhost {}; server log {}",
+                "kept database {} and vhost {}; server logs {}",
                 child.database,
                 child.vhost.as_deref().unwrap_or("(configured)"),
-                child.log.display()
+                logs.join(" ")
             );
             return;
         }
@@ -210,9 +327,11 @@ impl Target {
             eprintln!("could not delete vhost {vhost}: {e}");
         }
         if failed {
-            eprintln!("the server's log: {}", child.log.display());
+            eprintln!("the servers' logs: {}", logs.join(" "));
         } else {
-            let _ = std::fs::remove_file(&child.log);
+            for process in &child.processes {
+                let _ = std::fs::remove_file(&process.log);
+            }
         }
     }
 }
@@ -266,11 +385,7 @@ fn management(api: &str) -> Result<(String, String, String), CliError> {
     ))
 }
 
-async fn create_vhost(
-    api: &str,
-    name: &str,
-    amqp_url: &anika_shared::config::Secret,
-) -> Result<(), CliError> {
+async fn create_vhost(api: &str, name: &str, amqp_url: &str) -> Result<(), CliError> {
     let (base, user, password) = management(api)?;
     let http = reqwest::Client::new();
     let created = http
@@ -282,7 +397,7 @@ async fn create_vhost(
         return Err(format!("creating vhost {name}: {}", created.status()).into());
     }
     // The AMQP user of the configuration gets every permission in the new vhost.
-    let amqp_user = url::Url::parse(amqp_url.expose())
+    let amqp_user = url::Url::parse(amqp_url)
         .ok()
         .map(|u| u.username().to_owned())
         .filter(|u| !u.is_empty())
@@ -331,4 +446,65 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; USER_HZ is 100 on Linux.
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / 100.0)
+}
+
+/// The TCP ports of a (comma-separated) AMQP URL list, for finding the brokers' processes.
+pub fn amqp_ports(amqp_url: &str) -> Vec<u16> {
+    amqp_url
+        .split(',')
+        .filter_map(|node| url::Url::parse(node.trim()).ok())
+        .map(|node| node.port().unwrap_or(5672))
+        .collect()
+}
+
+/// The process listening on TCP `port` of this machine (a broker node's Erlang VM), found
+/// through `/proc/net/tcp{,6}` and the processes' socket descriptors; `None` when the bench
+/// may not look (another user's process) or nothing listens.
+pub fn listener_pid(port: u16) -> Option<u32> {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            text.lines().skip(1).find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let local_port = fields.get(1)?.rsplit(':').next()?;
+                // State 0A is LISTEN; field 9 is the socket's inode.
+                (u16::from_str_radix(local_port, 16).ok()? == port && *fields.get(3)? == "0A")
+                    .then(|| fields.get(9).map(|i| (*i).to_owned()))
+                    .flatten()
+            })
+        })?;
+    let socket = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let fds = std::fs::read_dir(entry.path().join("fd")).ok()?;
+            fds.flatten()
+                .any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == socket.as_str())
+                })
+                .then_some(pid)
+        })
+}
+
+/// What PostgreSQL wrote so far: WAL position (bytes, server-wide) and rows inserted into
+/// the installation's tables (its database's statistics).
+pub async fn postgres_writes(database_url: &str) -> Result<(f64, f64), CliError> {
+    let options = anika_shared::db::options(database_url)?;
+    let mut conn = PgConnection::connect_with(&options).await?;
+    // Statistics reach the shared view when a backend reports them (at most once a second,
+    // and idle backends after 10 s): a fresh snapshot keeps this read from caching.
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut conn)
+        .await?;
+    let (wal, rows): (f64, f64) = sqlx::query_as(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8, \
+         coalesce(sum(n_tup_ins), 0)::float8 FROM pg_stat_user_tables",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    conn.close().await?;
+    Ok((wal, rows))
 }

@@ -232,6 +232,60 @@ async fn the_operator_cli_lists_replays_and_purges_dead_letters_and_replays_the_
     let (code, _, err) = run_cli(&env, &["dlq", "replay", "--subscription", "not-an-id"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("subscription id"), "{err}");
+
+    // Each of those recoveries is in the audit log, by the command line (an operator, no key).
+    let (code, out, err) = run_cli(&env, &["audit", "--json", "--limit", "1000"]).await;
+    assert_eq!(code, 0, "{err}");
+    let entries = json_of(&out);
+    let by_cli: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["actor"] == json!({"api_key_id": null, "partner_id": null, "role": "operator"})
+        })
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        by_cli,
+        [
+            "dead_letters.purged",
+            "events.replayed",
+            "dead_letters.replayed",
+            "dead_letters.replayed"
+        ],
+        "newest first"
+    );
+    let (code, out, err) = run_cli(
+        &env,
+        &[
+            "audit",
+            "--action",
+            "dead_letters.replayed",
+            "--limit",
+            "1",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let newest = json_of(&out);
+    assert_eq!(newest.as_array().unwrap().len(), 1);
+    assert_eq!(newest[0]["changes"]["replayed"]["new"], 2);
+    assert_eq!(
+        newest[0]["target"],
+        json!({"type": "subscription", "id": sub})
+    );
+    let (code, out, _) = run_cli(&env, &["audit", "--since", &since]).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("AT"), "{out}");
+    assert!(
+        out.contains("dead_letters.purged") && out.contains("cli (operator)"),
+        "{out}"
+    );
+    let (code, _, err) = run_cli(&env, &["audit", "--action", "grant.given"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("grant.created"), "{err}");
     anika.terminate_cleanly().await;
 }
 
@@ -410,6 +464,7 @@ async fn the_openapi_document_of_anika_up_describes_exactly_the_api_contract() {
         "POST /v1/subscriptions/{id}/dead-letters/replay",
         "DELETE /v1/subscriptions/{id}/dead-letters",
         "POST /v1/subscriptions/{id}/replay",
+        "GET /v1/audit-log",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",

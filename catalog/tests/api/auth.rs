@@ -387,9 +387,10 @@ async fn a_rotated_signing_key_signs_new_tokens_while_old_ones_stay_valid() {
         .kid
         .unwrap();
 
-    let new_kid = anika_catalog::keys::rotate_signing_key(&app.ctx.pool)
-        .await
-        .unwrap();
+    let new_kid =
+        anika_catalog::keys::rotate_signing_key(&app.ctx.pool, &anika_shared::audit::Actor::cli())
+            .await
+            .unwrap();
     assert_ne!(old_kid, new_kid);
 
     let new_token = app.api.token(OPERATOR_KEY).await;

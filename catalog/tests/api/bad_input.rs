@@ -302,6 +302,7 @@ async fn the_openapi_document_describes_exactly_the_catalog_routes() {
         "PATCH /v1/subscriptions/{id}",
         "DELETE /v1/subscriptions/{id}",
         "POST /v1/subscriptions/{id}/rotate-secret",
+        "GET /v1/audit-log",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",

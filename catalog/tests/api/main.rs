@@ -1,5 +1,6 @@
 //! The catalog's HTTP API, against real PostgreSQL and RabbitMQ.
 
+mod audit;
 mod auth;
 mod bad_input;
 mod helpers;

@@ -137,14 +137,17 @@ async fn only_admins_manage_topics_and_strangers_see_nothing() {
     assert_eq!(app.api.delete(&path, &bank.admin).await.status, 403);
     assert_eq!(app.api.delete(&path, &stranger.admin).await.status, 404);
 
-    // Lists: owned + granted; operators see all.
+    // Lists: owned + granted; operators see all. (Each partner's own `anika.system` topic
+    // is listed too; it is counted apart, in the system topic's test.)
     let list = |token: String| {
         let api = app.api.clone();
         async move {
             api.get("/v1/topics", &token).await.expect(200)["items"]
                 .as_array()
                 .unwrap()
-                .len()
+                .iter()
+                .filter(|t| t["name"] != "anika.system")
+                .count()
         }
     };
     app.topic(&stranger.admin, "other").await;
@@ -411,4 +414,92 @@ async fn deleting_a_topic_deletes_its_subscriptions_and_their_queues() {
         records, 0,
         "the dead-letter records went with the subscription"
     );
+}
+
+#[tokio::test]
+async fn every_partner_has_a_system_topic_it_reads_and_subscribes_to_but_cannot_change_delete_or_grant()
+ {
+    let app = App::spawn().await;
+    let dealer = app.partner("dealer").await;
+    let bank = app.partner("bank").await;
+    let page = app.api.get("/v1/topics", &dealer.admin).await.expect(200);
+    let system: Vec<_> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "anika.system")
+        .collect();
+    assert_eq!(system.len(), 1, "{page}");
+    assert_eq!(system[0]["owner_partner_id"], dealer.id.as_str());
+    let id = system[0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/topics/{id}");
+
+    // Readable by its partner (publisher too), invisible to others.
+    app.api.get(&path, &dealer.publisher).await.expect(200);
+    assert_eq!(app.api.get(&path, &bank.admin).await.status, 404);
+    // The operator sees one per partner.
+    let all = app
+        .api
+        .get("/v1/topics?name=anika.system", &app.operator)
+        .await
+        .expect(200);
+    assert_eq!(all["items"].as_array().unwrap().len(), 2, "{all}");
+
+    // anika keeps it: no change, no deletion, no grant, not even by the operator.
+    for token in [&dealer.admin, &app.operator] {
+        let patched = app
+            .api
+            .patch(&path, token, json!({"description": "mine"}))
+            .await;
+        assert_eq!(patched.status, 403, "{}", patched.body);
+        patched.assert_problem();
+        assert!(
+            patched.detail().contains("anika.system"),
+            "{}",
+            patched.detail()
+        );
+        assert_eq!(app.api.delete(&path, token).await.status, 403);
+        let granted = app
+            .api
+            .put(&format!("{path}/grants/{}", bank.id), token)
+            .await;
+        assert_eq!(granted.status, 403, "{}", granted.body);
+    }
+    app.api.get(&path, &dealer.admin).await.expect(200);
+
+    // Its partner subscribes to it like to any topic.
+    app.api
+        .post(
+            "/v1/subscriptions",
+            &dealer.admin,
+            json!({"topic_id": id, "url": "https://ops.dealer.example/hooks"}),
+        )
+        .await
+        .expect(201);
+}
+
+#[tokio::test]
+async fn topic_names_starting_with_anika_dot_are_reserved() {
+    let app = App::spawn().await;
+    let dealer = app.partner("dealer").await;
+    for name in ["anika.system", "anika.mine"] {
+        let refused = app
+            .api
+            .post("/v1/topics", &dealer.admin, json!({"name": name}))
+            .await;
+        assert_eq!(refused.status, 422, "{}", refused.body);
+        assert_eq!(refused.pointers(), ["/name"]);
+    }
+    let topic = app.topic(&dealer.admin, "car.chosen").await;
+    let renamed = app
+        .api
+        .patch(
+            &format!("/v1/topics/{topic}"),
+            &dealer.admin,
+            json!({"name": "anika.car"}),
+        )
+        .await;
+    assert_eq!(renamed.status, 422, "{}", renamed.body);
+    // `anika` without the dot is an ordinary name.
+    app.topic(&dealer.admin, "anika-fans").await;
 }

@@ -1,6 +1,7 @@
 //! The dispatcher against real PostgreSQL, RabbitMQ and HTTP receivers.
 
 mod access;
+mod audit;
 mod filter;
 mod health;
 mod helpers;
@@ -11,3 +12,4 @@ mod ordering;
 mod recovery;
 mod retries;
 mod signing;
+mod system;

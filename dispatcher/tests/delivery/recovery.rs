@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::helpers::{App, Setup};
 
 /// Dead-letters `n` events on a subscription whose endpoint always fails (max_attempts 1).
-async fn with_dead_letters(n: usize) -> Setup {
+pub(crate) async fn with_dead_letters(n: usize) -> Setup {
     with_dead_letters_on(&[], n).await
 }
 
@@ -339,7 +339,7 @@ async fn attempts_are_filtered_by_status_and_time_and_paginated() {
 }
 
 /// Writes an event into the log as ingest would, received at `at`.
-async fn logged_event(
+pub(crate) async fn logged_event(
     app: &App,
     topic: &str,
     publisher: &str,

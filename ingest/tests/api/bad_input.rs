@@ -9,6 +9,44 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::helpers::App;
 
 #[tokio::test]
+async fn nobody_posts_into_a_partners_system_topic_not_even_the_partner_itself() {
+    let app = App::spawn().await;
+    let dealer = app.partner("dealer").await;
+    let page = app
+        .api
+        .get("/v1/topics?name=anika.system", &dealer.admin)
+        .await
+        .expect(200);
+    let topic = page["items"][0]["id"]
+        .as_str()
+        .expect("system topic")
+        .to_owned();
+    for token in [&dealer.admin, &dealer.publisher] {
+        let one = app
+            .post_event(
+                token,
+                &topic,
+                json!({"data": {"type": "subscription.failing"}}),
+                None,
+            )
+            .await;
+        assert_eq!(one.status, 403, "{}", one.body);
+        one.assert_problem();
+        assert!(one.detail().contains("anika.system"), "{}", one.detail());
+        let batch = app
+            .api
+            .post(
+                &format!("/v1/topics/{topic}/events/batch"),
+                token,
+                json!({"events": [{"data": 1}]}),
+            )
+            .await;
+        assert_eq!(batch.status, 403, "{}", batch.body);
+    }
+    assert_eq!(app.events_in_log(&topic).await, 0, "nothing was written");
+}
+
+#[tokio::test]
 async fn only_the_owners_admins_and_publishers_may_post_and_strangers_learn_nothing() {
     let app = App::spawn().await;
     let dealer = app.partner("dealer").await;

@@ -93,7 +93,8 @@ async fn a_partner_over_its_ingest_quota_gets_a_429_with_rate_limit_headers_and_
     assert_eq!(single.status, 429);
     assert!(retry_after(&single) >= 1);
     assert_eq!(app.events_in_log(&topic).await, in_log, "no event row");
-    assert_eq!(app.outbox_len().await, outbox, "no outbox row");
+    // The publisher may still be removing the rows of events accepted before: fewer is fine.
+    assert!(app.outbox_len().await <= outbox, "no outbox row");
     let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
         .fetch_one(&app.ctx.pool)
         .await
