@@ -106,7 +106,10 @@ async fn maintenance_keeps_partitions_ahead_and_removes_what_is_past_retention()
     let tx_count = async |tx: &mut sqlx::PgConnection, sql: &'static str| -> i64 {
         sqlx::query_scalar(sql).fetch_one(tx).await.unwrap()
     };
-    assert_eq!(tx_count(&mut tx, "SELECT count(*) FROM events_default").await, 1);
+    assert_eq!(
+        tx_count(&mut tx, "SELECT count(*) FROM events_default").await,
+        1
+    );
     assert_eq!(
         tx_count(
             &mut tx,
