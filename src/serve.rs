@@ -64,8 +64,13 @@ pub async fn up(config: Config) -> Result<(), CliError> {
     api.merge(anika_catalog::openapi());
     api.merge(anika_ingest::openapi());
     api.merge(anika_dispatcher::openapi());
+    let console = anika_console::router(anika_console::Settings::from_config(
+        &ctx.config,
+        listener.local_addr()?,
+    ))?;
     let app = http::finish_with(
         anika_catalog::router(catalog)
+            .merge(console)
             .merge(anika_ingest::router(ingest))
             .merge(anika_dispatcher::router(dispatcher))
             .merge(http::service_router(
@@ -129,6 +134,7 @@ fn banner(ctx: &Context, addr: std::net::SocketAddr) {
     println!("  API          {base}/v1");
     println!("  docs         {base}/docs");
     println!("  OpenAPI      {base}/openapi.json");
+    println!("  console      {base}/console");
     println!("  readiness    {base}/readyz    metrics {base}/metrics");
     println!(
         "  PostgreSQL   {}",

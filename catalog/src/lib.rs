@@ -102,12 +102,21 @@ pub async fn run(
         .map_err(|e| std::io::Error::other(format!("catalog start-up: {e}")))?;
     let mut api = anika_shared::http::openapi_base();
     api.merge(openapi());
+    // The web console is served by the catalog role; it calls /v1 over HTTP
+    // (ANIKA_CONSOLE_API_URL, the load balancer in a multi-process deployment).
+    let console = anika_console::router(anika_console::Settings::from_config(
+        &ctx.config,
+        listener.local_addr()?,
+    ))
+    .map_err(std::io::Error::other)?;
     let app = anika_shared::http::finish_with(
-        router(state).merge(anika_shared::http::service_router(
-            ctx.readiness(),
-            api,
-            ctx.metrics.clone(),
-        )),
+        router(state)
+            .merge(console)
+            .merge(anika_shared::http::service_router(
+                ctx.readiness(),
+                api,
+                ctx.metrics.clone(),
+            )),
         &ctx.config,
     );
     anika_shared::http::serve(listener, app, shutdown).await

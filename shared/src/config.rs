@@ -271,6 +271,9 @@ pub struct Config {
     /// (`id:base64key,…`; the first seals, all open). Unset, the roles refuse to start
     /// (see [`crate::context::StartError::NoSecretKeys`]); tools that touch no secret run without.
     pub secret_keys: Option<KeyRing>,
+    /// `ANIKA_CONSOLE_API_URL`: the `/v1` base URL the web console calls (unset: the
+    /// process's own listener; behind a load balancer, point it at the balancer).
+    pub console_api_url: Option<String>,
 }
 
 /// A setting that could not be understood; names the variable.
@@ -322,6 +325,7 @@ struct Raw {
     max_requests_in_flight: Option<String>,
     max_body_bytes_in_flight: Option<String>,
     secret_keys: Option<String>,
+    console_api_url: Option<String>,
 }
 
 /// Parses one setting or says which variable is wrong.
@@ -405,7 +409,22 @@ impl Config {
             .transpose()?;
         let audit_retention = audit_retention_for(retention, audit_retention)
             .map_err(|e| ConfigError(format!("ANIKA_AUDIT_RETENTION: {e}")))?;
+        let console_api_url = match raw.console_api_url.filter(|u| !u.trim().is_empty()) {
+            None => None,
+            Some(u) => {
+                let parsed = url::Url::parse(u.trim()).map_err(|e| {
+                    ConfigError(format!("ANIKA_CONSOLE_API_URL: `{u}` is not a URL ({e})"))
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                    return Err(ConfigError(format!(
+                        "ANIKA_CONSOLE_API_URL: `{u}` must be an http(s) URL with a host"
+                    )));
+                }
+                Some(u.trim().trim_end_matches('/').to_owned())
+            }
+        };
         let config = Self {
+            console_api_url,
             listen: setting("listen", raw.listen, "127.0.0.1:8080")?,
             database_url: Secret::new(
                 raw.database_url
@@ -637,6 +656,13 @@ mod tests {
         assert!(err.to_string().contains("ANIKA_ACCESS_TOKEN_TTL"), "{err}");
         let err = Config::with_overrides([("secret_keys", "k1:short")]).unwrap_err();
         assert!(err.to_string().contains("ANIKA_SECRET_KEYS"), "{err}");
+        let err = Config::with_overrides([("console_api_url", "ftp://lb")]).unwrap_err();
+        assert!(err.to_string().contains("ANIKA_CONSOLE_API_URL"), "{err}");
+        let c = Config::with_overrides([("console_api_url", "http://lb.internal:8080/")]).unwrap();
+        assert_eq!(
+            c.console_api_url.as_deref(),
+            Some("http://lb.internal:8080")
+        );
         let err = Config::with_overrides([("subscription_max_in_flight", "0")]).unwrap_err();
         assert!(
             err.to_string().contains("ANIKA_SUBSCRIPTION_MAX_IN_FLIGHT"),

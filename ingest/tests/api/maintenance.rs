@@ -60,21 +60,29 @@ async fn maintenance_keeps_partitions_ahead_and_removes_what_is_past_retention()
     // partitions (no partition for that day), an old skip, a stale idempotency key, a used refresh token.
     let topic_id: uuid::Uuid = topic.parse().unwrap();
     let partner_id: uuid::Uuid = dealer.id.parse().unwrap();
-    let pool = &app.ctx.pool;
+    // All of it in one transaction: maintenance runs every 200 ms and must not clean up
+    // half of it before the checks below have seen it (the partition functions' advisory
+    // lock, taken here by the first one, holds its drops off until the commit).
+    let mut tx = app.ctx.pool.begin().await.unwrap();
     for parent in ["events", "attempts"] {
         sqlx::query("SELECT anika_ensure_partitions($1, (now() AT TIME ZONE 'UTC')::date - 10, 1)")
             .bind(parent)
-            .execute(pool)
+            .execute(&mut *tx)
             .await
             .unwrap();
     }
     let old_partition: String = sqlx::query_scalar(
         "SELECT 'events_' || to_char((now() AT TIME ZONE 'UTC')::date - 10, 'YYYYMMDD')",
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await
     .unwrap();
-    assert!(partitions(&app, "events").await.contains(&old_partition));
+    let in_tx: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relname = $1")
+        .bind(&old_partition)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(in_tx, 1, "{old_partition} exists");
     for days in [10, 400] {
         sqlx::query(
             "INSERT INTO events (id, topic_id, publisher_partner_id, data, received_at) \
@@ -83,7 +91,7 @@ async fn maintenance_keeps_partitions_ahead_and_removes_what_is_past_retention()
         .bind(topic_id)
         .bind(partner_id)
         .bind(days)
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .unwrap();
         sqlx::query(
@@ -91,40 +99,47 @@ async fn maintenance_keeps_partitions_ahead_and_removes_what_is_past_retention()
              VALUES (gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 1, 'succeeded', 5, now() - make_interval(days => $1))",
         )
         .bind(days)
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .unwrap();
     }
-    assert_eq!(count(&app, "SELECT count(*) FROM events_default").await, 1);
+    let tx_count = async |tx: &mut sqlx::PgConnection, sql: &'static str| -> i64 {
+        sqlx::query_scalar(sql).fetch_one(tx).await.unwrap()
+    };
     assert_eq!(
-        count(
-            &app,
+        tx_count(&mut tx, "SELECT count(*) FROM events_default").await,
+        1
+    );
+    assert_eq!(
+        tx_count(
+            &mut tx,
             "SELECT count(*) FROM events WHERE received_at < now() - interval '3 days'"
         )
         .await,
         2
     );
     sqlx::query("INSERT INTO skips (subscription_id, event_id, reason, at) VALUES (gen_random_uuid(), gen_random_uuid(), 'old', now() - interval '10 days'), (gen_random_uuid(), gen_random_uuid(), 'recent', now())")
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .unwrap();
     sqlx::query("INSERT INTO idempotency_keys (topic_id, key, event_id, received_at, request_hash, created_at) VALUES ($1, 'stale', gen_random_uuid(), now(), '\\x00', now() - interval '25 hours')")
         .bind(topic_id)
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .unwrap();
-    let tokens_before = count(&app, "SELECT count(*) FROM refresh_tokens").await;
+    let tokens_before = tx_count(&mut tx, "SELECT count(*) FROM refresh_tokens").await;
     // Expired two days ago: gone. Used (rotated) two days ago but valid for weeks: kept,
     // since presenting it again is how its theft is detected.
     sqlx::query("UPDATE refresh_tokens SET expires_at = now() - interval '2 days' WHERE token_hash = (SELECT token_hash FROM refresh_tokens LIMIT 1)")
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .unwrap();
     sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, api_key_id, expires_at, used_at) \
                  SELECT '\\x01', family_id, api_key_id, now() + interval '20 days', now() - interval '2 days' FROM refresh_tokens LIMIT 1")
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .unwrap();
+    tx.commit().await.unwrap();
 
     let cleaned = eventually(Duration::from_secs(10), || async {
         !partitions(&app, "events").await.contains(&old_partition)

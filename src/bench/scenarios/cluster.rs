@@ -25,9 +25,9 @@ use crate::{
 const STATS_DELAY: Duration = Duration::from_secs(11);
 
 /// The scenario label of the single-node phase.
-pub const SINGLE: &str = "cluster:one-node";
+pub const SINGLE: &str = "cluster.one-node";
 /// The scenario label of the cluster phase.
-pub const SPLIT: &str = "cluster:3-nodes";
+pub const SPLIT: &str = "cluster.3-nodes";
 
 /// The cost ratios of the cluster phase to the single-node phase of the same run.
 pub fn ratio(run: &mut Run) {
