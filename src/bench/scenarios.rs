@@ -287,8 +287,30 @@ impl Bench<'_> {
         let scenario = "throughput";
         let fixture = self.fixture(scenario, 1).await?;
         let poster = self.poster(&fixture);
-        let baseline = self.receiver.count();
         let cpu = self.server_cpu();
+        let (load, matched) = self.saturate(scenario, &fixture, &poster).await;
+        self.record_saturated(run, scenario, &load, &matched);
+        self.add_cpu(
+            run,
+            scenario,
+            "server_cpu_us_per_event",
+            cpu,
+            matched.check.delivered,
+        );
+        run.checks.push(matched.check);
+        fixture.delete(&self.api).await
+    }
+
+    /// The saturating closed loop of `throughput` and `cluster`: `--concurrency` clients
+    /// posting single events for `--duration`, then the drain of their deliveries.
+    async fn saturate(
+        &self,
+        scenario: &str,
+        fixture: &Fixture,
+        poster: &Poster,
+    ) -> (Load, Matched) {
+        let baseline = self.receiver.count();
+        poster.progress.store(0, Ordering::Relaxed);
         let counter = Arc::clone(&poster.progress);
         let phase = Phase::start(
             format!("{scenario}: {} clients", self.args.concurrency),
@@ -296,14 +318,20 @@ impl Bench<'_> {
             move || counter.load(Ordering::Relaxed),
         );
         let load = load::closed_loop(
-            &poster,
+            poster,
             self.args.concurrency,
             1,
             Until::Elapsed(self.args.duration),
         )
         .await;
         phase.finish(&format!("{} accepted", load.accepted.len()));
-        let matched = self.drain(scenario, &fixture, &load, baseline).await;
+        let matched = self.drain(scenario, fixture, &load, baseline).await;
+        (load, matched)
+    }
+
+    /// What a saturating closed loop achieved: accepted/s, delivered/s (first POST to last
+    /// delivery), and its ingest and end-to-end percentiles.
+    fn record_saturated(&self, run: &mut Run, scenario: &str, load: &Load, matched: &Matched) {
         run.add(
             scenario,
             "accepted_per_s",
@@ -316,17 +344,8 @@ impl Bench<'_> {
                 matched.check.delivered as f64 / (last - first).as_secs_f64(),
             );
         }
-        self.record_load(run, scenario, &load);
-        Self::record_e2e(run, scenario, &matched, false);
-        self.add_cpu(
-            run,
-            scenario,
-            "server_cpu_us_per_event",
-            cpu,
-            matched.check.delivered,
-        );
-        run.checks.push(matched.check);
-        fixture.delete(&self.api).await
+        self.record_load(run, scenario, load);
+        Self::record_e2e(run, scenario, matched, false);
     }
 
     /// One topic, many subscriptions, events at a fixed rate: deliveries/s.

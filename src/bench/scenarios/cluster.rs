@@ -5,12 +5,9 @@
 //! process and every broker node per event, and the WAL bytes and rows PostgreSQL wrote
 //! per event, the figures `docs/scaling.md` turns into a sizing table.
 
-use std::{
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::time::Duration;
 
-use super::{Bench, Phase, first_sent};
+use super::Bench;
 use crate::{
     bench::{
         load::{self, Until},
@@ -83,42 +80,13 @@ impl Bench<'_> {
         let postgres_before = postgres_writes(&self.target.database_url).await;
         let cpu_before = (cpu_of(&processes), cpu_of(&brokers));
 
-        let baseline = self.receiver.count();
-        poster.progress.store(0, Ordering::Relaxed);
-        let counter = Arc::clone(&poster.progress);
-        let phase = Phase::start(
-            format!("{scenario}: {} clients", self.args.concurrency),
-            0,
-            move || counter.load(Ordering::Relaxed),
-        );
-        let load = load::closed_loop(
-            &poster,
-            self.args.concurrency,
-            1,
-            Until::Elapsed(self.args.duration),
-        )
-        .await;
-        phase.finish(&format!("{} accepted", load.accepted.len()));
-        let matched = self.drain(scenario, &fixture, &load, baseline).await;
+        let (load, matched) = self.saturate(scenario, &fixture, &poster).await;
         let cpu_after = (cpu_of(&processes), cpu_of(&brokers));
         tokio::time::sleep(STATS_DELAY).await;
         let postgres_after = postgres_writes(&self.target.database_url).await;
 
         let delivered = matched.check.delivered;
-        run.add(
-            scenario,
-            "accepted_per_s",
-            load.accepted.len() as f64 / load.elapsed.as_secs_f64(),
-        );
-        if let (Some(first), Some(last)) = (first_sent(&load.accepted), matched.last_arrival) {
-            run.add(
-                scenario,
-                "delivered_per_s",
-                delivered as f64 / (last - first).as_secs_f64(),
-            );
-        }
-        self.record_load(run, scenario, &load);
-        Self::record_e2e(run, scenario, &matched, false);
+        self.record_saturated(run, scenario, &load, &matched);
         if delivered > 0 {
             let per = |before: &[Option<f64>], after: &[Option<f64>], labels: &[(String, u32)]| {
                 let mut total = 0.0;
