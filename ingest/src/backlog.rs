@@ -20,6 +20,8 @@ use crate::{error::Error, meters as m};
 pub(crate) struct Backlog {
     depth: AtomicI64,
     max: u64,
+    /// The gauge, looked up once: every commit and delete sets it.
+    gauge: metrics::Gauge,
 }
 
 impl Backlog {
@@ -28,6 +30,7 @@ impl Backlog {
         Self {
             depth: AtomicI64::new(0),
             max,
+            gauge: metrics::gauge!(m::OUTBOX_BACKLOG),
         }
     }
 
@@ -39,6 +42,11 @@ impl Backlog {
         Ok(())
     }
 
+    /// The bound.
+    pub(crate) fn max(&self) -> u64 {
+        self.max
+    }
+
     /// The estimated number of unpublished events.
     pub(crate) fn depth(&self) -> u64 {
         self.depth.load(Ordering::Acquire).max(0) as u64
@@ -48,7 +56,7 @@ impl Backlog {
     pub(crate) fn added(&self, n: usize) {
         if n > 0 {
             let now = self.depth.fetch_add(n as i64, Ordering::AcqRel) + n as i64;
-            metrics::gauge!(m::OUTBOX_BACKLOG).set(now.max(0) as f64);
+            self.gauge.set(now.max(0) as f64);
         }
     }
 
@@ -56,14 +64,14 @@ impl Backlog {
     pub(crate) fn removed(&self, n: u64) {
         if n > 0 {
             let now = self.depth.fetch_sub(n as i64, Ordering::AcqRel) - n as i64;
-            metrics::gauge!(m::OUTBOX_BACKLOG).set(now.max(0) as f64);
+            self.gauge.set(now.max(0) as f64);
         }
     }
 
     /// The outbox was counted: the estimate starts over from the truth.
     pub(crate) fn measured(&self, count: u64) {
         self.depth.store(count as i64, Ordering::Release);
-        metrics::gauge!(m::OUTBOX_BACKLOG).set(count as f64);
+        self.gauge.set(count as f64);
     }
 }
 

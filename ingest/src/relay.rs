@@ -41,8 +41,9 @@ use crate::{
 const BATCH: i64 = 500;
 /// How long a batch's confirms may take before the batch is given up (and retried next time).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
-/// The outbox is counted (for the backlog gauge) up to this many rows…
-const COUNT_CAP: i64 = 1_000_000;
+/// The outbox is counted (for the backlog gauge) up to this many rows, or one past
+/// `ANIKA_MAX_BACKLOG` when that is more (the bound must be seen to be passed)…
+const COUNT_CAP: u64 = 1_000_000;
 /// …at most this often, so a large backlog is not recounted every tick.
 const COUNT_EVERY: Duration = Duration::from_secs(5);
 
@@ -113,13 +114,18 @@ impl Relay {
     }
 
     async fn measure_backlog(&self) {
+        let cap = COUNT_CAP.max(self.backlog.max().saturating_add(1));
         let count: Result<i64, _> =
             sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) o")
-                .bind(COUNT_CAP)
+                .bind(i64::try_from(cap).unwrap_or(i64::MAX))
                 .fetch_one(&self.pool)
                 .await;
-        if let Ok(count) = count {
-            self.backlog.measured(count.max(0) as u64);
+        match count {
+            Ok(count) => self.backlog.measured(count.max(0) as u64),
+            // The estimate stays as the writers and deleters keep it until the next count.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not count the outbox; the backlog estimate stands")
+            }
         }
     }
 
