@@ -231,7 +231,11 @@ impl Drop for Reservation {
 /// A request body with a deadline for the whole of it and a share of the byte budget.
 struct GuardedBody {
     inner: Body,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// When the whole body must have arrived.
+    deadline: tokio::time::Instant,
+    /// A timer for the deadline, made only once the body has to be waited for: most bodies
+    /// arrive with their headers, and a timer per request is a cost every request would pay.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     timeout: Duration,
     reservation: Arc<Reservation>,
     done: bool,
@@ -250,7 +254,7 @@ impl http_body::Body for GuardedBody {
             return Poll::Ready(None);
         }
         // Checked before each frame, so a client trickling bytes cannot keep the deadline away.
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        if tokio::time::Instant::now() >= this.deadline {
             return this.fail(BodyError::TimedOut(this.timeout));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -272,7 +276,17 @@ impl http_body::Body for GuardedBody {
                 tracing::debug!(error = %e, "request body failed");
                 Poll::Ready(Some(Err(BodyError::Broken)))
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // Waiting for the client: wake at the deadline if nothing else comes first.
+                let deadline = this.deadline;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return this.fail(BodyError::TimedOut(this.timeout));
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -352,7 +366,8 @@ pub async fn guard_body(
     let (parts, body) = request.into_parts();
     let body = Body::new(GuardedBody {
         inner: body,
-        deadline: Box::pin(tokio::time::sleep(limits.read_timeout)),
+        deadline: tokio::time::Instant::now() + limits.read_timeout,
+        timer: None,
         timeout: limits.read_timeout,
         reservation: Arc::clone(&reservation),
         done: false,
