@@ -58,8 +58,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure throughput and latency through the public API, with ratios to the raw ceilings.
-    Bench(Box<crate::bench::BenchArgs>),
+    /// Measure throughput and latency through the public API (runs `anika-bench`, built
+    /// beside this binary; `anika bench --help` lists its options).
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Passed to `anika-bench` as they are.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Print the audit log, newest first: who changed what in the catalog, who replayed or purged what.
     Audit {
         /// Only this action, e.g. `grant.created` or `dead_letters.replayed`.
@@ -227,7 +233,7 @@ impl Cli {
                 until,
                 json,
             } => crate::ops::replay(&config, subscription, since, until, json).await,
-            Command::Bench(args) => crate::bench::bench(config, *args).await,
+            Command::Bench { args } => crate::bench::exec(&args),
             Command::Audit {
                 action,
                 since,

@@ -21,8 +21,6 @@ pub mod secret_rows;
 pub mod secrets;
 pub mod storable;
 pub mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use context::Context;
 pub use problem::{FieldError, Problem};

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anika_shared::testing::{Receiver, Reply, TestEnv};
+use anika_testkit::{Receiver, Reply, TestEnv};
 use serde_json::{Value, json};
 use support::{Anika, Poster, Role, World, await_deliveries};
 use tokio::sync::OnceCell;

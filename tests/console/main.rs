@@ -8,7 +8,7 @@ mod browser;
 
 use std::time::Duration;
 
-use anika_shared::testing::{Receiver, Reply, TestEnv};
+use anika_testkit::{Receiver, Reply, TestEnv};
 use browser::Browser;
 use serde_json::json;
 use support::{Anika, OPERATOR_KEY};

@@ -5,7 +5,7 @@ mod support;
 
 use std::{process::Stdio, time::Duration};
 
-use anika_shared::testing::{Receiver, Reply, TEST_SECRET_KEYS, TestEnv};
+use anika_testkit::{Receiver, Reply, TEST_SECRET_KEYS, TestEnv};
 use serde_json::{Value, json};
 use support::{Anika, World, await_deliveries, run_cli, run_cli_with};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -487,11 +487,11 @@ fn free_port() -> u16 {
 }
 
 /// `anika serve <role>` on a port of its own, once it answers `/healthz`.
-async fn serve(env: &TestEnv, role: &str) -> (support::Role, anika_shared::testing::Api) {
+async fn serve(env: &TestEnv, role: &str) -> (support::Role, anika_testkit::Api) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let process = support::Role::start(env, role, &[("ANIKA_LISTEN", &listen)]);
-    let api = anika_shared::testing::Api::new(listen.parse().unwrap());
+    let api = anika_testkit::Api::new(listen.parse().unwrap());
     for _ in 0..300 {
         if reqwest::get(format!("{}/healthz", api.base))
             .await

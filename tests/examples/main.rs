@@ -17,7 +17,7 @@ use anika_examples::{
     receiver::{Delivery, Handled, Handler, Receiver},
     tracker::{self, Day},
 };
-use anika_shared::testing::TestEnv;
+use anika_testkit::TestEnv;
 use support::{Anika, OPERATOR_KEY};
 
 fn target(anika: &Anika) -> Target {

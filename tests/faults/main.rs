@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use anika_shared::testing::{Receiver, Reply, TestEnv, admin_database_url};
+use anika_testkit::{Receiver, Reply, TestEnv, admin_database_url};
 use serde_json::json;
 use support::{Anika, Poster, World, await_deliveries};
 
@@ -28,7 +28,7 @@ async fn running(
     Anika,
     Receiver,
     World,
-    Arc<Mutex<anika_shared::testing::Api>>,
+    Arc<Mutex<anika_testkit::Api>>,
     Poster,
 ) {
     let env = TestEnv::new().await;

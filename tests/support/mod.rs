@@ -9,14 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anika_shared::testing::{Api, Receiver, TestEnv};
+use anika_testkit::{Api, Receiver, TestEnv};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
 };
 
-pub const OPERATOR_KEY: &str = "anika_e2e_operator_key_0123456789";
+pub use anika_testkit::OPERATOR_KEY;
 
 /// A running `anika` process.
 pub struct Anika {
@@ -45,7 +45,7 @@ pub fn child_env(env: &TestEnv, extra: &[(&str, &str)]) -> Vec<(String, String)>
         ("ANIKA_OUTBOX_RELAY_INTERVAL", "250ms"),
         ("ANIKA_LOG_FORMAT", "json"),
         ("ANIKA_CONFIG", "/nonexistent/anika.toml"),
-        ("ANIKA_SECRET_KEYS", anika_shared::testing::TEST_SECRET_KEYS),
+        ("ANIKA_SECRET_KEYS", anika_testkit::TEST_SECRET_KEYS),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

@@ -4,8 +4,8 @@
 use anika_shared::{
     audit::Actor,
     domain::{PartnerId, Role},
-    testing::Partner,
 };
+use anika_testkit::Partner;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};

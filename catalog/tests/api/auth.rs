@@ -2,10 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use anika_shared::{
-    auth::{REVOKED_REFRESH, Verifier},
-    testing::Partner,
-};
+use anika_shared::auth::{REVOKED_REFRESH, Verifier};
+use anika_testkit::Partner;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;

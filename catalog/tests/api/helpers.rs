@@ -1,14 +1,12 @@
 //! A real catalog on a loopback port, with its own database and vhost.
 
-pub use anika_shared::testing::Answer;
-use anika_shared::{
-    Context,
-    testing::{Api, Partner, TestEnv},
-};
+use anika_shared::Context;
+pub use anika_testkit::Answer;
+use anika_testkit::{Api, Partner, TestEnv};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-pub const OPERATOR_KEY: &str = "anika_test_operator_key_0123456789";
+pub use anika_testkit::OPERATOR_KEY;
 
 pub struct App {
     pub api: Api,

@@ -6,8 +6,8 @@ use anika_shared::{
     domain::WebhookSecret,
     secret_rows,
     secrets::{Column, KeyRing, Sealed, Slot},
-    testing::{TEST_SECRET_KEYS, secret_spellings},
 };
+use anika_testkit::{TEST_SECRET_KEYS, secret_spellings};
 use serde_json::json;
 
 use crate::helpers::{App, OPERATOR_KEY};

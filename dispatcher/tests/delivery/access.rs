@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use anika_shared::testing::Receiver;
+use anika_testkit::Receiver;
 use serde_json::json;
 
 use crate::helpers::{App, FakeDns, Setup};

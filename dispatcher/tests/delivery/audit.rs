@@ -1,6 +1,6 @@
 //! Dead-letter replays and purges and log replays are in the audit log with their counts.
 
-use anika_shared::testing::Reply;
+use anika_testkit::Reply;
 use base64::Engine as _;
 use chrono::{Duration as Span, Utc};
 use serde_json::{Value, json};

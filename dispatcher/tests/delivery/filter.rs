@@ -2,7 +2,7 @@
 //! on thousands of generated documents.
 
 use anika_dispatcher::filter::Filter;
-use anika_shared::testing::admin_database_url;
+use anika_testkit::admin_database_url;
 use proptest::{
     prelude::*,
     strategy::ValueTree,

@@ -13,13 +13,13 @@ use anika_shared::{
     Context,
     domain::{EventId, PartnerId, TopicId},
     envelope::{Envelope, properties},
-    testing::{Api, Partner, Receiver, TestEnv},
 };
+use anika_testkit::{Api, Partner, Receiver, TestEnv};
 use lapin::options::BasicPublishOptions;
 use serde_json::{Value, json, value::RawValue};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub const OPERATOR_KEY: &str = "anika_test_operator_key_0123456789";
+pub use anika_testkit::OPERATOR_KEY;
 
 /// Resolves chosen names to chosen addresses (a public-looking name pointing inside).
 #[derive(Default)]
@@ -221,19 +221,15 @@ impl App {
     }
 
     /// Waits until `check` holds or panics after `timeout`.
-    pub async fn eventually<F, Fut>(&self, what: &str, timeout: Duration, mut check: F)
+    pub async fn eventually<F, Fut>(&self, what: &str, timeout: Duration, check: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if check().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("timed out waiting for: {what}");
+        assert!(
+            anika_testkit::eventually(timeout, check).await,
+            "timed out waiting for: {what}"
+        );
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anika_shared::testing::{Partner, Receiver, Reply};
+use anika_testkit::{Partner, Receiver, Reply};
 use serde_json::{Value, json};
 
 use crate::helpers::App;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anika_shared::testing::Reply;
+use anika_testkit::Reply;
 use serde_json::json;
 
 use crate::helpers::Setup;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anika_shared::testing::{Receiver, Reply};
+use anika_testkit::{Receiver, Reply};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;

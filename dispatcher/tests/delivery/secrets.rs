@@ -8,13 +8,13 @@ use anika_shared::{
     domain::WebhookSecret,
     secret_rows,
     secrets::{Column, KeyRing, MainKeyId, Sealed, Slot},
-    testing::{LogCapture, Receiver, TEST_SECRET_KEYS, secret_spellings},
 };
+use anika_testkit::{LogCapture, Receiver, TEST_SECRET_KEYS, secret_spellings};
 use serde_json::json;
 
 use crate::helpers::{OPERATOR_KEY, Setup};
 
-fn verify(secret: &str, request: &anika_shared::testing::Received) -> bool {
+fn verify(secret: &str, request: &anika_testkit::Received) -> bool {
     standardwebhooks::Webhook::new(secret)
         .unwrap()
         .verify(&request.body, &request.headers)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anika_shared::testing::{Receiver, Reply};
+use anika_testkit::{Receiver, Reply};
 use serde_json::{Value, json};
 
 use crate::helpers::{App, Setup};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anika_shared::testing::TestEnv;
+use anika_testkit::TestEnv;
 use reqwest::Method;
 use serde_json::json;
 use tokio::{

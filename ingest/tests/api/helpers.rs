@@ -2,7 +2,6 @@
 //! and the tools to look behind it: SQL, subscription queues, a breakable broker link.
 
 use std::{
-    future::Future,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -11,17 +10,15 @@ use std::{
     time::Duration,
 };
 
-pub use anika_shared::testing::Answer;
-use anika_shared::{
-    Context, http,
-    testing::{Api, Partner, TestEnv, amqp_base},
-};
+use anika_shared::{Context, http};
+pub use anika_testkit::Answer;
+use anika_testkit::{Api, Partner, TestEnv, amqp_base};
 use lapin::{BasicProperties, options::BasicGetOptions};
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub const OPERATOR_KEY: &str = "anika_test_operator_key_0123456789";
+pub use anika_testkit::OPERATOR_KEY;
 
 pub struct App {
     pub api: Api,
@@ -293,23 +290,7 @@ impl Message {
     }
 }
 
-/// Polls `check` until it holds or `timeout` passes; returns whether it held.
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+pub use anika_testkit::eventually;
 
 /// A TCP proxy between the app and RabbitMQ that can cut the link without touching the
 /// shared broker: `cut` closes every open connection and refuses new ones; `restore` lets them through.

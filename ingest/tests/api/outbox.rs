@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use anika_shared::testing::TestEnv;
+use anika_testkit::TestEnv;
 use serde_json::json;
 
 use crate::helpers::{App, Proxy, eventually};

@@ -9,12 +9,10 @@ use std::time::Duration;
 
 use super::Bench;
 use crate::{
-    bench::{
-        load::{self, Until},
-        report::Run,
-        server::{amqp_ports, cpu_seconds, listener_pid, postgres_writes},
-    },
-    cli::CliError,
+    CliError,
+    load::{self, Until},
+    report::Run,
+    server::{amqp_ports, cpu_seconds, listener_pid, postgres_writes},
 };
 
 /// How long PostgreSQL's backends may take to report their statistics (an idle backend

@@ -12,12 +12,10 @@ use std::time::Duration;
 
 use super::{Bench, Matched, ingest_latencies};
 use crate::{
-    bench::{
-        api::Fixture,
-        load::{self, Load, Until},
-        report::{Percentiles, Run},
-    },
-    cli::CliError,
+    CliError,
+    api::Fixture,
+    load::{self, Load, Until},
+    report::{Percentiles, Run},
 };
 
 /// The healthy partner's subscriptions.

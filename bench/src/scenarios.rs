@@ -20,7 +20,7 @@ use super::{
     report::{Check, Percentiles, Run},
     server::{Target, cpu_seconds, rss_bytes},
 };
-use crate::cli::CliError;
+use crate::CliError;
 
 mod cluster;
 mod noisy;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::receiver::Receiver;
-use crate::cli::CliError;
+use crate::CliError;
 
 /// Access tokens live 15 minutes at most; fetch a new one well before.
 const TOKEN_REFRESH: Duration = Duration::from_secs(5 * 60);

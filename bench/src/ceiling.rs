@@ -29,7 +29,7 @@ use lapin::{
 use tokio::task::JoinSet;
 
 use super::{load::pad, receiver::Receiver};
-use crate::cli::CliError;
+use crate::CliError;
 
 /// Publishes awaiting their confirm at once.
 const CONFIRM_WINDOW: usize = 1024;

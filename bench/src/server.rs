@@ -16,7 +16,38 @@ use anika_shared::config::{Config, redact_url};
 use sqlx::{Connection, PgConnection};
 use tokio::process::{Child, Command};
 
-use crate::cli::CliError;
+use crate::CliError;
+
+/// The `anika` binary the bench starts, when `--server` chose one.
+static SERVER_BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Starts `binary` instead of the `anika` next to the bench's own binary.
+pub fn use_binary(binary: Option<PathBuf>) {
+    if let Some(binary) = binary {
+        if SERVER_BINARY.set(binary).is_err() {
+            tracing::warn!("the server binary was chosen twice; the first choice stands");
+        }
+    }
+}
+
+/// The `anika` binary to start: `--server`, or `anika` in the bench binary's directory.
+fn server_binary() -> Result<PathBuf, CliError> {
+    if let Some(binary) = SERVER_BINARY.get() {
+        return Ok(binary.clone());
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find the bench binary's directory: {e}"))?;
+    let sibling = exe.with_file_name("anika");
+    if sibling.is_file() {
+        Ok(sibling)
+    } else {
+        Err(format!(
+            "no anika binary next to {} (build it with `cargo build --release -p anika`, or pass --server)",
+            exe.display()
+        )
+        .into())
+    }
+}
 
 /// How long `anika up` may take to answer `/readyz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -227,8 +258,7 @@ impl Target {
         let log = std::env::temp_dir().join(format!("{name}-{label}.log"));
         let log_file = std::fs::File::create(&log)
             .map_err(|e| format!("cannot create the server log {}: {e}", log.display()))?;
-        let exe = std::env::current_exe()
-            .map_err(|e| format!("cannot find the anika binary to start: {e}"))?;
+        let exe = server_binary()?;
         let process = Command::new(exe)
             .args(args)
             .env("ANIKA_LISTEN", format!("127.0.0.1:{port}"))

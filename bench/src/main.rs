@@ -1,4 +1,4 @@
-//! `anika bench`: load through the public API, deliveries measured by `webhook-id`,
+//! `anika-bench` (also run as `anika bench`): load through the public API, deliveries measured by `webhook-id`,
 //! every figure also as a ratio to the raw ceiling it sits on, and a check that
 //! nothing answered 202 was lost.
 //!
@@ -6,15 +6,57 @@
 //! database and vhost (removed at the end, also on error and Ctrl-C); `--url`
 //! benchmarks an installation that is already running.
 
+//!
+//! A binary of its own, so that the product binary carries none of the load
+//! generator, its receiver or the `standardwebhooks` checker.
+
 #![allow(clippy::print_stdout)] // the report is what the command is for
 
-use std::{io::IsTerminal, sync::Arc, time::Duration};
+use std::{io::IsTerminal, process::ExitCode, sync::Arc, time::Duration};
 
 use anika_shared::config::Config;
-use clap::ValueEnum;
+use clap::{Parser, ValueEnum};
 use serde_json::json;
 
-use crate::cli::CliError;
+/// A failure of the bench, with its cause chain.
+pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Measure throughput and latency through the public API, with ratios to the raw ceilings.
+#[derive(Debug, Parser)]
+#[command(name = "anika-bench", version, about)]
+struct Cli {
+    #[command(flatten)]
+    args: BenchArgs,
+}
+
+/// The same allocator as the product binary, so the load generator costs what it did inside it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match Config::load() {
+        Ok(config) => {
+            anika_shared::telemetry::init(config.log_format);
+            server::use_binary(cli.args.server.clone());
+            bench(config, cli.args).await
+        }
+        Err(e) => Err(e.into()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            let mut source = std::error::Error::source(&*error);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
 
 mod api;
 mod ceiling;
@@ -62,6 +104,10 @@ pub struct BenchArgs {
     /// Benchmark a running installation at this URL instead of starting one.
     #[arg(long, requires = "operator_key")]
     pub url: Option<String>,
+    /// The `anika` binary to start as the system under test (default: the `anika` next to
+    /// this binary), e.g. an older build to compare with.
+    #[arg(long, env = "ANIKA_BENCH_SERVER")]
+    pub server: Option<std::path::PathBuf>,
     /// An operator API key of the installation at --url.
     #[arg(long, env = "ANIKA_BENCH_OPERATOR_KEY", hide_env_values = true)]
     pub operator_key: Option<String>,
