@@ -2,20 +2,15 @@
 
 #![allow(clippy::print_stdout)] // the start-up banner is for the person who typed the command
 
-use std::time::Duration;
-
+use anika::{App, Roles};
 use anika_shared::{
     Context,
     config::{Config, redact_url},
-    http,
 };
 use tokio::net::TcpListener;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::{CliError, ServeRole};
-
-/// Background work gets this long to finish after the HTTP server stopped.
-const DRAIN: Duration = Duration::from_secs(30);
 
 /// Cancels `token` on Ctrl-C or SIGTERM.
 fn cancel_on_signal(token: CancellationToken) {
@@ -50,77 +45,51 @@ async fn bind(config: &Config) -> Result<TcpListener, CliError> {
 /// `anika up`: all roles in one process.
 pub async fn up(config: Config) -> Result<(), CliError> {
     let listener = bind(&config).await?;
-    let ctx = Context::connect(config, "anika up").await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    declare_topology(&ctx, &shutdown);
-    let tasks = TaskTracker::new();
-
-    let catalog = anika_catalog::State::new(ctx.clone()).await?;
-    let ingest = anika_ingest::State::start(ctx.clone(), &tasks, &shutdown).await?;
-    let dispatcher = anika_dispatcher::State::start(ctx.clone(), &tasks, &shutdown).await?;
-
-    let mut api = http::openapi_base();
-    api.merge(anika_catalog::openapi());
-    api.merge(anika_ingest::openapi());
-    api.merge(anika_dispatcher::openapi());
-    let console = anika_console::router(anika_console::Settings::from_config(
-        &ctx.config,
-        listener.local_addr()?,
-    ))?;
-    let app = http::finish_with(
-        anika_catalog::router(catalog)
-            .merge(console)
-            .merge(anika_ingest::router(ingest))
-            .merge(anika_dispatcher::router(dispatcher))
-            .merge(http::service_router(
-                ctx.readiness(),
-                api,
-                ctx.metrics.clone(),
-            )),
-        &ctx.config,
-    );
-    banner(&ctx, listener.local_addr()?);
-    http::serve(listener, app, shutdown.clone()).await?;
-    drain(tasks).await;
-    ctx.broker.close().await;
-    Ok(())
+    let app = App::builder(Roles::ALL, "anika up")
+        .serve(config, listener, shutdown)
+        .await?;
+    banner(app.ctx(), app.addr());
+    stopped(app).await
 }
 
 /// `anika serve <role>`: one role alone.
 pub async fn serve(config: Config, role: ServeRole) -> Result<(), CliError> {
     let listener = bind(&config).await?;
     let name = format!("anika {role:?}").to_lowercase();
-    let ctx = Context::connect(config, &name).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    declare_topology(&ctx, &shutdown);
-    tracing::info!(role = ?role, listen = %listener.local_addr()?, "serving");
-    match role {
-        ServeRole::Catalog => anika_catalog::run(listener, ctx.clone(), shutdown).await?,
-        ServeRole::Ingest => anika_ingest::run(listener, ctx.clone(), shutdown).await?,
-        ServeRole::Dispatcher => anika_dispatcher::run(listener, ctx.clone(), shutdown).await?,
-    }
-    ctx.broker.close().await;
-    Ok(())
+    let roles = match role {
+        ServeRole::Catalog => Roles {
+            catalog: true,
+            ..Roles::NONE
+        },
+        ServeRole::Ingest => Roles {
+            ingest: true,
+            ..Roles::NONE
+        },
+        ServeRole::Dispatcher => Roles {
+            dispatcher: true,
+            ..Roles::NONE
+        },
+    };
+    let app = App::builder(roles, &name)
+        .serve(config, listener, shutdown)
+        .await?;
+    tracing::info!(role = ?role, listen = %app.addr(), "serving");
+    stopped(app).await
 }
 
-/// Connects to RabbitMQ (declaring the static topology) in the background: an
-/// unreachable broker must not keep ingest from accepting events into the outbox.
-fn declare_topology(ctx: &Context, shutdown: &CancellationToken) {
-    let broker = std::sync::Arc::clone(&ctx.broker);
-    let shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = broker.connection_with_retry(&shutdown).await;
-    });
-}
-
-async fn drain(tasks: TaskTracker) {
-    tasks.close();
-    if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
-        tracing::warn!(
-            "background work did not finish within {DRAIN:?}; unacknowledged messages will be redelivered"
-        );
+/// Waits for `app` to stop; work that outlived the drain is said in the log, not an exit code
+/// (its messages are redelivered, nothing is lost).
+async fn stopped(app: App) -> Result<(), CliError> {
+    match app.finished().await {
+        Err(e @ anika::app::Error::Drain(_)) => {
+            tracing::warn!("{e}");
+            Ok(())
+        }
+        other => Ok(other?),
     }
 }
 

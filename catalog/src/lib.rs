@@ -12,8 +12,6 @@ use anika_shared::{
     domain::{PartnerId, Role},
 };
 use axum::{Router, extract::FromRef};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -89,37 +87,6 @@ pub fn router(state: State) -> Router {
 /// The OpenAPI description of the catalog's routes.
 pub fn openapi() -> OpenApi {
     routes().split_for_parts().1
-}
-
-/// Runs the catalog role alone on `listener` until `shutdown` fires.
-pub async fn run(
-    listener: TcpListener,
-    ctx: Context,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let state = State::new(ctx.clone())
-        .await
-        .map_err(|e| std::io::Error::other(format!("catalog start-up: {e}")))?;
-    let mut api = anika_shared::http::openapi_base();
-    api.merge(openapi());
-    // The web console is served by the catalog role; it calls /v1 over HTTP
-    // (ANIKA_CONSOLE_API_URL, the load balancer in a multi-process deployment).
-    let console = anika_console::router(anika_console::Settings::from_config(
-        &ctx.config,
-        listener.local_addr()?,
-    ))
-    .map_err(std::io::Error::other)?;
-    let app = anika_shared::http::finish_with(
-        router(state)
-            .merge(console)
-            .merge(anika_shared::http::service_router(
-                ctx.readiness(),
-                api,
-                ctx.metrics.clone(),
-            )),
-        &ctx.config,
-    );
-    anika_shared::http::serve(listener, app, shutdown).await
 }
 
 /// Refuses callers that are not an admin of some partner or an operator.

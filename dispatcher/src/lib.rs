@@ -15,7 +15,6 @@ use anika_shared::{
 };
 use axum::{Router, extract::FromRef};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -225,30 +224,4 @@ pub fn router(state: State) -> Router {
 /// The OpenAPI description of the dispatcher's routes.
 pub fn openapi() -> OpenApi {
     routes().split_for_parts().1
-}
-
-/// Runs the dispatcher role alone on `listener` until `shutdown` fires.
-pub async fn run(
-    listener: TcpListener,
-    ctx: Context,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let tasks = TaskTracker::new();
-    let state = State::start(ctx.clone(), &tasks, &shutdown)
-        .await
-        .map_err(std::io::Error::other)?;
-    let mut api = anika_shared::http::openapi_base();
-    api.merge(openapi());
-    let app = anika_shared::http::finish_with(
-        router(state).merge(anika_shared::http::service_router(
-            ctx.readiness(),
-            api,
-            ctx.metrics.clone(),
-        )),
-        &ctx.config,
-    );
-    anika_shared::http::serve(listener, app, shutdown).await?;
-    tasks.close();
-    tasks.wait().await;
-    Ok(())
 }

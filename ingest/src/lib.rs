@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use anika_shared::{Context, auth::Verifier};
 use axum::{Router, extract::FromRef};
-use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -153,30 +152,4 @@ pub fn router(state: State) -> Router {
 /// The OpenAPI description of ingest's routes.
 pub fn openapi() -> OpenApi {
     routes().split_for_parts().1
-}
-
-/// Runs the ingest role alone on `listener` until `shutdown` fires.
-pub async fn run(
-    listener: TcpListener,
-    ctx: Context,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let tasks = TaskTracker::new();
-    let state = State::start(ctx.clone(), &tasks, &shutdown)
-        .await
-        .map_err(std::io::Error::other)?;
-    let mut api = anika_shared::http::openapi_base();
-    api.merge(openapi());
-    let app = anika_shared::http::finish_with(
-        router(state).merge(anika_shared::http::service_router(
-            ctx.readiness(),
-            api,
-            ctx.metrics.clone(),
-        )),
-        &ctx.config,
-    );
-    anika_shared::http::serve(listener, app, shutdown).await?;
-    tasks.close();
-    tasks.wait().await;
-    Ok(())
 }

@@ -35,7 +35,14 @@ impl App {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        tokio::spawn(anika_catalog::run(listener, ctx.clone(), shutdown.clone()));
+        let catalog = anika::Roles {
+            catalog: true,
+            ..anika::Roles::NONE
+        };
+        anika::App::builder(catalog, "catalog-test")
+            .serve_with(ctx.clone(), listener, shutdown.clone())
+            .await
+            .expect("catalog");
         let api = Api::new(addr);
         let operator = wait_for_token(&api).await;
         Self {

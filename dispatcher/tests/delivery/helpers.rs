@@ -64,27 +64,23 @@ impl App {
             .expect("connect");
         let shutdown = CancellationToken::new();
         let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
-        let catalog = anika_catalog::State::new(ctx.clone())
-            .await
-            .expect("catalog");
-        let dispatcher =
-            anika_dispatcher::State::start_with(ctx.clone(), &tasks, &stop, Arc::new(dns))
-                .await
-                .expect("dispatcher");
-        let app = anika_shared::http::finish(
-            anika_catalog::router(catalog)
-                .merge(anika_dispatcher::router(dispatcher))
-                .merge(anika_shared::http::service_router(
-                    ctx.readiness(),
-                    anika_shared::http::openapi_base(),
-                    ctx.metrics.clone(),
-                )),
-        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let api = Api::new(listener.local_addr().expect("addr"));
-        tokio::spawn(anika_shared::http::serve(listener, app, shutdown.clone()));
+        // Catalog and dispatcher on one port; the dispatcher on a lifetime of its own, so a
+        // test can stop and restart delivery alone.
+        let roles = anika::Roles {
+            catalog: true,
+            ingest: false,
+            dispatcher: true,
+        };
+        anika::App::builder(roles, "dispatcher-test")
+            .resolve_with(Arc::new(dns))
+            .dispatcher_lifetime(stop.clone(), tasks.clone())
+            .serve_with(ctx.clone(), listener, shutdown.clone())
+            .await
+            .expect("catalog and dispatcher");
         let operator = api.token(OPERATOR_KEY).await;
         Self {
             api,

@@ -10,13 +10,13 @@ use std::{
     time::Duration,
 };
 
-use anika_shared::{Context, http};
+use anika_shared::Context;
 pub use anika_testkit::Answer;
 use anika_testkit::{Api, Partner, TestEnv, amqp_base};
 use lapin::{BasicProperties, options::BasicGetOptions};
 use serde_json::{Value, json};
-use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub use anika_testkit::OPERATOR_KEY;
 
@@ -26,8 +26,7 @@ pub struct App {
     pub ctx: Context,
     pub operator: String,
     pub shutdown: CancellationToken,
-    tasks: TaskTracker,
-    server: Option<JoinHandle<std::io::Result<()>>>,
+    app: Option<anika::App>,
     http: reqwest::Client,
 }
 
@@ -50,29 +49,18 @@ impl App {
             .await
             .expect("connect");
         let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let catalog = anika_catalog::State::new(ctx.clone())
-            .await
-            .expect("catalog state");
-        let ingest = anika_ingest::State::start(ctx.clone(), &tasks, &shutdown)
-            .await
-            .expect("ingest state");
-        let mut api = http::openapi_base();
-        api.merge(anika_catalog::openapi());
-        api.merge(anika_ingest::openapi());
-        let router = http::finish_with(
-            anika_catalog::router(catalog)
-                .merge(anika_ingest::router(ingest))
-                .merge(http::service_router(
-                    ctx.readiness(),
-                    api,
-                    ctx.metrics.clone(),
-                )),
-            &ctx.config,
-        );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(http::serve(listener, router, shutdown.clone()));
+        // Catalog and ingest on one port, as `anika up` composes them (without the dispatcher).
+        let roles = anika::Roles {
+            catalog: true,
+            ingest: true,
+            dispatcher: false,
+        };
+        let app = anika::App::builder(roles, "ingest-test")
+            .serve_with(ctx.clone(), listener, shutdown.clone())
+            .await
+            .expect("catalog and ingest");
         let api = Api::new(addr);
         let operator = api.token(OPERATOR_KEY).await;
         let http = reqwest::Client::builder()
@@ -86,8 +74,7 @@ impl App {
             ctx,
             operator,
             shutdown,
-            tasks,
-            server: Some(server),
+            app: Some(app),
             http,
         }
     }
@@ -95,13 +82,12 @@ impl App {
     /// Stops the server and waits for ingest's background work to finish, as `anika up` does.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
-        if let Some(server) = self.server.take() {
-            server.await.expect("server task").expect("server");
+        if let Some(app) = self.app.take() {
+            // Within the app's 30 s drain, or `finished` says it did not.
+            app.finished()
+                .await
+                .expect("the server stops and background work finishes within 30 s");
         }
-        self.tasks.close();
-        tokio::time::timeout(Duration::from_secs(30), self.tasks.wait())
-            .await
-            .expect("background work stops within 30 s");
     }
 
     pub async fn partner(&self, name: &str) -> Partner {
