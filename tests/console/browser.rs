@@ -359,10 +359,23 @@ impl Browser {
                 .expect("window size");
             tokio::time::sleep(Duration::from_millis(150)).await;
             let (scroll, inner) = self.overflow().await;
-            assert!(
-                scroll <= inner,
-                "{name} ({url}) overflows horizontally at {w}×{h}: scrollWidth {scroll} > innerWidth {inner}"
-            );
+            if scroll > inner {
+                // Name the widest culprits, so the fix needs no second run.
+                let wide = self
+                    .client
+                    .execute(
+                        "return [...document.querySelectorAll('body *')]
+                            .filter(e => e.getBoundingClientRect().right > window.innerWidth)
+                            .slice(0, 8)
+                            .map(e => e.tagName + (e.id ? '#' + e.id : '') + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))",
+                        vec![],
+                    )
+                    .await
+                    .unwrap_or_default();
+                panic!(
+                    "{name} ({url}) overflows horizontally at {w}×{h}: scrollWidth {scroll} > innerWidth {inner}; past the edge: {wide}"
+                );
+            }
         }
         let violations = self.accessibility().await;
         assert!(
