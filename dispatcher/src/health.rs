@@ -38,7 +38,7 @@ pub(crate) fn routes() -> OpenApiRouter<State> {
 const WINDOW: Duration = Duration::from_secs(3600);
 
 /// Delivery latency over the window, in milliseconds.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Latency {
     /// Median attempt duration.
     p50: Option<i64>,
