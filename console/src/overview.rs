@@ -97,7 +97,11 @@ pub(crate) fn quantile(q: f64, before: &[(f64, f64)], after: &[(f64, f64)]) -> O
             if le.is_infinite() {
                 return Some(lower);
             }
-            let share = if count > below { (rank - below) / (count - below) } else { 1.0 };
+            let share = if count > below {
+                (rank - below) / (count - below)
+            } else {
+                1.0
+            };
             return Some(lower + (le - lower) * share);
         }
         (lower, below) = (le, count);
@@ -191,8 +195,10 @@ fn intervals(samples: &[Sample]) -> Intervals {
         out.accepted.push(rate(a.accepted, b.accepted));
         out.delivered.push(rate(a.delivered, b.delivered));
         out.failed.push(rate(a.failed, b.failed));
-        out.p50.push(quantile(0.5, &a.latency, &b.latency).map(|s| s * 1000.0));
-        out.p99.push(quantile(0.99, &a.latency, &b.latency).map(|s| s * 1000.0));
+        out.p50
+            .push(quantile(0.5, &a.latency, &b.latency).map(|s| s * 1000.0));
+        out.p99
+            .push(quantile(0.99, &a.latency, &b.latency).map(|s| s * 1000.0));
         out.backlog.push(Some(b.backlog));
     }
     out
@@ -200,7 +206,11 @@ fn intervals(samples: &[Sample]) -> Intervals {
 
 /// A number for a chart's label: whole above 10, one decimal below.
 fn figure(v: f64) -> String {
-    if v >= 10.0 { format!("{v:.0}") } else { format!("{v:.1}") }
+    if v >= 10.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
 }
 
 /// A small line chart as inline SVG, with its latest value in words (for people and
@@ -257,7 +267,11 @@ fn charts(samples: &[Sample]) -> Markup {
         return html! { p.hint #charts-pending { "The charts start with the next reading (every 2 s while this page is open)." } };
     }
     let i = intervals(samples);
-    let one = |name, class, points| Series { name, class, points };
+    let one = |name, class, points| Series {
+        name,
+        class,
+        points,
+    };
     html! {
         div.charts {
             (chart("chart-accepted", "Events accepted", "/s", &[one("accepted", "line", i.accepted)]))
@@ -355,10 +369,15 @@ mod tests {
 
     #[test]
     fn latency_quantiles_come_from_the_buckets_filled_between_two_readings() {
-        let before = "x_bucket{le=\"0.01\"} 10\nx_bucket{le=\"0.1\"} 10\nx_bucket{le=\"+Inf\"} 10\n";
+        let before =
+            "x_bucket{le=\"0.01\"} 10\nx_bucket{le=\"0.1\"} 10\nx_bucket{le=\"+Inf\"} 10\n";
         // 100 more observations: 50 under 10 ms, 49 between 10 and 100 ms, 1 above.
-        let after = "x_bucket{le=\"0.01\"} 60\nx_bucket{le=\"0.1\"} 109\nx_bucket{le=\"+Inf\"} 110\n";
-        let (a, b) = (histogram_buckets(before, "x"), histogram_buckets(after, "x"));
+        let after =
+            "x_bucket{le=\"0.01\"} 60\nx_bucket{le=\"0.1\"} 109\nx_bucket{le=\"+Inf\"} 110\n";
+        let (a, b) = (
+            histogram_buckets(before, "x"),
+            histogram_buckets(after, "x"),
+        );
         assert_eq!(b.len(), 3);
         let p50 = quantile(0.5, &a, &b).unwrap();
         assert!((p50 - 0.01).abs() < 1e-9, "{p50}");

@@ -169,7 +169,10 @@ async fn topic_page(
     };
     // A grantee is a partner the owner shares this topic with, so the owner may read
     // its name; the lookups run side by side.
-    let grantees: Vec<&Value> = grants.as_ref().map(|g| items(g).iter().collect()).unwrap_or_default();
+    let grantees: Vec<&Value> = grants
+        .as_ref()
+        .map(|g| items(g).iter().collect())
+        .unwrap_or_default();
     let names = futures::future::join_all(grantees.iter().map(|g| async move {
         c.get(&format!("/v1/partners/{}", s(g, "partner_id")))
             .await

@@ -250,9 +250,9 @@ async fn send_test(
             .bind(config.topic.uuid())
             .fetch_one(&state.ctx.pool)
             .await?;
-    let data = body
-        .and_then(|Json(b)| b.data)
-        .unwrap_or_else(|| serde_json::json!({"test": true, "message": "a test delivery from anika"}));
+    let data = body.and_then(|Json(b)| b.data).unwrap_or_else(
+        || serde_json::json!({"test": true, "message": "a test delivery from anika"}),
+    );
     let data = RawValue::from_string(data.to_string()).expect("JSON text is raw JSON");
     let event_id = EventId::new();
     let envelope = Envelope::encode(

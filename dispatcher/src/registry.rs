@@ -348,7 +348,10 @@ fn open_logged(deps: &Deps, stored: &str, slot: Slot<'_>) -> Option<WebhookSecre
 }
 
 /// Reads one subscription's configuration from the catalog; `None` if it was deleted.
-pub(crate) async fn load_one(deps: &Deps, id: SubscriptionId) -> Result<Option<SubConfig>, sqlx::Error> {
+pub(crate) async fn load_one(
+    deps: &Deps,
+    id: SubscriptionId,
+) -> Result<Option<SubConfig>, sqlx::Error> {
     let read_at = Instant::now();
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE s.id = $1")))
         .bind(id.uuid())

@@ -442,7 +442,8 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
         .await
         .expect("set the time");
     b.press("Replay from the log").await;
-    b.wait_text("2 events of the window are enqueued for delivery").await;
+    b.wait_text("2 events of the window are enqueued for delivery")
+        .await;
     good.wait_for(before + 2, Duration::from_secs(20)).await;
     b.open("/console/subscriptions").await;
     b.check_page("subscriptions").await;
@@ -575,7 +576,12 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for chart in ["chart-delivered", "chart-failed", "chart-latency", "chart-backlog"] {
+    for chart in [
+        "chart-delivered",
+        "chart-failed",
+        "chart-latency",
+        "chart-backlog",
+    ] {
         b.client
             .find(fantoccini::Locator::Id(chart))
             .await
@@ -694,22 +700,17 @@ async fn operators_see_dead_letters_across_partners_and_admins_read_their_audit_
         .get("/v1/partners?name=leasing", &dealer.publisher)
         .await
         .expect(200);
-    assert!(
-        by_publisher["items"]
-            .as_array()
-            .expect("items")
-            .is_empty()
-    );
+    assert!(by_publisher["items"].as_array().expect("items").is_empty());
 
     let b = Browser::start(&api.base).await;
     b.sign_in(OPERATOR_KEY).await;
     b.open("/console/dead-letters").await;
     let page = b.wait_text("across partners").await;
+    assert!(page.contains("3 dead letters in 2 subscriptions"), "{page}");
     assert!(
-        page.contains("3 dead letters in 2 subscriptions"),
+        page.contains("dealer") && page.contains("leasing"),
         "{page}"
     );
-    assert!(page.contains("dealer") && page.contains("leasing"), "{page}");
     // Most first: leasing's two, then dealer's one.
     let first = b
         .client
@@ -734,8 +735,16 @@ async fn operators_see_dead_letters_across_partners_and_admins_read_their_audit_
     b.choose("Action", "dead_letters.replayed").await;
     b.press("Filter").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !b.url().await.as_str().contains("action=dead_letters.replayed") {
-        assert!(std::time::Instant::now() < deadline, "the filter was not sent");
+    while !b
+        .url()
+        .await
+        .as_str()
+        .contains("action=dead_letters.replayed")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the filter was not sent"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let table = || async {
@@ -764,7 +773,10 @@ async fn operators_see_dead_letters_across_partners_and_admins_read_their_audit_
     );
     let leasing_sub = &subs[1].1;
     let html = b.client.source().await.expect("source");
-    assert!(!html.contains(leasing_sub.as_str()), "another partner's entry leaked");
+    assert!(
+        !html.contains(leasing_sub.as_str()),
+        "another partner's entry leaked"
+    );
     b.open("/console/dead-letters").await;
     let page = b.wait_text("Dead letters").await;
     assert!(
@@ -1090,9 +1102,16 @@ async fn pages_over_ten_thousand_events_and_a_hundred_subscriptions_are_measured
         &cookie,
     )
     .await;
-    assert!(sub_page.contains("Success rate"), "the health is on the page");
-    let (overview_time, _) =
-        median_answer(&http, &format!("{}/console/overview/live", api.base), &cookie).await;
+    assert!(
+        sub_page.contains("Success rate"),
+        "the health is on the page"
+    );
+    let (overview_time, _) = median_answer(
+        &http,
+        &format!("{}/console/overview/live", api.base),
+        &cookie,
+    )
+    .await;
     // Measured, not asserted (a shared CI machine's timing is noise); docs/console.md
     // quotes these figures.
     eprintln!(

@@ -254,7 +254,10 @@ async fn a_test_delivery_passes_the_same_ssrf_guard_and_acl_and_records_nothing(
         .expect(403);
     let health = app
         .api
-        .get(&format!("/v1/subscriptions/{sub_id}/health"), &stranger.admin)
+        .get(
+            &format!("/v1/subscriptions/{sub_id}/health"),
+            &stranger.admin,
+        )
         .await
         .expect(404);
     assert!(health.is_object());
