@@ -5,7 +5,7 @@ use anika_shared::{
     audit::{self, Action, Actor, Changes, Target},
     auth::Principal,
     changes::Change,
-    domain::{Description, DisplayName, PartnerId},
+    domain::{Description, DisplayName, PartnerId, Role},
     extract::{Json, Path, Query},
     page::{Limit, Page, decode_time_cursor},
     patch::Patch,
@@ -141,6 +141,11 @@ pub(crate) struct ListQuery {
     limit: Option<Limit>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only the partner with exactly this name. Admins may look up any partner this
+    /// way (to grant it a topic by name); a stranger's answer carries only its id,
+    /// name and creation time.
+    #[param(value_type = Option<String>)]
+    name: Option<DisplayName>,
 }
 
 /// The partners a caller may see: all for operators; otherwise itself and the
@@ -178,8 +183,13 @@ async fn list_partners(
         .as_deref()
         .map(decode_time_cursor)
         .transpose()?;
+    // An exact name is a lookup, not a listing: an admin granting a topic must find a
+    // partner it shares nothing with yet, and learns no more than that the name exists
+    // (the answer is redacted below). Publishers grant nothing, so they look up as they list.
+    let lookup = query.name.is_some() && principal.role() != Role::Publisher;
     let sql = format!(
-        "SELECT {COLUMNS} FROM partners p WHERE {VISIBLE} \
+        "SELECT {COLUMNS} FROM partners p WHERE ($6 OR {VISIBLE}) \
+         AND ($5::text IS NULL OR p.name = $5) \
          AND ($2::timestamptz IS NULL OR (p.created_at, p.id) > ($2, $3)) ORDER BY p.created_at, p.id LIMIT $4"
     );
     let rows: Vec<PartnerOut> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -187,6 +197,8 @@ async fn list_partners(
         .bind(after.map(|a| a.0))
         .bind(after.map(|a| a.1))
         .bind(limit.fetch())
+        .bind(query.name.as_ref().map(DisplayName::as_str))
+        .bind(lookup)
         .fetch_all(&state.ctx.pool)
         .await?;
     let rows = rows.into_iter().map(|p| redact(p, &principal)).collect();

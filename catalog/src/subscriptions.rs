@@ -141,6 +141,10 @@ pub(crate) struct SubscriptionOut {
     max_in_flight: u32,
     ordered: bool,
     created_at: DateTime<Utc>,
+    /// Since when every attempt to the endpoint fails; `null` while it is healthy.
+    failing_since: Option<DateTime<Utc>>,
+    /// How many messages are dead-lettered right now (as `total` of its dead letters).
+    dead_letters: u64,
 }
 
 /// A subscription as created: the only answer, with rotation, that carries the secret.
@@ -167,10 +171,16 @@ struct Row {
     max_in_flight: Option<i32>,
     ordered: bool,
     created_at: DateTime<Utc>,
+    failing_since: Option<DateTime<Utc>>,
+    dead_letters: i64,
 }
 
+/// The columns of a [`Row`]. The dead-letter count is a subquery on the indexed
+/// `dead_letters (subscription_id, …)`, so a list of 100 subscriptions is still one
+/// query (the console's list sorts by it; asking once per row took 550 ms).
 const COLUMNS: &str = "id, topic_id, partner_id, url, description, filter, status, disabled_reason, \
-                       max_attempts, rate_limit_per_s, max_in_flight, ordered, created_at";
+                       max_attempts, rate_limit_per_s, max_in_flight, ordered, created_at, failing_since, \
+                       (SELECT count(*) FROM dead_letters d WHERE d.subscription_id = subscriptions.id) AS dead_letters";
 
 impl Row {
     /// The answer for this row; `default` is the cap of a subscription that chose none.
@@ -199,6 +209,8 @@ impl Row {
             max_in_flight,
             ordered: row.ordered,
             created_at: row.created_at,
+            failing_since: row.failing_since,
+            dead_letters: u64::try_from(row.dead_letters).unwrap_or(0),
         }
     }
 }

@@ -42,6 +42,9 @@ pub fn page(session: &Session, title: &str, content: Markup) -> Markup {
                         ul {
                             li { a href="/console" { "Overview" } }
                             li { a href="/console/subscriptions" { "Subscriptions" } }
+                            @if who.role != Role::Publisher {
+                                li { a href="/console/dead-letters" { "Dead letters" } }
+                            }
                             li { a href="/console/events" { "Events" } }
                             li { a href="/console/topics" { "Topics" } }
                             @if who.role == Role::Operator {
@@ -49,6 +52,7 @@ pub fn page(session: &Session, title: &str, content: Markup) -> Markup {
                             }
                             @if who.role != Role::Publisher {
                                 li { a href="/console/api-keys" { "API keys" } }
+                                li { a href="/console/audit" { "Audit log" } }
                             }
                         }
                     }

@@ -11,6 +11,7 @@ mod error;
 mod events;
 mod layout;
 mod operator;
+mod oversight;
 mod overview;
 mod session;
 mod subscriptions;
@@ -87,6 +88,8 @@ pub(crate) struct Inner {
     pub(crate) api: ApiClient,
     pub(crate) sessions: Sessions,
     pub(crate) secure_cookies: bool,
+    /// The operator overview's recent samples of `/metrics`, for its charts.
+    pub(crate) samples: overview::Samples,
 }
 
 impl std::ops::Deref for State {
@@ -102,6 +105,7 @@ pub fn router(settings: Settings) -> Result<Router, SetupError> {
         api: ApiClient::new(&settings.api_url)?,
         sessions: Sessions::default(),
         secure_cookies: session::cookies_secure(settings.public_url.as_deref()),
+        samples: overview::Samples::default(),
     }));
     Ok(Router::new()
         .route("/console", get(overview::page))
@@ -117,6 +121,16 @@ pub fn router(settings: Settings) -> Result<Router, SetupError> {
         )
         .route("/console/subscriptions/new", get(subscriptions::new_form))
         .route("/console/subscriptions/{id}", get(subscriptions::show))
+        .route(
+            "/console/subscriptions/{id}/health",
+            get(subscriptions::health),
+        )
+        .route(
+            "/console/subscriptions/{id}/test",
+            post(subscriptions::send_test),
+        )
+        .route("/console/dead-letters", get(oversight::dead_letters))
+        .route("/console/audit", get(oversight::audit))
         .route(
             "/console/subscriptions/{id}/edit",
             get(subscriptions::edit_page).post(subscriptions::edit),

@@ -25,17 +25,31 @@ pub(crate) fn path_id(raw: &str) -> PageResult<Uuid> {
     Uuid::parse_str(raw).map_err(|_| PageError::NotFound(format!("`{raw}` is not an id")))
 }
 
-/// How urgently a subscription needs a person: disabled first, then dead letters
-/// (most first), then paused, then healthy. Smaller sorts first.
-pub(crate) fn health_rank(status: &str, dead_letters: u64) -> (u8, std::cmp::Reverse<u64>) {
+/// How urgently a subscription needs a person: disabled first, then failing now, then
+/// dead letters (most first), then paused, then healthy. Smaller sorts first.
+pub(crate) fn health_rank(
+    status: &str,
+    failing: bool,
+    dead_letters: u64,
+) -> (u8, std::cmp::Reverse<u64>) {
     let tier = match status {
         "disabled" => 0,
-        _ if dead_letters > 0 => 1,
-        "paused" => 2,
-        "active" => 3,
+        _ if failing => 1,
+        _ if dead_letters > 0 => 2,
+        "paused" => 3,
+        "active" => 4,
         _ => 0,
     };
     (tier, std::cmp::Reverse(dead_letters))
+}
+
+/// The rank of a subscription as the API lists it (with `failing_since` and `dead_letters`).
+pub(crate) fn rank_of(sub: &Value) -> (u8, std::cmp::Reverse<u64>) {
+    health_rank(
+        s(sub, "status"),
+        !sub["failing_since"].is_null(),
+        sub["dead_letters"].as_u64().unwrap_or(0),
+    )
 }
 
 /// Topic id → name, for the topics this principal can see.
@@ -61,33 +75,30 @@ async fn dead_letter_total(c: &Console, id: &str) -> Result<u64, ApiError> {
 }
 
 /// GET /console/subscriptions
+///
+/// One call for the subscriptions (each carries its dead-letter count and
+/// `failing_since`) and one for the topic names, however many there are.
 pub async fn list(c: Console) -> PageResult {
-    let subs = c.get("/v1/subscriptions?limit=1000").await?;
-    let names = topic_names(&c).await?;
-    let subs = items(&subs);
-    let totals =
-        futures::future::join_all(subs.iter().map(|sub| dead_letter_total(&c, s(sub, "id")))).await;
-    let mut rows: Vec<(&Value, Option<u64>)> = subs
-        .iter()
-        .zip(totals)
-        .map(|(sub, total)| (sub, total.ok()))
-        .collect();
-    rows.sort_by_key(|(sub, dead)| health_rank(s(sub, "status"), dead.unwrap_or(0)));
+    let (subs, names) = tokio::join!(c.get("/v1/subscriptions?limit=1000"), topic_names(&c));
+    let (subs, names) = (subs?, names?);
+    let mut rows: Vec<&Value> = items(&subs).iter().collect();
+    rows.sort_by_key(|sub| rank_of(sub));
     Ok(c.page(
         "Subscriptions",
         html! {
             p { a.button href="/console/subscriptions/new" { "New subscription" } }
             @if rows.is_empty() { (empty("No subscriptions yet.")) } @else {
-                p.hint { "Worst first: disabled, then those with dead letters, then paused." }
+                p.hint { "Worst first: disabled, then failing now, then those with dead letters, then paused." }
                 div.scroll { table {
-                    thead { tr { th { "Status" } th { "Topic" } th { "URL" } th { "Dead letters" } th { "Id" } } }
-                    tbody { @for (sub, dead) in &rows {
+                    thead { tr { th { "Status" } th { "Topic" } th { "URL" } th { "Failing since" } th { "Dead letters" } th { "Id" } } }
+                    tbody { @for sub in &rows {
                         @let id = s(sub, "id");
                         tr {
                             td { (badge(s(sub, "status"))) }
                             td { (names.get(s(sub, "topic_id")).map(String::as_str).unwrap_or(s(sub, "topic_id"))) }
                             td.url { a href={ "/console/subscriptions/" (id) } { (s(sub, "url")) } }
-                            td.num { @match dead { Some(n) => (n), None => "?" } }
+                            td { @if sub["failing_since"].is_null() { "—" } @else { (time(sub, "failing_since")) } }
+                            td.num { (sub["dead_letters"].as_u64().unwrap_or(0)) }
                             td { (short_id(id)) }
                         }
                     } }
@@ -242,27 +253,38 @@ pub async fn show(
 ) -> PageResult {
     let id = path_id(&raw)?;
     let sub = c.get(&format!("/v1/subscriptions/{id}")).await?;
-    let dead = dead_letter_total(&c, &id.to_string()).await;
-    let attempts = c
-        .get(&format!("/v1/subscriptions/{id}/attempts?limit=25"))
-        .await?;
-    let topic = c
-        .get(&format!("/v1/topics/{}", s(&sub, "topic_id")))
-        .await
-        .ok();
+    let (health_path, attempts_path, topic_path) = (
+        format!("/v1/subscriptions/{id}/health"),
+        format!("/v1/subscriptions/{id}/attempts?limit=25"),
+        format!("/v1/topics/{}", s(&sub, "topic_id")),
+    );
+    let (health, attempts, topic) = tokio::join!(
+        c.get(&health_path),
+        c.get(&attempts_path),
+        c.get(&topic_path),
+    );
+    let attempts = attempts?;
+    let topic = topic.ok();
     let status = s(&sub, "status");
     Ok(c.page(
         "Subscription",
         html! {
-            @if let Some(n) = outcome.enqueued { (notice(&format!("Re-delivering {n} events from the log."))) }
+            @if let Some(n) = outcome.enqueued {
+                (notice(&format!("{n} events of the window are enqueued for delivery; the health below follows them out of the queue.")))
+                @if let Some(refused) = outcome.refused.filter(|r| *r > 0) {
+                    p.warning role="alert" { "RabbitMQ refused " (refused) " more (the queue is full): the replay stopped there. Replay the rest of the window later." }
+                }
+            }
+            h2 { "Health" }
+            div #health hx-get={ "/console/subscriptions/" (id) "/health" } hx-trigger="every 5s" hx-swap="innerHTML" {
+                @match &health { Ok(h) => (health_markup(h)), Err(_) => p { "The health could not be read just now." } }
+            }
+            p { a href={ "/console/subscriptions/" (id) "/dead-letters" } { "View dead letters" } }
+            h2 { "Settings" }
             dl.facts {
                 dt { "Status" } dd { (badge(status)) }
                 dt { "Endpoint" } dd.url { (s(&sub, "url")) }
                 dt { "Topic" } dd { (topic.as_ref().map(|t| s(t, "name")).unwrap_or(s(&sub, "topic_id"))) }
-                dt { "Dead letters" } dd {
-                    @match &dead { Ok(n) => (n), Err(_) => "unknown" }
-                    " · " a href={ "/console/subscriptions/" (id) "/dead-letters" } { "View dead letters" }
-                }
                 dt { "Filter" } dd { @if sub["filter"].is_null() { "none (every event)" } @else { code { (sub["filter"].to_string()) } } }
                 dt { "Max attempts" } dd { (sub["max_attempts"].to_string()) }
                 dt { "Rate limit" } dd { @match sub["rate_limit_per_s"].as_u64() { Some(n) => { (n) " / s" }, None => "none" } }
@@ -288,7 +310,12 @@ pub async fn show(
                     (csrf(&c.session))
                     button type="submit" { "Rotate secret" }
                 }
+                form method="post" action={ "/console/subscriptions/" (id) "/test" } {
+                    (csrf(&c.session))
+                    button type="submit" aria-describedby="test-hint" { "Send a test event" }
+                }
             }
+            p.hint #test-hint { "A test event is one signed delivery, like a real one, sent now even while paused; it is not in the event log and is not recorded as an attempt." }
             h2 { "Recent attempts" }
             (attempt_table(items(&attempts), true))
             h2 { "Replay from the event log" }
@@ -300,6 +327,89 @@ pub async fn show(
                 label for="replay-until" { "Until (UTC, optional: now)" }
                 input #replay-until type="datetime-local" step="1" name="until";
                 button type="submit" { "Replay from the log" }
+            }
+        },
+    ))
+}
+
+/// A percentage of a 0–1 rate, or "—" without attempts.
+fn percent(rate: &Value) -> String {
+    rate.as_f64()
+        .map_or_else(|| "—".to_owned(), |r| format!("{:.1} %", r * 100.0))
+}
+
+/// Milliseconds, or "—".
+fn millis(v: &Value) -> String {
+    v.as_u64()
+        .map_or_else(|| "—".to_owned(), |ms| format!("{ms} ms"))
+}
+
+/// A subscription's health as `GET /v1/subscriptions/{id}/health` gives it.
+fn health_markup(h: &Value) -> Markup {
+    let hour = &h["last_hour"];
+    let latency = &hour["latency_ms"];
+    html! {
+        dl.facts.health {
+            dt { "Status" } dd { (badge(s(h, "status"))) @if !s(h, "disabled_reason").is_empty() { " " (s(h, "disabled_reason")) } }
+            dt { "Failing since" } dd #failing-since { @if h["failing_since"].is_null() { "not failing" } @else { (time(h, "failing_since")) } }
+            dt { "Queued" } dd #queued { @match h["queued"].as_u64() { Some(n) => { (n) " messages waiting" }, None => "unknown (RabbitMQ did not answer)" } }
+            dt { "In flight" } dd #in-flight { (h["in_flight"].as_u64().unwrap_or(0)) " requests on the wire" }
+            dt { "Dead letters" } dd #dead-letters { (h["dead_letters"].as_u64().unwrap_or(0)) }
+            dt { "Last hour" } dd #last-hour {
+                (hour["attempts"].as_u64().unwrap_or(0)) " attempts, "
+                (hour["succeeded"].as_u64().unwrap_or(0)) " succeeded, "
+                (hour["failed"].as_u64().unwrap_or(0)) " failed"
+            }
+            dt { "Success rate" } dd #success-rate { (percent(&hour["success_rate"])) " (last hour)" }
+            dt { "Latency" } dd #latency {
+                "p50 " (millis(&latency["p50"])) ", p99 " (millis(&latency["p99"])) ", mean " (millis(&latency["mean"])) " (last hour, per attempt)"
+            }
+        }
+    }
+}
+
+/// GET /console/subscriptions/{id}/health: the fragment the subscription page polls.
+pub async fn health(c: Console, Path(raw): Path<String>) -> PageResult {
+    let id = path_id(&raw)?;
+    let h = c.get(&format!("/v1/subscriptions/{id}/health")).await?;
+    Ok(axum::response::Html(health_markup(&h).into_string()).into_response())
+}
+
+/// POST /console/subscriptions/{id}/test: one signed test delivery, and what the endpoint said.
+pub async fn send_test(
+    Path(raw): Path<String>,
+    Protected(c, _): Protected<CsrfOnly>,
+) -> PageResult {
+    let id = path_id(&raw)?;
+    let result = c
+        .call(
+            Method::POST,
+            &format!("/v1/subscriptions/{id}/test"),
+            Some(&json!({})),
+        )
+        .await?;
+    let delivered = result["delivered"].as_bool() == Some(true);
+    Ok(c.page(
+        "Test delivery",
+        html! {
+            @if delivered {
+                (notice("The endpoint accepted the test event."))
+            } @else {
+                p.warning role="alert" { "The endpoint did not accept the test event: " (s(&result, "error")) }
+            }
+            dl.facts {
+                dt { "Outcome" } dd #test-outcome { (badge(if delivered { "succeeded" } else { "failed" })) }
+                dt { "HTTP status" } dd #test-status { @match result["http_status"].as_u64() { Some(code) => (code), None => "no answer" } }
+                dt { "Duration" } dd #test-duration { (result["duration_ms"].as_u64().unwrap_or(0)) " ms" }
+                dt { "Response" } dd.excerpt #test-response { code { (s(&result, "response_excerpt")) } }
+                dt { "Event id" } dd { code { (s(&result, "event_id")) } " (webhook-id; not in the event log)" }
+            }
+            div.actions {
+                form method="post" action={ "/console/subscriptions/" (id) "/test" } {
+                    (csrf(&c.session))
+                    button type="submit" { "Send another" }
+                }
+                a.button href={ "/console/subscriptions/" (id) } { "Back to the subscription" }
             }
         },
     ))
@@ -519,7 +629,11 @@ pub async fn replay_log(
     match answer {
         Ok(done) => {
             let n = done["enqueued"].as_u64().unwrap_or(0);
-            Ok(Redirect::to(&format!("/console/subscriptions/{id}?enqueued={n}")).into_response())
+            let refused = done["refused"].as_u64().unwrap_or(0);
+            Ok(Redirect::to(&format!(
+                "/console/subscriptions/{id}?enqueued={n}&refused={refused}"
+            ))
+            .into_response())
         }
         Err(Ok(problem)) => Err(PageError::Refused(problem)),
         Err(Err(e)) => Err(e),
@@ -530,6 +644,7 @@ pub async fn replay_log(
 #[derive(Debug, Default, Deserialize)]
 pub struct SubscriptionOutcome {
     enqueued: Option<u64>,
+    refused: Option<u64>,
 }
 
 /// The pause/resume form.
@@ -589,6 +704,7 @@ pub async fn rotate_secret(
 #[derive(Debug, Default, Deserialize)]
 pub struct DeadLetterOutcome {
     replayed: Option<u64>,
+    kept: Option<u64>,
     purged: Option<u64>,
 }
 
@@ -607,7 +723,13 @@ pub async fn dead_letters(
     Ok(c.page(
         "Dead letters",
         html! {
-            @if let Some(n) = outcome.replayed { (notice(&format!("Replayed {n} dead letters: they are back in delivery with a fresh attempt budget."))) }
+            @if let Some(n) = outcome.replayed {
+                (notice(&format!("Replayed {n} dead letters: they are back in delivery with a fresh attempt budget.")))
+                @if let Some(kept) = outcome.kept.filter(|k| *k > 0) {
+                    p.warning role="alert" { "RabbitMQ refused " (kept) " of them (the queue is full); they are still listed here. Replay again later." }
+                }
+                p { "Follow them out of the queue in the " a href={ "/console/subscriptions/" (id) } { "subscription's health" } "." }
+            }
             @if let Some(n) = outcome.purged { (notice(&format!("Purged {n} dead letters."))) }
             p { "Subscription " a href={ "/console/subscriptions/" (id) } { (s(&sub, "url")) } " holds " strong #dead-total { (total) } " dead letters." }
             @if total > 0 {
@@ -647,8 +769,9 @@ pub async fn replay(Path(raw): Path<String>, Protected(c, _): Protected<CsrfOnly
         )
         .await?;
     let n = answer["replayed"].as_u64().unwrap_or(0);
+    let kept = answer["kept"].as_u64().unwrap_or(0);
     Ok(Redirect::to(&format!(
-        "/console/subscriptions/{id}/dead-letters?replayed={n}"
+        "/console/subscriptions/{id}/dead-letters?replayed={n}&kept={kept}"
     ))
     .into_response())
 }
@@ -705,7 +828,7 @@ mod tests {
             ("disabled", 0),
             ("active", 9),
         ];
-        subs.sort_by_key(|(status, dead)| health_rank(status, *dead));
+        subs.sort_by_key(|(status, dead)| health_rank(status, false, *dead));
         assert_eq!(
             subs,
             [
@@ -716,6 +839,9 @@ mod tests {
                 ("active", 0)
             ]
         );
+        // Failing now outranks dead letters, which may be old news.
+        assert!(health_rank("active", true, 0) < health_rank("active", false, 9));
+        assert!(health_rank("disabled", false, 0) < health_rank("active", true, 0));
     }
 
     #[test]

@@ -11,9 +11,11 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use anika_shared::domain::DisplayName;
+
 use crate::{
     api::{ApiError, ApiProblem},
-    error::{PageError, PageResult},
+    error::PageResult,
     layout::{csrf, empty, field_error, form_problem, json_block, notice, s, short_id, time},
     subscriptions::{items, local_problem, path_id},
     web::{Console, Protected, filled, refusal},
@@ -146,6 +148,18 @@ pub async fn show(
     axum::extract::Query(outcome): axum::extract::Query<TopicOutcome>,
 ) -> PageResult {
     let id = path_id(&raw)?;
+    topic_page(&c, id, &outcome, None, "").await
+}
+
+/// A topic's page; a refused grant shows `problem` next to the partner field, which
+/// keeps what was `typed`.
+async fn topic_page(
+    c: &Console,
+    id: uuid::Uuid,
+    outcome: &TopicOutcome,
+    problem: Option<&ApiProblem>,
+    typed: &str,
+) -> PageResult {
     let topic = c.get(&format!("/v1/topics/{id}")).await?;
     // Only the owner may list grants; for anyone else the section is left out.
     let grants = match c.get(&format!("/v1/topics/{id}/grants")).await {
@@ -153,19 +167,21 @@ pub async fn show(
         Err(ApiError::Refused(_) | ApiError::NotFound(_)) => None,
         Err(e) => return Err(e.into()),
     };
-    let mut rows = Vec::new();
-    if let Some(grants) = &grants {
-        for g in items(grants) {
-            let pid = s(g, "partner_id");
-            let name = c
-                .get(&format!("/v1/partners/{pid}"))
-                .await
-                .map(|p| s(&p, "name").to_owned())
-                .unwrap_or_default();
-            rows.push((g.clone(), name));
-        }
-    }
-    Ok(c.page(
+    // A grantee is a partner the owner shares this topic with, so the owner may read
+    // its name; the lookups run side by side.
+    let grantees: Vec<&Value> = grants
+        .as_ref()
+        .map(|g| items(g).iter().collect())
+        .unwrap_or_default();
+    let names = futures::future::join_all(grantees.iter().map(|g| async move {
+        c.get(&format!("/v1/partners/{}", s(g, "partner_id")))
+            .await
+            .map(|p| s(&p, "name").to_owned())
+            .unwrap_or_default()
+    }))
+    .await;
+    let rows: Vec<(&Value, String)> = grantees.into_iter().zip(names).collect();
+    let mut page = c.page(
         &format!("Topic {}", s(&topic, "name")),
         html! {
             @if outcome.granted.is_some() { (notice("Grant given: that partner may now subscribe to this topic.")) }
@@ -187,7 +203,7 @@ pub async fn show(
                         thead { tr { th { "Partner" } th { "Granted" } th { span.visually-hidden { "Action" } } } }
                         tbody { @for (g, name) in &rows {
                             tr {
-                                td { (name) " " code { (s(g, "partner_id")) } }
+                                td { strong { (name) } " " (short_id(s(g, "partner_id"))) }
                                 td { (time(g, "granted_at")) }
                                 td {
                                     form method="post" action={ "/console/topics/" (id) "/grants/revoke" } {
@@ -200,42 +216,83 @@ pub async fn show(
                         } }
                     } }
                 }
+                (form_problem(problem, &["/partner"]))
                 form.card method="post" action={ "/console/topics/" (id) "/grants" } {
                     (csrf(&c.session))
-                    label for="partner_id" { "Grant to partner (id)" }
-                    input #partner_id type="text" name="partner_id" required
-                        pattern="[0-9a-fA-F\\-]{36}" placeholder="00000000-0000-0000-0000-000000000000";
+                    label for="partner" { "Grant to partner (name)" }
+                    input #partner type="text" name="partner" required value=(typed)
+                        aria-describedby=[problem.map(|_| "partner-error")];
+                    (field_error(problem, "/partner", "partner-error"))
+                    p.hint { "The partner's exact name, as the operator created it." }
                     button type="submit" { "Grant" }
                 }
             }
             p { a href="/console/topics" { "All topics" } }
         },
-    ))
+    );
+    if problem.is_some() {
+        *page.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    Ok(page)
 }
 
-/// The grant and revoke forms.
+/// The grant form: a partner's name.
+#[derive(Deserialize)]
+pub struct GrantByName {
+    #[serde(default)]
+    partner: String,
+}
+
+/// The revoke form: the grantee's id (the console put it there).
 #[derive(Deserialize)]
 pub struct GrantForm {
     #[serde(default)]
     partner_id: String,
 }
 
+/// The id of the partner named exactly `name`, looked up through the API (which lets
+/// admins find any partner by its exact name, and tells them nothing more).
+async fn partner_by_name(c: &Console, name: &str) -> Result<Option<String>, ApiError> {
+    let query = serde_urlencoded::to_string([("name", name)]).unwrap_or_default();
+    let found = c.get(&format!("/v1/partners?{query}")).await?;
+    Ok(items(&found).first().map(|p| s(p, "id").to_owned()))
+}
+
 /// POST /console/topics/{id}/grants
 pub async fn grant(
     Path(raw): Path<String>,
-    Protected(c, form): Protected<GrantForm>,
+    Protected(c, form): Protected<GrantByName>,
 ) -> PageResult {
     let id = path_id(&raw)?;
-    let partner = path_id(form.partner_id.trim()).map_err(|_| {
-        PageError::BadInput(format!("`{}` is not a partner id", form.partner_id.trim()))
-    })?;
-    c.call(
-        Method::PUT,
-        &format!("/v1/topics/{id}/grants/{partner}"),
-        None,
-    )
-    .await?;
-    Ok(Redirect::to(&format!("/console/topics/{id}?granted=1")).into_response())
+    let name = form.partner.trim();
+    let refused = |detail: String| local_problem("/partner", detail);
+    let partner = match DisplayName::parse(name) {
+        Err(e) => Err(refused(format!("a partner's name {e}"))),
+        Ok(name) => match partner_by_name(&c, name.as_str()).await {
+            Ok(Some(partner)) => Ok(partner),
+            Ok(None) => Err(refused(format!("no partner is named `{}`", name.as_str()))),
+            Err(ApiError::Refused(p)) => Err(p),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let answer = match partner {
+        Ok(partner) => c
+            .call(
+                Method::PUT,
+                &format!("/v1/topics/{id}/grants/{partner}"),
+                None,
+            )
+            .await
+            .map_err(refusal),
+        Err(problem) => Err(Ok(problem)),
+    };
+    match answer {
+        Ok(_) => Ok(Redirect::to(&format!("/console/topics/{id}?granted=1")).into_response()),
+        Err(Ok(problem)) => {
+            topic_page(&c, id, &TopicOutcome::default(), Some(&problem), name).await
+        }
+        Err(Err(e)) => Err(e),
+    }
 }
 
 /// POST /console/topics/{id}/grants/revoke

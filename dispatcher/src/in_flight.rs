@@ -90,6 +90,13 @@ impl InFlight {
         }
     }
 
+    /// Requests holding a place now (those over a shrunk cap included).
+    pub fn in_use(&self) -> usize {
+        let size = self.size.lock().expect("in-flight lock");
+        (size.limit as usize + size.debt as usize)
+            .saturating_sub(self.semaphore.available_permits())
+    }
+
     /// Places free now.
     #[cfg(test)]
     fn available(&self) -> usize {

@@ -25,6 +25,7 @@ mod consumer;
 pub mod deliver;
 mod fair;
 pub mod filter;
+mod health;
 mod in_flight;
 mod publisher;
 pub mod recovery;
@@ -74,6 +75,10 @@ impl std::fmt::Debug for Deps {
 #[derive(Clone, Debug)]
 pub struct State {
     ctx: Context,
+    /// What deliveries use: the test delivery goes through the same client and guard.
+    deps: Arc<Deps>,
+    /// The running subscriptions (their requests in flight, for the health route).
+    registry: Arc<registry::Registry>,
 }
 
 impl FromRef<State> for Arc<Verifier> {
@@ -116,6 +121,7 @@ impl State {
         tasks.spawn({
             let registry = Arc::clone(&registry);
             let shutdown = shutdown.clone();
+            let deps = Arc::clone(&deps);
             async move {
                 registry.run(shutdown).await;
                 // Every consumer is stopped; make sure their last outcomes are written and acked.
@@ -132,7 +138,11 @@ impl State {
             ctx.config.metrics_per_subscription,
             shutdown.clone(),
         ));
-        Ok(Self { ctx })
+        Ok(Self {
+            ctx,
+            deps,
+            registry,
+        })
     }
 }
 
@@ -213,7 +223,7 @@ mod meters {
 }
 
 fn routes() -> OpenApiRouter<State> {
-    routes::routes()
+    routes::routes().merge(health::routes())
 }
 
 /// The dispatcher's routes.

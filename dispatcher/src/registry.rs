@@ -348,7 +348,10 @@ fn open_logged(deps: &Deps, stored: &str, slot: Slot<'_>) -> Option<WebhookSecre
 }
 
 /// Reads one subscription's configuration from the catalog; `None` if it was deleted.
-async fn load_one(deps: &Deps, id: SubscriptionId) -> Result<Option<SubConfig>, sqlx::Error> {
+pub(crate) async fn load_one(
+    deps: &Deps,
+    id: SubscriptionId,
+) -> Result<Option<SubConfig>, sqlx::Error> {
     let read_at = Instant::now();
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE s.id = $1")))
         .bind(id.uuid())
@@ -390,6 +393,15 @@ impl Registry {
             deps,
             entries: tokio::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// One subscription, if this process runs it.
+    pub async fn get(&self, id: SubscriptionId) -> Option<Arc<Sub>> {
+        self.entries
+            .lock()
+            .await
+            .get(&id)
+            .map(|e| Arc::clone(&e.sub))
     }
 
     /// Every known subscription.

@@ -71,11 +71,15 @@ impl IntoResponse for Error {
     }
 }
 
-type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The caller may manage this subscription: its partner's admin or an operator.
 /// Strangers get 404; the partner's publishers 403. Returns the subscription's partner.
-async fn authorize(state: &State, principal: &Principal, id: SubscriptionId) -> Result<PartnerId> {
+pub(crate) async fn authorize(
+    state: &State,
+    principal: &Principal,
+    id: SubscriptionId,
+) -> Result<PartnerId> {
     let partner: Option<Uuid> =
         sqlx::query_scalar("SELECT partner_id FROM subscriptions WHERE id = $1")
             .bind(id.uuid())

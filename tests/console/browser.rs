@@ -343,7 +343,8 @@ impl Browser {
     }
 
     /// The checks of a main page: no console errors, fits 1280×800 and 390×844 without
-    /// horizontal scrolling, no serious accessibility violations; saves `docs/console/<name>.png`.
+    /// horizontal scrolling, no serious accessibility violations; saves `<name>.png` in `docs/console/` when
+    /// `ANIKA_CONSOLE_SCREENSHOTS=1`, else in `target/console-screenshots/`.
     pub async fn check_page(&self, name: &str) {
         let url = self.url().await;
         let errors = self.console_errors().await;
@@ -358,10 +359,23 @@ impl Browser {
                 .expect("window size");
             tokio::time::sleep(Duration::from_millis(150)).await;
             let (scroll, inner) = self.overflow().await;
-            assert!(
-                scroll <= inner,
-                "{name} ({url}) overflows horizontally at {w}×{h}: scrollWidth {scroll} > innerWidth {inner}"
-            );
+            if scroll > inner {
+                // Name the widest culprits, so the fix needs no second run.
+                let wide = self
+                    .client
+                    .execute(
+                        "return [...document.querySelectorAll('body *')]
+                            .filter(e => e.getBoundingClientRect().right > window.innerWidth)
+                            .slice(0, 8)
+                            .map(e => e.tagName + (e.id ? '#' + e.id : '') + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))",
+                        vec![],
+                    )
+                    .await
+                    .unwrap_or_default();
+                panic!(
+                    "{name} ({url}) overflows horizontally at {w}×{h}: scrollWidth {scroll} > innerWidth {inner}; past the edge: {wide}"
+                );
+            }
         }
         let violations = self.accessibility().await;
         assert!(
@@ -369,8 +383,15 @@ impl Browser {
             "{name} ({url}) has serious accessibility violations: {violations:#?}"
         );
         let png = self.client.screenshot().await.expect("screenshot");
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/console");
-        std::fs::create_dir_all(&dir).expect("docs/console");
+        // The committed screenshots change only when asked for, so a test run leaves
+        // the work tree clean; otherwise they go to target/ for a look.
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let dir = if std::env::var_os("ANIKA_CONSOLE_SCREENSHOTS").is_some_and(|v| v == "1") {
+            root.join("docs/console")
+        } else {
+            root.join("target/console-screenshots")
+        };
+        std::fs::create_dir_all(&dir).expect("the screenshot directory");
         std::fs::write(dir.join(format!("{name}.png")), png).expect("write the screenshot");
     }
 

@@ -147,10 +147,33 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
     b.press("Create topic").await;
     b.wait_text("Topic car.chosen").await;
     let topic_id = last_segment(&b.url().await);
-    b.fill("Grant to partner (id)", &bank_id).await;
+    // Grants go by the partner's name, which the dealer shares nothing with yet: a
+    // name nobody has is refused next to the field, the bank's name is found.
+    b.fill("Grant to partner (name)", "no such bank").await;
+    b.press("Grant").await;
+    let refused = b.wait_text("no partner is named").await;
+    assert!(refused.contains("no such bank"), "{refused}");
+    b.fill("Grant to partner (name)", "bank").await;
     b.press("Grant").await;
     b.wait_text("Grant given").await;
-    b.wait_text("bank").await;
+    let grantee = b
+        .client
+        .find(fantoccini::Locator::Css("table tbody td strong"))
+        .await
+        .expect("the grantee's row")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(grantee, "bank", "grantees are shown by name");
+    let grants = anika
+        .api
+        .get(
+            &format!("/v1/topics/{topic_id}/grants"),
+            &anika.api.token(&dealer_key).await,
+        )
+        .await
+        .expect(200);
+    assert_eq!(grants["items"][0]["partner_id"], bank_id.as_str());
     b.check_page("topic").await;
     b.open("/console/topics").await;
     b.check_page("topics").await;
@@ -162,6 +185,7 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
     bad.always(Reply::Status(500));
     b.sign_in(&bank_key).await;
     let mut subs = Vec::new();
+    let mut secrets = Vec::new();
     // A URL the API refuses is shown next to the field, in the API's words.
     b.open("/console/subscriptions/new").await;
     b.choose("Topic", &topic_id).await;
@@ -206,6 +230,7 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
         )
         .await;
         assert!(secret.starts_with("whsec_"), "{secret}");
+        secrets.push(secret);
         b.follow("Open the subscription").await;
         b.wait_text("Recent attempts").await;
         subs.push(last_segment(&b.url().await));
@@ -260,6 +285,100 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
     b.reload_until(&dead_page, "holds 2 dead letters", Duration::from_secs(30))
         .await;
     b.check_page("dead-letters").await;
+    // The failing subscription's health says so: failing since, its dead letters,
+    // no success in the last hour; and the list puts it first.
+    b.open(&format!("/console/subscriptions/{bad_sub}")).await;
+    let health = |id: &'static str| {
+        let b = &b;
+        async move {
+            b.client
+                .find(fantoccini::Locator::Id(id))
+                .await
+                .unwrap_or_else(|_| panic!("no #{id} in the health"))
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    assert_eq!(health("dead-letters").await, "2");
+    assert_ne!(health("failing-since").await, "not failing");
+    assert!(
+        health("success-rate").await.starts_with("0.0 %"),
+        "{}",
+        health("success-rate").await
+    );
+    assert!(
+        health("last-hour").await.contains("0 succeeded"),
+        "{}",
+        health("last-hour").await
+    );
+    assert!(
+        health("latency").await.contains("p50 ") && !health("latency").await.contains("p50 —"),
+        "{}",
+        health("latency").await
+    );
+    let api_health = anika
+        .api
+        .get(
+            &format!("/v1/subscriptions/{bad_sub}/health"),
+            &anika.api.token(&bank_key).await,
+        )
+        .await
+        .expect(200);
+    assert_eq!(api_health["dead_letters"], 2, "{api_health}");
+    assert_eq!(api_health["last_hour"]["succeeded"], 0, "{api_health}");
+    assert!(api_health["queued"].is_u64(), "{api_health}");
+    // A test event to the failing endpoint: its answer is shown, nothing is recorded.
+    let attempts_before = anika
+        .api
+        .get(
+            &format!("/v1/subscriptions/{bad_sub}/attempts?limit=100"),
+            &operator,
+        )
+        .await
+        .expect(200)["items"]
+        .as_array()
+        .expect("items")
+        .len();
+    b.press("Send a test event").await;
+    b.wait_text("did not accept the test event").await;
+    assert_eq!(health("test-status").await, "500");
+    assert_eq!(
+        anika
+            .api
+            .get(
+                &format!("/v1/subscriptions/{bad_sub}/attempts?limit=100"),
+                &operator,
+            )
+            .await
+            .expect(200)["items"]
+            .as_array()
+            .expect("items")
+            .len(),
+        attempts_before,
+        "a test delivery is not an attempt"
+    );
+    b.open("/console/subscriptions").await;
+    let first_row = b
+        .client
+        .find(fantoccini::Locator::Css("table tbody tr td.url a"))
+        .await
+        .expect("a row")
+        .attr("href")
+        .await
+        .expect("href")
+        .unwrap_or_default();
+    assert!(
+        first_row.ends_with(&bad_sub),
+        "the failing subscription sorts first: {first_row}"
+    );
+    b.open("/console/dead-letters").await;
+    let summary = b.wait_text("dead letters in").await;
+    assert!(
+        summary.contains("2 dead letters in 1 subscriptions"),
+        "{summary}"
+    );
+    b.open(&dead_page).await;
     b.follow("Purge…").await;
     b.wait_text("for good").await;
     b.check_page("purge-confirmation").await;
@@ -268,6 +387,7 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
     bad.always(Reply::Status(204));
     b.press("Replay").await;
     b.wait_text("Replayed 2 dead letters").await;
+    b.wait_text("Follow them out of the queue").await;
     let got = bad.wait_for(before + 2, Duration::from_secs(20)).await;
     let replayed: std::collections::HashSet<_> = got[before..]
         .iter()
@@ -289,6 +409,26 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
     b.wait_text("50 / s").await;
     b.wait_text("204").await;
     b.check_page("subscription").await;
+    // Send a test event: one signed delivery like a real one, its answer on the page.
+    let before = good.received().len();
+    b.press("Send a test event").await;
+    b.wait_text("The endpoint accepted the test event.").await;
+    assert_eq!(health("test-status").await, "204");
+    assert!(health("test-duration").await.ends_with(" ms"));
+    b.check_page("test-delivery").await;
+    let got = good.wait_for(before + 1, Duration::from_secs(10)).await;
+    let test = &got[before];
+    standardwebhooks::Webhook::new(&secrets[0])
+        .expect("the secret")
+        .verify(&test.body, &test.headers)
+        .expect("the test delivery is signed with the subscription's secret");
+    let body: serde_json::Value = serde_json::from_slice(&test.body).expect("JSON");
+    assert_eq!(body["topic"], "car.chosen", "{body}");
+    assert_eq!(body["topic_id"], topic_id.as_str(), "{body}");
+    assert_eq!(body["data"]["test"], true, "{body}");
+    assert_eq!(test.header("webhook-id"), body["id"].as_str());
+    b.follow("Back to the subscription").await;
+    b.wait_text("Recent attempts").await;
     // A replay from the log over the last hour re-delivers both events to the bank.
     let before = good.received().len();
     let an_hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1))
@@ -302,7 +442,8 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
         .await
         .expect("set the time");
     b.press("Replay from the log").await;
-    b.wait_text("Re-delivering 2 events from the log.").await;
+    b.wait_text("2 events of the window are enqueued for delivery")
+        .await;
     good.wait_for(before + 2, Duration::from_secs(20)).await;
     b.open("/console/subscriptions").await;
     b.check_page("subscriptions").await;
@@ -406,9 +547,243 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Its charts are inline SVG drawn by the server; each poll adds a point without a reload.
+    let points = || async {
+        b.client
+            .execute(
+                "const l = document.querySelector('#chart-accepted polyline'); \
+                 return l ? l.getAttribute('points').trim().split(/\\s+/).filter(p => p).length : 0",
+                vec![],
+            )
+            .await
+            .expect("count the points")
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let first = loop {
+        let n = points().await;
+        if n >= 1 {
+            break n;
+        }
+        assert!(std::time::Instant::now() < deadline, "no chart appeared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    while points().await <= first {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the chart did not grow by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for chart in [
+        "chart-delivered",
+        "chart-failed",
+        "chart-latency",
+        "chart-backlog",
+    ] {
+        b.client
+            .find(fantoccini::Locator::Id(chart))
+            .await
+            .unwrap_or_else(|_| panic!("no #{chart} on the overview"));
+    }
     b.check_page("overview").await;
     b.sign_out().await;
 
+    b.close().await;
+    anika.terminate().await;
+}
+
+#[tokio::test]
+async fn operators_see_dead_letters_across_partners_and_admins_read_their_audit_log() {
+    let env = TestEnv::new().await;
+    let anika = Anika::up(&env, &[("ANIKA_RETRY_SCHEDULE", "100ms")]).await;
+    let api = &anika.api;
+    let operator = api.token(OPERATOR_KEY).await;
+    let failing = Receiver::start().await;
+    failing.always(Reply::Status(503));
+    // Two partners, each with a subscription whose endpoint fails: 1 and 2 dead letters.
+    let mut subs = Vec::new();
+    let mut admin_keys = Vec::new();
+    for (name, events) in [("dealer", 1), ("leasing", 2)] {
+        let partner = api.partner(&operator, name).await;
+        let topic = api
+            .post("/v1/topics", &partner.admin, json!({"name": "orders"}))
+            .await
+            .expect(201)["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let sub = api
+            .post(
+                "/v1/subscriptions",
+                &partner.admin,
+                json!({"topic_id": topic, "url": failing.url(&format!("/{name}")), "max_attempts": 1}),
+            )
+            .await
+            .expect(201)["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for n in 0..events {
+            api.post(
+                &format!("/v1/topics/{topic}/events"),
+                &partner.publisher,
+                json!({"data": {"n": n}}),
+            )
+            .await
+            .expect(202);
+        }
+        let key = api
+            .post(
+                "/v1/api-keys",
+                &operator,
+                json!({"role": "admin", "name": format!("{name} console"), "partner_id": partner.id}),
+            )
+            .await
+            .expect(201)["api_key"]
+            .as_str()
+            .expect("key")
+            .to_owned();
+        admin_keys.push(key);
+        subs.push((partner, sub, events));
+    }
+    for (partner, sub, events) in &subs {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let listed = api
+                .get(&format!("/v1/subscriptions/{sub}"), &partner.admin)
+                .await
+                .expect(200);
+            if listed["dead_letters"] == *events {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {events} dead letters: {listed}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // The list answer carries each count, so one page can show them all.
+    let all = api
+        .get("/v1/subscriptions?limit=1000", &operator)
+        .await
+        .expect(200);
+    let counts: Vec<u64> = all["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|s| s["dead_letters"].as_u64())
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), 3, "{all}");
+
+    // A partner's admin finds another partner by exact name (id and name only), and
+    // by nothing else; a publisher cannot look strangers up.
+    let (dealer, leasing) = (&subs[0].0, &subs[1].0);
+    let found = api
+        .get("/v1/partners?name=leasing", &dealer.admin)
+        .await
+        .expect(200);
+    assert_eq!(found["items"].as_array().expect("items").len(), 1);
+    assert_eq!(found["items"][0]["id"], leasing.id.as_str());
+    assert!(found["items"][0]["description"].is_null());
+    assert!(found["items"][0]["ingest_rate_per_s"].is_null());
+    let listed = api.get("/v1/partners", &dealer.admin).await.expect(200);
+    assert_eq!(
+        listed["items"].as_array().expect("items").len(),
+        1,
+        "without a name, a partner still lists only those it shares topics with: {listed}"
+    );
+    let by_publisher = api
+        .get("/v1/partners?name=leasing", &dealer.publisher)
+        .await
+        .expect(200);
+    assert!(by_publisher["items"].as_array().expect("items").is_empty());
+
+    let b = Browser::start(&api.base).await;
+    b.sign_in(OPERATOR_KEY).await;
+    b.open("/console/dead-letters").await;
+    let page = b.wait_text("across partners").await;
+    assert!(page.contains("3 dead letters in 2 subscriptions"), "{page}");
+    assert!(
+        page.contains("dealer") && page.contains("leasing"),
+        "{page}"
+    );
+    // Most first: leasing's two, then dealer's one.
+    let first = b
+        .client
+        .find(fantoccini::Locator::Css("table tbody tr td"))
+        .await
+        .expect("a row")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(first, "leasing");
+    b.check_page("dead-letters-all").await;
+    // Replay from the overview page: the leasing endpoint recovers and gets both.
+    failing.always(Reply::Status(204));
+    let before = failing.received().len();
+    b.press("Replay").await;
+    b.wait_text("Replayed 2 dead letters").await;
+    failing.wait_for(before + 2, Duration::from_secs(20)).await;
+
+    // The audit log, filtered to the replay.
+    b.open("/console/audit").await;
+    b.wait_text("subscription.created").await;
+    b.choose("Action", "dead_letters.replayed").await;
+    b.press("Filter").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !b
+        .url()
+        .await
+        .as_str()
+        .contains("action=dead_letters.replayed")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the filter was not sent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let table = || async {
+        b.client
+            .find(fantoccini::Locator::Css("table.audit tbody"))
+            .await
+            .expect("the entries")
+            .text()
+            .await
+            .expect("text")
+    };
+    let entries = table().await;
+    assert!(
+        entries.contains("dead_letters.replayed") && !entries.contains("subscription.created"),
+        "the filter applies: {entries}"
+    );
+    b.check_page("audit").await;
+    b.sign_out().await;
+    // The dealer's admin sees its own entries, not leasing's.
+    b.sign_in(&admin_keys[0]).await;
+    b.open("/console/audit?target_type=subscription").await;
+    let entries = table().await;
+    assert!(
+        entries.contains("subscription.created") && !entries.contains("dead_letters.replayed"),
+        "{entries}"
+    );
+    let leasing_sub = &subs[1].1;
+    let html = b.client.source().await.expect("source");
+    assert!(
+        !html.contains(leasing_sub.as_str()),
+        "another partner's entry leaked"
+    );
+    b.open("/console/dead-letters").await;
+    let page = b.wait_text("Dead letters").await;
+    assert!(
+        page.contains("1 dead letters in 1 subscriptions") && !page.contains("across partners"),
+        "{page}"
+    );
+    b.sign_out().await;
     b.close().await;
     anika.terminate().await;
 }
@@ -654,14 +1029,17 @@ async fn pages_over_ten_thousand_events_and_a_hundred_subscriptions_are_measured
         .expect(202);
     }
     let receiver = Receiver::start().await;
+    let mut sub_ids = Vec::new();
     for i in 0..100 {
-        api.post(
-            "/v1/subscriptions",
-            &dealer.admin,
-            json!({"topic_id": quiet, "url": receiver.url(&format!("/hook/{i}"))}),
-        )
-        .await
-        .expect(201);
+        let sub = api
+            .post(
+                "/v1/subscriptions",
+                &dealer.admin,
+                json!({"topic_id": quiet, "url": receiver.url(&format!("/hook/{i}"))}),
+            )
+            .await
+            .expect(201);
+        sub_ids.push(sub["id"].as_str().expect("id").to_owned());
     }
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -712,11 +1090,35 @@ async fn pages_over_ten_thousand_events_and_a_hundred_subscriptions_are_measured
         &cookie,
     )
     .await;
+    let (dead_time, _) = median_answer(
+        &http,
+        &format!("{}/console/dead-letters", api.base),
+        &cookie,
+    )
+    .await;
+    let (sub_time, sub_page) = median_answer(
+        &http,
+        &format!("{}/console/subscriptions/{}", api.base, sub_ids[0]),
+        &cookie,
+    )
+    .await;
+    assert!(
+        sub_page.contains("Success rate"),
+        "the health is on the page"
+    );
+    let (overview_time, _) = median_answer(
+        &http,
+        &format!("{}/console/overview/live", api.base),
+        &cookie,
+    )
+    .await;
     // Measured, not asserted (a shared CI machine's timing is noise); docs/console.md
     // quotes these figures.
     eprintln!(
         "console render (median of 5, debug build, through the API): subscriptions (100) {subs_time:?}, \
-         events (10,000 in the log) {events_time:?}, search by key and containment {search_time:?}"
+         events (10,000 in the log) {events_time:?}, search by key and containment {search_time:?}, \
+         dead letters across partners (100 subscriptions) {dead_time:?}, a subscription with its health {sub_time:?}, \
+         the overview's live fragment with charts {overview_time:?}"
     );
     anika.terminate().await;
 }

@@ -469,6 +469,12 @@ async fn the_openapi_document_of_anika_up_describes_exactly_the_api_contract() {
         "GET /readyz",
         "GET /metrics",
     ];
+    // Additions beyond API.md (which allows adding), documented in docs/console.md:
+    // what the console's health panel and its "Send a test event" button use.
+    contract.extend([
+        "GET /v1/subscriptions/{id}/health",
+        "POST /v1/subscriptions/{id}/test",
+    ]);
     contract.sort();
     assert_eq!(found, contract);
     let docs = reqwest::get(format!("{}/docs/", anika.api.base))

@@ -206,3 +206,65 @@ async fn a_dns_name_resolving_to_a_blocked_address_is_never_contacted() {
         "the receiver behind the name was never contacted"
     );
 }
+
+#[tokio::test]
+async fn a_test_delivery_passes_the_same_ssrf_guard_and_acl_and_records_nothing() {
+    let receiver = Receiver::start().await;
+    let port = receiver.addr.port();
+    let dns = FakeDns(HashMap::from([(
+        "hooks.bank.example".to_owned(),
+        vec!["127.0.0.1".parse().unwrap()],
+    )]));
+    let app = App::spawn_with_dns(&[("allowed_target_nets", "")], dns).await;
+    let dealer = app.partner("dealer").await;
+    let stranger = app.partner("stranger").await;
+    let topic = app.topic(&dealer.admin, "t").await;
+    let sub = app
+        .subscribe(
+            &dealer.admin,
+            &topic,
+            &format!("http://hooks.bank.example:{port}/hook"),
+            json!({}),
+        )
+        .await;
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/subscriptions/{sub_id}/test");
+    let result = app
+        .api
+        .post(&path, &dealer.admin, json!({}))
+        .await
+        .expect(200);
+    assert_eq!(result["delivered"], false, "{result}");
+    assert!(result["http_status"].is_null(), "{result}");
+    assert!(
+        result["error"]
+            .as_str()
+            .unwrap()
+            .contains("blocked by the SSRF guard"),
+        "{result}"
+    );
+    // The same ACL as the subscription's other delivery routes.
+    app.api
+        .post(&path, &stranger.admin, json!({}))
+        .await
+        .expect(404);
+    app.api
+        .post(&path, &dealer.publisher, json!({}))
+        .await
+        .expect(403);
+    let health = app
+        .api
+        .get(
+            &format!("/v1/subscriptions/{sub_id}/health"),
+            &stranger.admin,
+        )
+        .await
+        .expect(404);
+    assert!(health.is_object());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(receiver.received().is_empty(), "never contacted");
+    assert!(
+        app.attempts(&sub_id).await.is_empty(),
+        "a test delivery is not an attempt"
+    );
+}
