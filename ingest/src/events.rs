@@ -106,7 +106,7 @@ async fn postable(
     let topic = state
         .0
         .topics
-        .get(&state.0.ctx.pool, id)
+        .get(&state.ctx.pool, id)
         .await?
         .ok_or_else(not_found)?;
     match (principal.partner(), principal.role()) {
@@ -131,7 +131,7 @@ async fn postable(
             )
             .bind(id.uuid())
             .bind(partner.uuid())
-            .fetch_one(&state.0.ctx.pool)
+            .fetch_one(&state.ctx.pool)
             .await?;
             if granted {
                 Err(Problem::forbidden(
@@ -217,15 +217,15 @@ async fn post_event(
         let Path(topic_id) = topic?;
         let (topic, publisher) = postable(&state, &principal, topic_id).await?;
         // Before the body is read: past the backlog bound nothing is accepted at all.
-        state.0.backlog.admit()?;
+        state.backlog.admit()?;
         let idempotency_key = input::idempotency_header(&headers)?;
-        let bytes = input::read_body(&headers, body, state.0.ctx.config.max_event_bytes).await?;
+        let bytes = input::read_body(&headers, body, state.ctx.config.max_event_bytes).await?;
         let event = input::single(&topic, publisher, &bytes, idempotency_key)?;
         drop(bytes);
         let allowance = state
             .0
             .quotas
-            .check(&state.0.ctx.pool, publisher, 1)
+            .check(&state.ctx.pool, publisher, 1)
             .await?;
         let accepted = state
             .0
@@ -305,7 +305,7 @@ async fn post_batch(
         let principal = principal?;
         let Path(topic_id) = topic?;
         let (topic, publisher) = postable(&state, &principal, topic_id).await?;
-        let config = &state.0.ctx.config;
+        let config = &state.ctx.config;
         if headers.contains_key("idempotency-key") {
             // Silently ignoring it would let a client believe its batch is protected.
             return Err(Problem::validation(
@@ -315,7 +315,7 @@ async fn post_batch(
             )
             .into());
         }
-        state.0.backlog.admit()?;
+        state.backlog.admit()?;
         let bytes = input::read_body(&headers, body, config.max_batch_bytes).await?;
         let items = input::batch(&topic, publisher, &bytes, config.max_event_bytes)?;
         drop(bytes);
@@ -323,9 +323,9 @@ async fn post_batch(
         let allowance = state
             .0
             .quotas
-            .check(&state.0.ctx.pool, publisher, items.len())
+            .check(&state.ctx.pool, publisher, items.len())
             .await?;
-        let accepted = state.0.writer.submit(topic.id, publisher, items).await?;
+        let accepted = state.writer.submit(topic.id, publisher, items).await?;
         Ok((accepted, allowance))
     }
     .await;

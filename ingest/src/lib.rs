@@ -48,8 +48,9 @@ pub struct StartError(String);
 #[derive(Clone, Debug)]
 pub struct State(Arc<Inner>);
 
+/// What the handlers share (behind [`State`], as in every role).
 #[derive(Debug)]
-struct Inner {
+pub struct Inner {
     ctx: Context,
     topics: Arc<topics::TopicCache>,
     quotas: Arc<quotas::Quotas>,
@@ -57,9 +58,16 @@ struct Inner {
     writer: writer::Writer,
 }
 
+impl std::ops::Deref for State {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
 impl FromRef<State> for Arc<Verifier> {
     fn from_ref(state: &State) -> Self {
-        Arc::clone(&state.0.ctx.verifier)
+        Arc::clone(&state.ctx.verifier)
     }
 }
 

@@ -258,7 +258,7 @@ async fn list_events(
     if let Some((at, id)) = after {
         q = q.bind(at).bind(id);
     }
-    let rows = q.bind(limit.fetch()).fetch_all(&state.0.ctx.pool).await?;
+    let rows = q.bind(limit.fetch()).fetch_all(&state.ctx.pool).await?;
     let items = rows
         .into_iter()
         .map(EventOut::try_from)
@@ -329,7 +329,7 @@ async fn get_event(
     .bind(id.uuid())
     .bind(id.timestamp())
     .bind(partner.map(PartnerId::uuid))
-    .fetch_optional(&state.0.ctx.pool)
+    .fetch_optional(&state.ctx.pool)
     .await?;
     let not_found = || Problem::not_found(format!("no event {id}"));
     let row = row.ok_or_else(not_found)?;
@@ -379,7 +379,7 @@ async fn deliveries(
     .bind(event.at - chrono::Duration::minutes(1))
     .bind(event.topic_id.uuid())
     .bind(partner.map(PartnerId::uuid))
-    .fetch_all(&state.0.ctx.pool)
+    .fetch_all(&state.ctx.pool)
     .await?;
     Ok(rows)
 }
