@@ -222,11 +222,7 @@ async fn post_event(
         let bytes = input::read_body(&headers, body, state.ctx.config.max_event_bytes).await?;
         let event = input::single(&topic, publisher, &bytes, idempotency_key)?;
         drop(bytes);
-        let allowance = state
-            .0
-            .quotas
-            .check(&state.ctx.pool, publisher, 1)
-            .await?;
+        let allowance = state.0.quotas.check(&state.ctx.pool, publisher, 1).await?;
         let accepted = state
             .0
             .writer

@@ -286,51 +286,363 @@ pub struct Config {
 #[error("configuration: {0}")]
 pub struct ConfigError(String);
 
-/// What the sources give before parsing: every value as text.
+/// One setting as an operator sees it (see [`SETTINGS`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    /// The key in `anika.toml`; the variable is `ANIKA_` and the key in upper case.
+    pub key: &'static str,
+    /// The default, as text parsed like a value that was set; `None`: unset.
+    pub default: Option<&'static str>,
+    /// What an unset value means, for a setting without a default.
+    pub unset: &'static str,
+    /// The roles that read it.
+    pub roles: &'static str,
+    /// What it does.
+    pub about: &'static str,
+}
+
+impl Setting {
+    /// The environment variable: `ANIKA_` and the key in upper case.
+    pub fn variable(&self) -> String {
+        format!("ANIKA_{}", self.key.to_uppercase())
+    }
+}
+
+/// The default of a declared setting (`None`: it has none).
+fn default_of(key: &str) -> Option<&'static str> {
+    match SETTINGS.iter().find(|s| s.key == key) {
+        Some(setting) => setting.default,
+        // Every key read below is declared; the unit tests read them all.
+        None => panic!("the setting `{key}` is read but not declared in SETTINGS"),
+    }
+}
+
+/// Every setting: its key, its default, the roles that read it and what it means.
+///
+/// The defaults [`Config::load`] applies and the README's configuration table both come
+/// from here (`tests/docs` checks the README against it).
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "listen",
+        default: Some("127.0.0.1:8080"),
+        unset: "",
+        roles: "every role",
+        about: "HTTP address (all routes on one port in `anika up`)",
+    },
+    Setting {
+        key: "database_url",
+        default: Some("postgres://localhost/anika"),
+        unset: "",
+        roles: "every role",
+        about: "PostgreSQL; the database is created if missing, migrations run at start",
+    },
+    Setting {
+        key: "amqp_url",
+        default: Some("amqp://guest:guest@127.0.0.1:5672/%2f"),
+        unset: "",
+        roles: "every role",
+        about: "RabbitMQ (the vhost isolates an installation)",
+    },
+    Setting {
+        key: "bootstrap_operator_key",
+        default: None,
+        unset: "unset",
+        roles: "catalog",
+        about: "an operator API key with this value exists after start-up",
+    },
+    Setting {
+        key: "secret_keys",
+        default: None,
+        unset: "unset: the roles refuse to start (`scripts/up` keeps one in `.anika/secret-keys`)",
+        roles: "every role",
+        about: "the main-key ring that seals signing keys and webhook secrets in PostgreSQL: `id:base64key,…` (32-byte keys; the first seals, all open); see docs/operations.md, *Secrets at rest*",
+    },
+    Setting {
+        key: "allowed_target_nets",
+        default: None,
+        unset: "empty",
+        roles: "catalog, dispatcher",
+        about: "CIDRs exempt from the private-address block for webhook URLs",
+    },
+    Setting {
+        key: "retry_schedule",
+        default: Some("5s,30s,2m,10m,30m,1h,3h,6h,12h"),
+        unset: "",
+        roles: "catalog, dispatcher",
+        about: "delays between attempts, never shrinking; a repeated delay (`…,12h,12h,12h`) is one more retry in the same tier (one delay queue per distinct delay)",
+    },
+    Setting {
+        key: "max_event_bytes",
+        default: Some("262144"),
+        unset: "",
+        roles: "ingest",
+        about: "largest accepted event body (413 above)",
+    },
+    Setting {
+        key: "max_batch_bytes",
+        default: Some("16777216"),
+        unset: "",
+        roles: "ingest",
+        about: "largest accepted batch body",
+    },
+    Setting {
+        key: "max_backlog",
+        default: Some("1000000"),
+        unset: "",
+        roles: "ingest",
+        about: "unpublished events (outbox rows) past which ingest answers 503 with `Retry-After` instead of accepting more",
+    },
+    Setting {
+        key: "request_read_timeout",
+        default: Some("10s"),
+        unset: "",
+        roles: "every role",
+        about: "a request body must arrive whole within this time (408 otherwise)",
+    },
+    Setting {
+        key: "max_requests_in_flight",
+        default: Some("4096"),
+        unset: "",
+        roles: "every role",
+        about: "`/v1` requests handled at once per process; more get 503 with `Retry-After`",
+    },
+    Setting {
+        key: "max_body_bytes_in_flight",
+        default: Some("268435456"),
+        unset: "",
+        roles: "every role",
+        about: "request body bytes held at once per process (at least `ANIKA_MAX_BATCH_BYTES`); more get 503",
+    },
+    Setting {
+        key: "queue_type",
+        default: Some("quorum"),
+        unset: "",
+        roles: "catalog, dispatcher",
+        about: "`quorum` or `classic` subscription queues",
+    },
+    Setting {
+        key: "database_pool",
+        default: Some("16"),
+        unset: "",
+        roles: "every role",
+        about: "PostgreSQL connections per process",
+    },
+    Setting {
+        key: "token_issuer",
+        default: Some("anika"),
+        unset: "",
+        roles: "catalog",
+        about: "`iss` of access tokens",
+    },
+    Setting {
+        key: "token_audience",
+        default: Some("anika-api"),
+        unset: "",
+        roles: "catalog",
+        about: "`aud` of access tokens",
+    },
+    Setting {
+        key: "access_token_ttl",
+        default: Some("15m"),
+        unset: "",
+        roles: "catalog",
+        about: "access-token lifetime (10 s – 15 min)",
+    },
+    Setting {
+        key: "refresh_token_ttl",
+        default: Some("30days"),
+        unset: "",
+        roles: "catalog",
+        about: "refresh-token lifetime",
+    },
+    Setting {
+        key: "http_connect_timeout",
+        default: Some("5s"),
+        unset: "",
+        roles: "dispatcher",
+        about: "webhook connect timeout",
+    },
+    Setting {
+        key: "http_timeout",
+        default: Some("15s"),
+        unset: "",
+        roles: "dispatcher",
+        about: "webhook total timeout (at least `ANIKA_HTTP_CONNECT_TIMEOUT`)",
+    },
+    Setting {
+        key: "dispatch_concurrency",
+        default: Some("512"),
+        unset: "",
+        roles: "dispatcher",
+        about: "webhook requests in flight per process, shared fairly across partners",
+    },
+    Setting {
+        key: "prefetch",
+        default: Some("200"),
+        unset: "",
+        roles: "dispatcher",
+        about: "unacknowledged messages per subscription consumer",
+    },
+    Setting {
+        key: "subscription_max_in_flight",
+        default: Some("32"),
+        unset: "",
+        roles: "dispatcher",
+        about: "requests in flight to one subscription's endpoint when it sets no `max_in_flight` (1–1000)",
+    },
+    Setting {
+        key: "max_retry_after",
+        default: Some("1h"),
+        unset: "",
+        roles: "dispatcher",
+        about: "the longest wait a `Retry-After` from an endpoint can impose before the next attempt",
+    },
+    Setting {
+        key: "system_notice_interval",
+        default: Some("1m"),
+        unset: "",
+        roles: "dispatcher",
+        about: "at most one `dead_letter.added` operational event per subscription this often (it carries the count since the previous one)",
+    },
+    Setting {
+        key: "circuit_breaker_after",
+        default: Some("5"),
+        unset: "",
+        roles: "dispatcher",
+        about: "consecutive failures before a subscription's deliveries back off (0: off)",
+    },
+    Setting {
+        key: "disable_after",
+        default: Some("5days"),
+        unset: "",
+        roles: "dispatcher",
+        about: "an endpoint failing this long is disabled",
+    },
+    Setting {
+        key: "retention",
+        default: Some("30days"),
+        unset: "",
+        roles: "ingest",
+        about: "event log and attempt records kept this long",
+    },
+    Setting {
+        key: "audit_retention",
+        default: None,
+        unset: "`ANIKA_RETENTION`",
+        roles: "ingest",
+        about: "audit-log entries kept this long; never shorter than `ANIKA_RETENTION` (start-up refuses it)",
+    },
+    Setting {
+        key: "outbox_relay_interval",
+        default: Some("1s"),
+        unset: "",
+        roles: "ingest",
+        about: "how often the outbox relay looks for unpublished events",
+    },
+    Setting {
+        key: "outbox_relay_after",
+        default: Some("5s"),
+        unset: "",
+        roles: "ingest",
+        about: "how old an unpublished event must be before the relay publishes it",
+    },
+    Setting {
+        key: "maintenance_interval",
+        default: Some("1h"),
+        unset: "",
+        roles: "ingest",
+        about: "partitions ahead, retention behind",
+    },
+    Setting {
+        key: "reconcile_interval",
+        default: Some("30s"),
+        unset: "",
+        roles: "dispatcher",
+        about: "dispatcher re-reads the catalog (changes arrive at once via NOTIFY); queue-depth gauges are read every 15 s, or this often if shorter",
+    },
+    Setting {
+        key: "shutdown_grace",
+        default: Some("10s"),
+        unset: "",
+        roles: "every role",
+        about: "in-flight deliveries may finish this long at shutdown",
+    },
+    Setting {
+        key: "max_replay_window",
+        default: Some("31days"),
+        unset: "",
+        roles: "dispatcher",
+        about: "the longest window one replay from the log may cover (422 above)",
+    },
+    Setting {
+        key: "replay_rate_per_s",
+        default: Some("5000"),
+        unset: "",
+        roles: "dispatcher",
+        about: "events per second a replay from the log publishes at most",
+    },
+    Setting {
+        key: "metrics_per_subscription",
+        default: Some("false"),
+        unset: "",
+        roles: "dispatcher",
+        about: "also export queue-depth and dead-letter gauges labelled by subscription id (the sums are always there)",
+    },
+    Setting {
+        key: "log_format",
+        default: Some("auto"),
+        unset: "",
+        roles: "every role",
+        about: "`auto` (human on a terminal, JSON otherwise), `text`, `json`; `RUST_LOG` sets levels",
+    },
+    Setting {
+        key: "public_url",
+        default: None,
+        unset: "unset",
+        roles: "every role",
+        about: "the URL shown in the start-up banner; when it is https, the console's session cookie is `Secure`",
+    },
+    Setting {
+        key: "console_api_url",
+        default: None,
+        unset: "unset (the process's own listener)",
+        roles: "catalog",
+        about: "the `/v1` base URL the web console calls; set it to the load balancer when the roles run as separate processes",
+    },
+];
+
+/// What the sources give before parsing: every value as text, by key.
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Raw {
-    listen: Option<String>,
-    database_url: Option<String>,
-    database_pool: Option<String>,
-    amqp_url: Option<String>,
-    queue_type: Option<String>,
-    bootstrap_operator_key: Option<String>,
-    allowed_target_nets: Option<String>,
-    retry_schedule: Option<String>,
-    max_event_bytes: Option<String>,
-    max_batch_bytes: Option<String>,
-    token_issuer: Option<String>,
-    token_audience: Option<String>,
-    access_token_ttl: Option<String>,
-    refresh_token_ttl: Option<String>,
-    http_connect_timeout: Option<String>,
-    http_timeout: Option<String>,
-    dispatch_concurrency: Option<String>,
-    prefetch: Option<String>,
-    disable_after: Option<String>,
-    retention: Option<String>,
-    audit_retention: Option<String>,
-    log_format: Option<String>,
-    public_url: Option<String>,
-    outbox_relay_interval: Option<String>,
-    outbox_relay_after: Option<String>,
-    maintenance_interval: Option<String>,
-    reconcile_interval: Option<String>,
-    circuit_breaker_after: Option<String>,
-    shutdown_grace: Option<String>,
-    max_replay_window: Option<String>,
-    replay_rate_per_s: Option<String>,
-    metrics_per_subscription: Option<String>,
-    subscription_max_in_flight: Option<String>,
-    max_retry_after: Option<String>,
-    system_notice_interval: Option<String>,
-    max_backlog: Option<String>,
-    request_read_timeout: Option<String>,
-    max_requests_in_flight: Option<String>,
-    max_body_bytes_in_flight: Option<String>,
-    secret_keys: Option<String>,
-    console_api_url: Option<String>,
+#[serde(transparent)]
+struct Raw(std::collections::HashMap<String, String>);
+
+impl Raw {
+    /// The value set for `key`, if any.
+    fn take(&mut self, key: &str) -> Option<String> {
+        self.0.remove(key)
+    }
+
+    /// `key` parsed, its declared default when unset.
+    fn setting<T>(&mut self, key: &str) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        let value = self.take(key);
+        setting(key, value, default_of(key).unwrap_or_default())
+    }
+
+    /// `key` as a duration (`30s`, `5days`), its declared default when unset.
+    fn duration(&mut self, key: &str) -> Result<Duration, ConfigError> {
+        let value = self.take(key);
+        duration_setting(key, value, default_of(key).unwrap_or_default())
+    }
+
+    /// `key` as text, its declared default when unset.
+    fn text(&mut self, key: &str) -> String {
+        self.take(key)
+            .unwrap_or_else(|| default_of(key).unwrap_or_default().to_owned())
+    }
 }
 
 /// Parses one setting or says which variable is wrong.
@@ -384,9 +696,9 @@ impl Config {
         Self::from_raw(raw)
     }
 
-    fn from_raw(raw: Raw) -> Result<Self, ConfigError> {
+    fn from_raw(mut raw: Raw) -> Result<Self, ConfigError> {
         let allowed_target_nets = raw
-            .allowed_target_nets
+            .take("allowed_target_nets")
             .unwrap_or_default()
             .split(',')
             .map(str::trim)
@@ -399,7 +711,7 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let access_token_ttl = duration_setting("access_token_ttl", raw.access_token_ttl, "15m")?;
+        let access_token_ttl = raw.duration("access_token_ttl")?;
         if access_token_ttl > Duration::from_secs(15 * 60)
             || access_token_ttl < Duration::from_secs(10)
         {
@@ -407,14 +719,14 @@ impl Config {
                 "ANIKA_ACCESS_TOKEN_TTL: must be between 10s and 15m".into(),
             ));
         }
-        let retention = duration_setting("retention", raw.retention, "30days")?;
+        let retention = raw.duration("retention")?;
         let audit_retention = raw
-            .audit_retention
+            .take("audit_retention")
             .map(|text| duration_setting("audit_retention", Some(text), ""))
             .transpose()?;
         let audit_retention = audit_retention_for(retention, audit_retention)
             .map_err(|e| ConfigError(format!("ANIKA_AUDIT_RETENTION: {e}")))?;
-        let console_api_url = match raw.console_api_url.filter(|u| !u.trim().is_empty()) {
+        let console_api_url = match raw.take("console_api_url").filter(|u| !u.trim().is_empty()) {
             None => None,
             Some(u) => {
                 let parsed = url::Url::parse(u.trim()).map_err(|e| {
@@ -430,116 +742,50 @@ impl Config {
         };
         let config = Self {
             console_api_url,
-            listen: setting("listen", raw.listen, "127.0.0.1:8080")?,
-            database_url: Secret::new(
-                raw.database_url
-                    .unwrap_or_else(|| "postgres://localhost/anika".into()),
-            ),
-            database_pool: setting("database_pool", raw.database_pool, "16")?,
-            amqp_url: Secret::new(
-                raw.amqp_url
-                    .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
-            ),
-            queue_type: setting("queue_type", raw.queue_type, "quorum")?,
+            listen: raw.setting("listen")?,
+            database_url: Secret::new(raw.text("database_url")),
+            database_pool: raw.setting("database_pool")?,
+            amqp_url: Secret::new(raw.text("amqp_url")),
+            queue_type: raw.setting("queue_type")?,
             bootstrap_operator_key: raw
-                .bootstrap_operator_key
+                .take("bootstrap_operator_key")
                 .filter(|k| !k.is_empty())
                 .map(Secret::new),
             allowed_target_nets,
-            retry_schedule: setting(
-                "retry_schedule",
-                raw.retry_schedule,
-                "5s,30s,2m,10m,30m,1h,3h,6h,12h",
-            )?,
-            max_event_bytes: setting("max_event_bytes", raw.max_event_bytes, "262144")?,
-            max_batch_bytes: setting("max_batch_bytes", raw.max_batch_bytes, "16777216")?,
-            token_issuer: raw.token_issuer.unwrap_or_else(|| "anika".into()),
-            token_audience: raw.token_audience.unwrap_or_else(|| "anika-api".into()),
+            retry_schedule: raw.setting("retry_schedule")?,
+            max_event_bytes: raw.setting("max_event_bytes")?,
+            max_batch_bytes: raw.setting("max_batch_bytes")?,
+            token_issuer: raw.text("token_issuer"),
+            token_audience: raw.text("token_audience"),
             access_token_ttl,
-            refresh_token_ttl: duration_setting(
-                "refresh_token_ttl",
-                raw.refresh_token_ttl,
-                "30days",
-            )?,
-            http_connect_timeout: duration_setting(
-                "http_connect_timeout",
-                raw.http_connect_timeout,
-                "5s",
-            )?,
-            http_timeout: duration_setting("http_timeout", raw.http_timeout, "15s")?,
-            dispatch_concurrency: setting("dispatch_concurrency", raw.dispatch_concurrency, "512")?,
-            prefetch: setting("prefetch", raw.prefetch, "200")?,
-            disable_after: duration_setting("disable_after", raw.disable_after, "5days")?,
+            refresh_token_ttl: raw.duration("refresh_token_ttl")?,
+            http_connect_timeout: raw.duration("http_connect_timeout")?,
+            http_timeout: raw.duration("http_timeout")?,
+            dispatch_concurrency: raw.setting("dispatch_concurrency")?,
+            prefetch: raw.setting("prefetch")?,
+            disable_after: raw.duration("disable_after")?,
             retention,
             audit_retention,
-            log_format: setting("log_format", raw.log_format, "auto")?,
-            public_url: raw.public_url.filter(|u| !u.is_empty()),
-            outbox_relay_interval: duration_setting(
-                "outbox_relay_interval",
-                raw.outbox_relay_interval,
-                "1s",
-            )?,
-            outbox_relay_after: duration_setting(
-                "outbox_relay_after",
-                raw.outbox_relay_after,
-                "5s",
-            )?,
-            maintenance_interval: duration_setting(
-                "maintenance_interval",
-                raw.maintenance_interval,
-                "1h",
-            )?,
-            reconcile_interval: duration_setting(
-                "reconcile_interval",
-                raw.reconcile_interval,
-                "30s",
-            )?,
-            circuit_breaker_after: setting(
-                "circuit_breaker_after",
-                raw.circuit_breaker_after,
-                "5",
-            )?,
-            shutdown_grace: duration_setting("shutdown_grace", raw.shutdown_grace, "10s")?,
-            max_replay_window: duration_setting(
-                "max_replay_window",
-                raw.max_replay_window,
-                "31days",
-            )?,
-            replay_rate_per_s: setting("replay_rate_per_s", raw.replay_rate_per_s, "5000")?,
-            metrics_per_subscription: setting(
-                "metrics_per_subscription",
-                raw.metrics_per_subscription,
-                "false",
-            )?,
-            subscription_max_in_flight: setting(
-                "subscription_max_in_flight",
-                raw.subscription_max_in_flight,
-                "32",
-            )?,
-            max_retry_after: duration_setting("max_retry_after", raw.max_retry_after, "1h")?,
-            system_notice_interval: duration_setting(
-                "system_notice_interval",
-                raw.system_notice_interval,
-                "1m",
-            )?,
-            max_backlog: setting("max_backlog", raw.max_backlog, "1000000")?,
-            request_read_timeout: duration_setting(
-                "request_read_timeout",
-                raw.request_read_timeout,
-                "10s",
-            )?,
-            max_requests_in_flight: setting(
-                "max_requests_in_flight",
-                raw.max_requests_in_flight,
-                "4096",
-            )?,
-            max_body_bytes_in_flight: setting(
-                "max_body_bytes_in_flight",
-                raw.max_body_bytes_in_flight,
-                "268435456",
-            )?,
+            log_format: raw.setting("log_format")?,
+            public_url: raw.take("public_url").filter(|u| !u.is_empty()),
+            outbox_relay_interval: raw.duration("outbox_relay_interval")?,
+            outbox_relay_after: raw.duration("outbox_relay_after")?,
+            maintenance_interval: raw.duration("maintenance_interval")?,
+            reconcile_interval: raw.duration("reconcile_interval")?,
+            circuit_breaker_after: raw.setting("circuit_breaker_after")?,
+            shutdown_grace: raw.duration("shutdown_grace")?,
+            max_replay_window: raw.duration("max_replay_window")?,
+            replay_rate_per_s: raw.setting("replay_rate_per_s")?,
+            metrics_per_subscription: raw.setting("metrics_per_subscription")?,
+            subscription_max_in_flight: raw.setting("subscription_max_in_flight")?,
+            max_retry_after: raw.duration("max_retry_after")?,
+            system_notice_interval: raw.duration("system_notice_interval")?,
+            max_backlog: raw.setting("max_backlog")?,
+            request_read_timeout: raw.duration("request_read_timeout")?,
+            max_requests_in_flight: raw.setting("max_requests_in_flight")?,
+            max_body_bytes_in_flight: raw.setting("max_body_bytes_in_flight")?,
             secret_keys: raw
-                .secret_keys
+                .take("secret_keys")
                 .filter(|k| !k.trim().is_empty())
                 .map(|k| KeyRing::parse(&k))
                 .transpose()
@@ -641,7 +887,7 @@ mod tests {
         assert!(c.allowed_target_nets.is_empty());
         assert_eq!(c.subscription_max_in_flight.get(), 32);
         assert_eq!(c.max_retry_after, Duration::from_secs(3600));
-        assert_eq!(c.max_backlog, 100_000);
+        assert_eq!(c.max_backlog, 1_000_000);
         assert_eq!(c.request_read_timeout, Duration::from_secs(10));
         assert!(c.secret_keys.is_none(), "no built-in main key");
         assert_eq!(c.max_requests_in_flight, 4096);
