@@ -588,7 +588,8 @@ async fn update_subscription(
         Some(SettableStatus::Paused) => SubscriptionStatus::Paused,
         None => row.status,
     };
-    let reenabled = row.status == SubscriptionStatus::Disabled && status == SubscriptionStatus::Active;
+    let reenabled =
+        row.status == SubscriptionStatus::Disabled && status == SubscriptionStatus::Active;
     let sql = format!(
         "UPDATE subscriptions SET url = $2, filter = $3, description = $4, max_attempts = $5, \
              rate_limit_per_s = $6, status = $7, \
