@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anika_dispatcher::recovery::{LogReplay, Window, purge_audited};
+use anika_dispatcher::recovery::{LogReplay, LogSlice, Window, purge_audited};
 use anika_shared::{
     amqp::{Broker, Topology, dead_letter_queue, subscription_queue},
     audit::{self, Action, Actor, Target},
@@ -66,7 +66,9 @@ impl Ops {
             .await
             .ok()
             .map(|q| q.message_count());
-        let _ = channel.close(200, "done".into()).await;
+        if let Err(e) = channel.close(200, "done".into()).await {
+            tracing::debug!(error = %e, "closing a channel failed; the broker drops it");
+        }
         declared
     }
 }
@@ -400,8 +402,10 @@ pub async fn replay(
         &ops.pool,
         &ops.broker,
         &how,
-        subscription,
-        window,
+        LogSlice {
+            subscription,
+            window,
+        },
         &|n| progress.update(n),
     )
     .await?;

@@ -23,15 +23,22 @@ use utoipa_axum::router::OpenApiRouter;
 mod ack;
 mod breaker;
 mod consumer;
+mod dead_letter;
+mod decide;
 pub mod deliver;
 mod fair;
 pub mod filter;
+mod health;
 mod in_flight;
+mod job;
+mod meters;
 mod publisher;
 pub mod recovery;
 mod registry;
 mod routes;
 pub mod sign;
+mod subscription;
+mod subscription_rows;
 pub mod system;
 pub mod target;
 mod writer;
@@ -100,6 +107,7 @@ impl State {
         shutdown: &CancellationToken,
         lookup: Arc<dyn Lookup>,
     ) -> Result<Self, StartError> {
+        meters::describe();
         let (writer, _writer_task) = writer::Writer::start(ctx.pool.clone(), shutdown.clone());
         let deps = Arc::new(Deps {
             config: Arc::clone(&ctx.config),
@@ -157,8 +165,12 @@ async fn queue_gauges(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Ok(mut channel) = broker.channel().await else {
-            continue;
+        let mut channel = match broker.channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the queue gauges now; next tick");
+                continue;
+            }
         };
         let (mut queued, mut dead) = (0u64, 0u64);
         for sub in registry.all().await {
@@ -188,7 +200,10 @@ async fn queue_gauges(
                     // A missing queue closes the channel; open another for the rest.
                     Err(_) => match broker.channel().await {
                         Ok(fresh) => channel = fresh,
-                        Err(_) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot read the rest of the queue gauges now; next tick");
+                            break;
+                        }
                     },
                 }
             }
@@ -199,18 +214,6 @@ async fn queue_gauges(
             tracing::debug!(error = %e, "closing the gauge channel failed; the broker drops it");
         }
     }
-}
-
-/// The names of the queue gauges.
-mod meters {
-    /// Messages waiting in one subscription's queue (label `subscription`; opt-in).
-    pub const QUEUE_DEPTH: &str = "anika_subscription_queue_depth";
-    /// Messages in one subscription's dead-letter queue (label `subscription`; opt-in).
-    pub const DEAD_LETTERS: &str = "anika_subscription_dead_letters";
-    /// Messages waiting in all subscription queues together.
-    pub const QUEUED_SUM: &str = "anika_subscriptions_queued_messages";
-    /// Messages in all dead-letter queues together.
-    pub const DEAD_LETTERS_SUM: &str = "anika_subscriptions_dead_letters";
 }
 
 fn routes() -> OpenApiRouter<State> {
