@@ -128,7 +128,7 @@ impl EventId {
     }
 }
 
-fn truncate(text: &str, max: usize) -> String {
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         text.to_owned()
     } else {
@@ -561,7 +561,10 @@ macro_rules! stored_enum {
         $(#[$meta:meta])* $name:ident, $what:literal,
         { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }
     ) => {
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq, Hash,
+            ::serde::Serialize, ::serde::Deserialize, ::utoipa::ToSchema,
+        )]
         $(#[$meta])*
         pub enum $name {
             $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
@@ -580,64 +583,66 @@ macro_rules! stored_enum {
 
             /// Parses a value read from the database; one that does not parse is logged and
             /// counted before it is returned as an error.
-            pub fn from_stored(text: &str) -> Result<Self, UnknownValue> {
-                text.parse().inspect_err(|e: &UnknownValue| {
-                    metrics::counter!(crate::meters::STORED_VALUES_UNREADABLE, "type" => $what)
+            pub fn from_stored(text: &str) -> Result<Self, $crate::domain::UnknownValue> {
+                text.parse().inspect_err(|e: &$crate::domain::UnknownValue| {
+                    ::metrics::counter!($crate::meters::STORED_VALUES_UNREADABLE, "type" => $what)
                         .increment(1);
-                    tracing::error!(error = %e, "a stored value does not parse");
+                    ::tracing::error!(error = %e, "a stored value does not parse");
                 })
             }
         }
 
-        impl FromStr for $name {
-            type Err = UnknownValue;
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::domain::UnknownValue;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($text => Ok(Self::$variant),)+
-                    other => Err(UnknownValue {
+                    other => Err($crate::domain::UnknownValue {
                         what: $what,
-                        value: truncate(other, 64),
+                        value: $crate::domain::truncate(other, 64),
                         expected: concat!($($text, ", "),+).trim_end_matches(", "),
                     }),
                 }
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl sqlx::Type<sqlx::Postgres> for $name {
-            fn type_info() -> sqlx::postgres::PgTypeInfo {
-                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+        impl ::sqlx::Type<::sqlx::Postgres> for $name {
+            fn type_info() -> ::sqlx::postgres::PgTypeInfo {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::type_info()
             }
 
-            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
-                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            fn compatible(ty: &::sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::compatible(ty)
             }
         }
 
-        impl sqlx::Encode<'_, sqlx::Postgres> for $name {
+        impl ::sqlx::Encode<'_, ::sqlx::Postgres> for $name {
             fn encode_by_ref(
                 &self,
-                buf: &mut sqlx::postgres::PgArgumentBuffer,
-            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-                <&str as sqlx::Encode<sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
+                buf: &mut ::sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<::sqlx::encode::IsNull, ::sqlx::error::BoxDynError> {
+                <&str as ::sqlx::Encode<::sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
             }
         }
 
-        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $name {
+        impl<'r> ::sqlx::Decode<'r, ::sqlx::Postgres> for $name {
             fn decode(
-                value: sqlx::postgres::PgValueRef<'r>,
-            ) -> Result<Self, sqlx::error::BoxDynError> {
-                let text = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                value: ::sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, ::sqlx::error::BoxDynError> {
+                let text = <&str as ::sqlx::Decode<::sqlx::Postgres>>::decode(value)?;
                 Ok(Self::from_stored(text)?)
             }
         }
     };
 }
+
+pub(crate) use stored_enum;
 
 stored_enum! {
     /// The state of a subscription (`subscriptions.status`).
