@@ -22,8 +22,8 @@ use lapin::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Deps,
     ack::Unsettled,
+    deps::Deps,
     job,
     subscription::{Sub, SubConfig},
     subscription_rows,

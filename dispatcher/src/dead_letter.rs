@@ -9,7 +9,7 @@ use anika_shared::{
 };
 use bytes::Bytes;
 
-use crate::{Deps, ack::Ticket, meters, system, writer::Settle};
+use crate::{ack::Ticket, deps::Deps, meters, system, writer::Settle};
 
 /// The message to dead-letter, as it came from its queue.
 pub struct Message<'a> {

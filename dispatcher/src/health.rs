@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::{
-    Deps, meters,
+    deps::Deps,
+    meters,
     subscription::Sub,
     system::{self, Notice},
 };

@@ -21,12 +21,12 @@ use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Deps,
     ack::Ticket,
     breaker::Pass,
     dead_letter,
     decide::{self, Decision, FILTERED, Health, Judgement, Next, Refusal, Rules},
     deliver::Outcome,
+    deps::Deps,
     fair::Slot,
     health,
     in_flight::Place,

@@ -9,12 +9,8 @@ use anika_shared::{
     Context,
     amqp::{Broker, dead_letter_queue, subscription_queue},
     auth::Verifier,
-    config::Config,
-    net::TargetPolicy,
-    secrets::KeyRing,
 };
 use axum::{Router, extract::FromRef};
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::openapi::OpenApi;
@@ -26,6 +22,7 @@ mod consumer;
 mod dead_letter;
 mod decide;
 pub mod deliver;
+mod deps;
 mod fair;
 pub mod filter;
 mod health;
@@ -43,6 +40,7 @@ pub mod system;
 pub mod target;
 mod writer;
 
+pub use deps::Deps;
 pub use target::{Lookup, LookupFuture, SystemLookup};
 
 /// Why the dispatcher could not start.
@@ -51,31 +49,6 @@ pub enum StartError {
     /// The HTTP client could not be built.
     #[error("dispatcher start-up: HTTP client: {0}")]
     Http(#[from] reqwest::Error),
-}
-
-/// What consumers share: one HTTP client, one confirm publisher, one attempt writer.
-pub struct Deps {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// PostgreSQL.
-    pub pool: PgPool,
-    /// RabbitMQ.
-    pub broker: Arc<Broker>,
-    /// Which targets may be contacted.
-    pub policy: TargetPolicy,
-    /// Opens the stored webhook secrets.
-    pub secrets: Arc<KeyRing>,
-    sender: deliver::Sender,
-    publisher: publisher::Publisher,
-    writer: writer::Writer,
-    /// The global limit on webhook requests in flight, shared fairly across partners.
-    slots: fair::FairSlots,
-}
-
-impl std::fmt::Debug for Deps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deps").finish_non_exhaustive()
-    }
 }
 
 /// Everything a dispatcher handler needs.
@@ -109,7 +82,7 @@ impl State {
     ) -> Result<Self, StartError> {
         meters::describe();
         let (writer, _writer_task) = writer::Writer::start(ctx.pool.clone(), shutdown.clone());
-        let deps = Arc::new(Deps {
+        let deps = Arc::new(deps::Deps {
             config: Arc::clone(&ctx.config),
             pool: ctx.pool.clone(),
             broker: Arc::clone(&ctx.broker),

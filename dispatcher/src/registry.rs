@@ -24,7 +24,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Deps, consumer, meters,
+    consumer,
+    deps::Deps,
+    meters,
     subscription::{Sub, SubConfig},
     subscription_rows::{self, Scope},
 };

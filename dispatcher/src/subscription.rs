@@ -2,7 +2,7 @@
 //! what that standing allows ([`Verdict`]), and the delivery state kept beside it
 //! (breaker, rate limit, requests in flight, failing since).
 //!
-//! No SQL here: [`crate::subscription_rows`] reads the rows this is built from, and
+//! No SQL here: `subscription_rows` reads the rows this is built from, and
 //! [`Sub::refresh`] takes that read as an argument, so the model depends on nothing that
 //! depends on it.
 

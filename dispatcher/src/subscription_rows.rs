@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::{
-    Deps,
+    deps::Deps,
     filter::Filter,
     meters,
     subscription::{Sub, SubConfig},

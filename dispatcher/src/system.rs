@@ -25,7 +25,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::Deps;
+use crate::deps::Deps;
 
 /// What a notice says.
 #[derive(Clone, Debug, PartialEq, Eq)]
