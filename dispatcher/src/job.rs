@@ -1,6 +1,6 @@
 //! One message from its arrival to its settlement: gathers the facts `decide` needs, and
 //! carries out what it answers — the request (`deliver`), the records (`writer`), a retry
-//! or a dead letter through RabbitMQ, the endpoint's health (`health`).
+//! or a dead letter through RabbitMQ, the endpoint's health (`endpoint_health`).
 //!
 //! The rare branches (database writes, retries, dead letters) are boxed: thousands of these
 //! futures are in flight at once, and inline they made each one 16 KiB instead of 2.4 KiB.
@@ -27,8 +27,8 @@ use crate::{
     decide::{self, Decision, FILTERED, Health, Judgement, Next, Refusal, Rules},
     deliver::Outcome,
     deps::Deps,
+    endpoint_health,
     fair::Slot,
-    health,
     in_flight::Place,
     meters,
     subscription::{Sub, SubConfig},
@@ -180,7 +180,7 @@ impl Job {
             let now = Utc::now();
             let failing_since = match outcome {
                 Outcome::Delivered { .. } => None,
-                Outcome::Failed { .. } => health::note_failure(&self.sub, now),
+                Outcome::Failed { .. } => endpoint_health::note_failure(&self.sub, now),
             };
             let health = Health { failing_since, now };
             let decision = decide::after_attempt(&outcome, attempt, &self.rules(&config), health);
@@ -290,7 +290,7 @@ impl Job {
     }
 
     async fn delivered(&self, row: AttemptRow, attempt: u32) {
-        health::succeeded(&self.sub, &self.deps).await;
+        endpoint_health::succeeded(&self.sub, &self.deps).await;
         metrics::counter!(meters::DELIVERIES, "outcome" => "delivered").increment(1);
         let latency = (Utc::now() - self.meta.event.timestamp())
             .to_std()
@@ -319,7 +319,7 @@ impl Job {
             // Handled by the caller; nothing failed.
             Decision::Delivered => false,
             Decision::Disable(reason) => {
-                health::disable(&self.deps, &self.sub, &reason).await;
+                endpoint_health::disable(&self.deps, &self.sub, &reason).await;
                 self.deps
                     .writer
                     .attempt(row, Settle::Requeue(self.acker.clone()));
@@ -330,7 +330,7 @@ impl Job {
                 next,
             } => {
                 if newly_failing {
-                    health::failing(&self.sub, &self.deps, now, &error).await;
+                    endpoint_health::failing(&self.sub, &self.deps, now, &error).await;
                 }
                 self.deps.writer.attempt(row, Settle::Keep);
                 self.next(next, attempt, &error).await
