@@ -190,7 +190,10 @@ pub async fn load(deps: &Deps, scope: &Scope) -> Result<Vec<SubConfig>, sqlx::Er
 
 /// Reads one subscription's configuration from the catalog; `None` if it was deleted (or
 /// its row does not parse).
-async fn load_one(deps: &Deps, id: SubscriptionId) -> Result<Option<SubConfig>, sqlx::Error> {
+pub(crate) async fn load_one(
+    deps: &Deps,
+    id: SubscriptionId,
+) -> Result<Option<SubConfig>, sqlx::Error> {
     Ok(load(deps, &Scope::Subscription(id)).await?.pop())
 }
 
