@@ -15,13 +15,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anika_dispatcher::recovery::{LogReplay, Window, purge_audited};
+use anika_dispatcher::recovery::{LogReplay, LogSlice, Window, purge_audited};
 use anika_shared::{
     amqp::{Broker, Topology, dead_letter_queue, subscription_queue},
     audit::{self, Action, Actor, Target},
     config::Config,
     db,
-    domain::{SubscriptionId, Timestamp},
+    domain::{SubscriptionId, SubscriptionStatus, Timestamp},
     envelope::format_time,
     page::Limit,
 };
@@ -66,7 +66,9 @@ impl Ops {
             .await
             .ok()
             .map(|q| q.message_count());
-        let _ = channel.close(200, "done".into()).await;
+        if let Err(e) = channel.close(200, "done".into()).await {
+            tracing::debug!(error = %e, "closing a channel failed; the broker drops it");
+        }
         declared
     }
 }
@@ -400,8 +402,10 @@ pub async fn replay(
         &ops.pool,
         &ops.broker,
         &how,
-        subscription,
-        window,
+        LogSlice {
+            subscription,
+            window,
+        },
         &|n| progress.update(n),
     )
     .await?;
@@ -449,7 +453,7 @@ struct SubscriptionRow {
     partner: String,
     topic: String,
     url: String,
-    status: String,
+    status: SubscriptionStatus,
     disabled_reason: Option<String>,
     failing_since: Option<DateTime<Utc>>,
     dead_letters: i64,
@@ -494,7 +498,7 @@ pub async fn subscriptions(
                 r.id.to_string(),
                 r.partner.clone(),
                 r.topic.clone(),
-                r.status.clone(),
+                r.status.to_string(),
                 r.failing_since.map(format_time).unwrap_or_default(),
                 r.queued.map_or("?".to_owned(), |q| q.to_string()),
                 r.dead_letters.to_string(),

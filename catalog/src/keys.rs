@@ -196,7 +196,7 @@ impl Signer {
             .ok_or_else(|| Error::Keys(format!("signing key {kid} is not sealed yet")))
             .and_then(|text| Ok(self.ring.open(&Sealed::parse(text)?, slot)?))
             .inspect_err(|e| {
-                metrics::counter!("anika_secrets_unopenable_total", "column" => slot.column().name())
+                metrics::counter!(anika_shared::meters::SECRETS_UNOPENABLE, "column" => slot.column().name())
                     .increment(1);
                 tracing::error!(kid, error = %e, "the active signing key does not open; no token can be issued");
             })?;

@@ -8,7 +8,10 @@ use anika_shared::{
     audit::{self, Action, Actor, Changes, Target, url_without_credentials},
     auth::Principal,
     changes::Change,
-    domain::{Description, MaxInFlight, PartnerId, SubscriptionId, TopicId, WebhookSecret},
+    domain::{
+        Description, MaxInFlight, PartnerId, SubscriptionId, SubscriptionStatus, TopicId,
+        WebhookSecret,
+    },
     extract::{Json, Path, Query},
     net::WebhookUrl,
     page::{Limit, Page, decode_time_cursor},
@@ -79,18 +82,6 @@ impl TryFrom<i64> for RateLimit {
     }
 }
 
-/// The state of a subscription.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Status {
-    /// Delivering.
-    Active,
-    /// Events queue up; nothing is sent.
-    Paused,
-    /// Set by the server for an endpoint that keeps failing (or answered 410).
-    Disabled,
-}
-
 /// The states a client may set.
 #[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -131,7 +122,7 @@ pub(crate) struct SubscriptionOut {
     url: String,
     description: Option<String>,
     filter: Option<Value>,
-    status: Status,
+    status: SubscriptionStatus,
     /// Why the server disabled it, when it did.
     disabled_reason: Option<String>,
     max_attempts: u32,
@@ -164,7 +155,8 @@ struct Row {
     url: String,
     description: Option<String>,
     filter: Option<SqlJson<Value>>,
-    status: String,
+    /// Typed on read: a value that is none of the statuses is an error (logged and counted).
+    status: SubscriptionStatus,
     disabled_reason: Option<String>,
     max_attempts: i32,
     rate_limit_per_s: Option<i32>,
@@ -198,11 +190,7 @@ impl Row {
             url: row.url,
             description: row.description,
             filter: row.filter.map(|f| f.0),
-            status: match row.status.as_str() {
-                "paused" => Status::Paused,
-                "disabled" => Status::Disabled,
-                _ => Status::Active,
-            },
+            status: row.status,
             disabled_reason: row.disabled_reason,
             max_attempts: row.max_attempts as u32,
             rate_limit_per_s: row.rate_limit_per_s.map(|r| r as u32),
@@ -222,7 +210,7 @@ struct Audited {
     url: String,
     description: Option<String>,
     filter: Option<Value>,
-    status: String,
+    status: SubscriptionStatus,
     max_attempts: i32,
     rate_limit_per_s: Option<i32>,
     max_in_flight: Option<i32>,
@@ -235,7 +223,7 @@ impl Audited {
             url: url_without_credentials(&row.url),
             description: row.description.clone(),
             filter: row.filter.as_ref().map(|f| f.0.clone()),
-            status: row.status.clone(),
+            status: row.status,
             max_attempts: row.max_attempts,
             rate_limit_per_s: row.rate_limit_per_s,
             max_in_flight: row.max_in_flight,
@@ -470,8 +458,8 @@ pub(crate) struct ListQuery {
     #[param(value_type = Option<String>)]
     topic_id: Option<TopicId>,
     /// Only subscriptions in this state.
-    #[param(value_type = Option<Status>)]
-    status: Option<Status>,
+    #[param(value_type = Option<SubscriptionStatus>)]
+    status: Option<SubscriptionStatus>,
     /// Operators: only this partner's subscriptions.
     #[param(value_type = Option<String>)]
     partner_id: Option<PartnerId>,
@@ -502,13 +490,6 @@ async fn list_subscriptions(
         .map(decode_time_cursor)
         .transpose()?;
     let partner = principal.partner().or(query.partner_id);
-    let status = query.status.map(|s| {
-        serde_json::to_value(s)
-            .expect("status")
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    });
     let sql = format!(
         "SELECT {COLUMNS} FROM subscriptions \
          WHERE ($1::uuid IS NULL OR partner_id = $1) AND ($2::uuid IS NULL OR topic_id = $2) \
@@ -519,7 +500,7 @@ async fn list_subscriptions(
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(partner.map(PartnerId::uuid))
         .bind(query.topic_id.map(TopicId::uuid))
-        .bind(status)
+        .bind(query.status)
         .bind(after.map(|a| a.0))
         .bind(after.map(|a| a.1))
         .bind(limit.fetch())
@@ -615,11 +596,12 @@ async fn update_subscription(
     let row = own_subscription(&mut tx, &principal, id, true).await?;
     let before = Audited::of(&row);
     let status = match body.status {
-        Some(SettableStatus::Active) => "active",
-        Some(SettableStatus::Paused) => "paused",
-        None => row.status.as_str(),
+        Some(SettableStatus::Active) => SubscriptionStatus::Active,
+        Some(SettableStatus::Paused) => SubscriptionStatus::Paused,
+        None => row.status,
     };
-    let reenabled = row.status == "disabled" && status == "active";
+    let reenabled =
+        row.status == SubscriptionStatus::Disabled && status == SubscriptionStatus::Active;
     let sql = format!(
         "UPDATE subscriptions SET url = $2, filter = $3, description = $4, max_attempts = $5, \
              rate_limit_per_s = $6, status = $7, \
@@ -771,7 +753,7 @@ async fn rotate_secret(
         Err(e) => {
             // Nothing can sign with a secret that does not open: replacing it is the repair,
             // with no overlap to keep.
-            metrics::counter!("anika_secrets_unopenable_total", "column" => Column::SubscriptionSecret.name())
+            metrics::counter!(anika_shared::meters::SECRETS_UNOPENABLE, "column" => Column::SubscriptionSecret.name())
                 .increment(1);
             tracing::error!(subscription = %id, error = %e, "the stored secret does not open; rotating without overlap");
             None

@@ -108,7 +108,7 @@ impl Breaker {
                 // A probe failed: wait longer before the next one.
                 inner.cooldown = (inner.cooldown * 2).min(MAX_COOLDOWN);
             } else {
-                metrics::counter!("anika_circuit_breaker_opened_total").increment(1);
+                metrics::counter!(crate::meters::BREAKER_OPENED).increment(1);
             }
             inner.open_until = Some(Instant::now() + inner.cooldown);
         }

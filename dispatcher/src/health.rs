@@ -10,7 +10,7 @@ use anika_shared::{
     Problem,
     amqp::subscription_queue,
     auth::Principal,
-    domain::{EventId, SubscriptionId},
+    domain::{EventId, SubscriptionId, SubscriptionStatus},
     envelope::Envelope,
     extract::{Json, Path},
 };
@@ -69,7 +69,7 @@ pub(crate) struct Health {
     #[schema(value_type = String, format = Uuid)]
     subscription_id: Uuid,
     /// `active`, `paused` or `disabled`.
-    status: String,
+    status: SubscriptionStatus,
     /// Why the server disabled it, when it did.
     disabled_reason: Option<String>,
     /// Since when every attempt fails; `null` while healthy.
@@ -108,7 +108,7 @@ async fn subscription_health(
     authorize(&state, &principal, id).await?;
     let pool = &state.ctx.pool;
     let (status, disabled_reason, failing_since, dead_letters): (
-        String,
+        SubscriptionStatus,
         Option<String>,
         Option<DateTime<Utc>>,
         i64,
@@ -238,7 +238,7 @@ async fn send_test(
     body: Option<Json<TestDelivery>>,
 ) -> Result<axum::Json<TestResult>> {
     authorize(&state, &principal, id).await?;
-    let Some(config) = crate::registry::load_one(&state.deps, id).await? else {
+    let Some(config) = crate::subscription_rows::load_one(&state.deps, id).await? else {
         return Err(Problem::not_found(format!("no subscription {id}")).into());
     };
     let url = config

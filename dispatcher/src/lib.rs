@@ -9,12 +9,8 @@ use anika_shared::{
     Context,
     amqp::{Broker, dead_letter_queue, subscription_queue},
     auth::Verifier,
-    config::Config,
-    net::TargetPolicy,
-    secrets::KeyRing,
 };
 use axum::{Router, extract::FromRef};
-use sqlx::PgPool;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -22,20 +18,29 @@ use utoipa_axum::router::OpenApiRouter;
 mod ack;
 mod breaker;
 mod consumer;
+mod dead_letter;
+mod decide;
 pub mod deliver;
+mod deps;
+mod endpoint_health;
 mod fair;
 pub mod filter;
 mod health;
 mod in_flight;
+mod job;
+mod meters;
 mod publisher;
 pub mod recovery;
 mod registry;
 mod routes;
 pub mod sign;
+mod subscription;
+mod subscription_rows;
 pub mod system;
 pub mod target;
 mod writer;
 
+pub use deps::Deps;
 pub use target::{Lookup, LookupFuture, SystemLookup};
 
 /// Why the dispatcher could not start.
@@ -44,31 +49,6 @@ pub enum StartError {
     /// The HTTP client could not be built.
     #[error("dispatcher start-up: HTTP client: {0}")]
     Http(#[from] reqwest::Error),
-}
-
-/// What consumers share: one HTTP client, one confirm publisher, one attempt writer.
-pub struct Deps {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// PostgreSQL.
-    pub pool: PgPool,
-    /// RabbitMQ.
-    pub broker: Arc<Broker>,
-    /// Which targets may be contacted.
-    pub policy: TargetPolicy,
-    /// Opens the stored webhook secrets.
-    pub secrets: Arc<KeyRing>,
-    sender: deliver::Sender,
-    publisher: publisher::Publisher,
-    writer: writer::Writer,
-    /// The global limit on webhook requests in flight, shared fairly across partners.
-    slots: fair::FairSlots,
-}
-
-impl std::fmt::Debug for Deps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deps").finish_non_exhaustive()
-    }
 }
 
 /// Everything a dispatcher handler needs.
@@ -104,8 +84,9 @@ impl State {
         shutdown: &CancellationToken,
         lookup: Arc<dyn Lookup>,
     ) -> Result<Self, StartError> {
+        meters::describe();
         let (writer, _writer_task) = writer::Writer::start(ctx.pool.clone(), shutdown.clone());
-        let deps = Arc::new(Deps {
+        let deps = Arc::new(deps::Deps {
             config: Arc::clone(&ctx.config),
             pool: ctx.pool.clone(),
             broker: Arc::clone(&ctx.broker),
@@ -166,8 +147,12 @@ async fn queue_gauges(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Ok(mut channel) = broker.channel().await else {
-            continue;
+        let mut channel = match broker.channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the queue gauges now; next tick");
+                continue;
+            }
         };
         let (mut queued, mut dead) = (0u64, 0u64);
         for sub in registry.all().await {
@@ -197,7 +182,10 @@ async fn queue_gauges(
                     // A missing queue closes the channel; open another for the rest.
                     Err(_) => match broker.channel().await {
                         Ok(fresh) => channel = fresh,
-                        Err(_) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot read the rest of the queue gauges now; next tick");
+                            break;
+                        }
                     },
                 }
             }
@@ -208,18 +196,6 @@ async fn queue_gauges(
             tracing::debug!(error = %e, "closing the gauge channel failed; the broker drops it");
         }
     }
-}
-
-/// The names of the queue gauges.
-mod meters {
-    /// Messages waiting in one subscription's queue (label `subscription`; opt-in).
-    pub const QUEUE_DEPTH: &str = "anika_subscription_queue_depth";
-    /// Messages in one subscription's dead-letter queue (label `subscription`; opt-in).
-    pub const DEAD_LETTERS: &str = "anika_subscription_dead_letters";
-    /// Messages waiting in all subscription queues together.
-    pub const QUEUED_SUM: &str = "anika_subscriptions_queued_messages";
-    /// Messages in all dead-letter queues together.
-    pub const DEAD_LETTERS_SUM: &str = "anika_subscriptions_dead_letters";
 }
 
 fn routes() -> OpenApiRouter<State> {

@@ -196,7 +196,11 @@ pub async fn replay_dead_letters(
     ensure_subscription(pool, subscription).await?;
     let get = broker.channel().await?;
     let publish = broker.confirm_channel().await?;
-    let outcome = move_dead_letters(pool, &get, &publish, subscription, limit, progress).await;
+    let channels = Channels {
+        get: &get,
+        publish: &publish,
+    };
+    let outcome = move_dead_letters(pool, channels, subscription, limit, progress).await;
     // Closing the channel returns whatever was fetched and not acknowledged to the queue.
     close(get).await;
     close(publish).await;
@@ -204,14 +208,21 @@ pub async fn replay_dead_letters(
     if outcome.replayed > 0 {
         announce(pool, subscription).await;
     }
-    metrics::counter!("anika_dead_letters_replayed_total").increment(outcome.replayed);
+    metrics::counter!(crate::meters::DEAD_LETTERS_REPLAYED).increment(outcome.replayed);
     Ok(outcome)
+}
+
+/// The two channels a dead-letter replay uses: one to take messages from the dead-letter
+/// queue (acked only once their copy is confirmed), one in confirm mode to publish copies.
+#[derive(Clone, Copy)]
+struct Channels<'a> {
+    get: &'a Channel,
+    publish: &'a Channel,
 }
 
 async fn move_dead_letters(
     pool: &PgPool,
-    get: &Channel,
-    publish: &Channel,
+    Channels { get, publish }: Channels<'_>,
     subscription: SubscriptionId,
     limit: Option<u64>,
     progress: &(dyn Fn(u64) + Send + Sync),
@@ -381,7 +392,16 @@ struct EventRow {
     data: SqlJson<Box<RawValue>>,
 }
 
-/// Re-delivers the events of `window` that the subscription may read now:
+/// What a replay from the log re-delivers: one subscription's events of a window.
+#[derive(Clone, Copy, Debug)]
+pub struct LogSlice {
+    /// The subscription that receives them again.
+    pub subscription: SubscriptionId,
+    /// The events' receive times.
+    pub window: Window,
+}
+
+/// Re-delivers the events of the slice's window that its subscription may read now:
 /// its partner must own or be granted the topic, and its filter must match.
 ///
 /// Counts only what the broker confirmed; stops at the first refusal. Refuses to
@@ -390,10 +410,10 @@ pub async fn replay_log(
     pool: &PgPool,
     broker: &Arc<Broker>,
     how: &LogReplay<'_>,
-    subscription: SubscriptionId,
-    window: Window,
+    slice: LogSlice,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<LogReplayed, RecoveryError> {
+    let subscription = slice.subscription;
     let options = how
         .database_url
         .parse::<PgConnectOptions>()?
@@ -409,13 +429,13 @@ pub async fn replay_log(
         close_connection(conn).await;
         return Err(RecoveryError::Busy);
     }
-    let outcome = stream_window(&mut conn, broker, how, subscription, window, progress).await;
+    let outcome = stream_window(&mut conn, broker, how, slice, progress).await;
     close_connection(conn).await;
     let outcome = outcome?;
     if outcome.enqueued > 0 {
         announce(pool, subscription).await;
     }
-    metrics::counter!("anika_log_replayed_total").increment(outcome.enqueued);
+    metrics::counter!(crate::meters::LOG_REPLAYED).increment(outcome.enqueued);
     Ok(outcome)
 }
 
@@ -439,8 +459,10 @@ async fn stream_window(
     conn: &mut PgConnection,
     broker: &Arc<Broker>,
     how: &LogReplay<'_>,
-    subscription: SubscriptionId,
-    window: Window,
+    LogSlice {
+        subscription,
+        window,
+    }: LogSlice,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<LogReplayed, RecoveryError> {
     let row: Option<(Uuid, String, Option<SqlJson<Value>>, bool)> = sqlx::query_as(
@@ -577,5 +599,7 @@ async fn ensure_subscription(
 }
 
 async fn close(channel: Channel) {
-    let _ = channel.close(200, "done".into()).await;
+    if let Err(e) = channel.close(200, "done".into()).await {
+        tracing::debug!(error = %e, "closing a replay channel failed; the broker drops it");
+    }
 }

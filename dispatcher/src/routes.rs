@@ -4,7 +4,7 @@ use anika_shared::{
     Problem,
     audit::{self, Action, Actor, Changes, Target},
     auth::Principal,
-    domain::{PartnerId, Role, SubscriptionId, Timestamp},
+    domain::{AttemptStatus, PartnerId, Role, SubscriptionId, Timestamp},
     extract::{Json, Path, Query},
     page::{Limit, Page, decode_time_cursor},
     problem::{internal_error, problem_from_db},
@@ -121,16 +121,6 @@ async fn record_recovery(
     })
 }
 
-/// Outcome filter of the attempt list.
-#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum AttemptStatus {
-    /// 2xx.
-    Succeeded,
-    /// Anything else.
-    Failed,
-}
-
 /// Filters of the attempt list.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -158,7 +148,7 @@ pub(crate) struct AttemptOut {
     /// 1 for the first try.
     attempt: i32,
     /// `succeeded` or `failed`.
-    status: String,
+    status: AttemptStatus,
     http_status: Option<i32>,
     error: Option<String>,
     duration_ms: i32,
@@ -192,10 +182,6 @@ async fn list_attempts(
         .as_deref()
         .map(decode_time_cursor)
         .transpose()?;
-    let status = query.status.map(|s| match s {
-        AttemptStatus::Succeeded => "succeeded",
-        AttemptStatus::Failed => "failed",
-    });
     let rows: Vec<AttemptOut> = sqlx::query_as(
         "SELECT id, event_id, attempt, status, http_status, error, duration_ms, response_excerpt, at \
          FROM attempts WHERE subscription_id = $1 \
@@ -204,7 +190,7 @@ async fn list_attempts(
          ORDER BY at DESC, id DESC LIMIT $6",
     )
     .bind(id.uuid())
-    .bind(status)
+    .bind(query.status)
     .bind(query.since.map(Timestamp::get))
     .bind(before.map(|b| b.0))
     .bind(before.map(|b| b.1))
@@ -469,8 +455,10 @@ async fn replay_log(
         &state.ctx.pool,
         &state.ctx.broker,
         &how,
-        id,
-        window,
+        crate::recovery::LogSlice {
+            subscription: id,
+            window,
+        },
         &|_| {},
     )
     .await?;

@@ -25,7 +25,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::Deps;
+use crate::deps::Deps;
 
 /// What a notice says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,7 +146,7 @@ pub async fn write(
     .await?;
     let raw = RawValue::from_string(data).expect("serialised JSON is JSON");
     let body = Envelope::encode(id, topic, SYSTEM_TOPIC, partner, Some(&key), at, &raw);
-    metrics::counter!(meters::NOTICES, "type" => notice.kind()).increment(1);
+    metrics::counter!(crate::meters::SYSTEM_NOTICES, "type" => notice.kind()).increment(1);
     Ok(Some(Written { id, topic, body }))
 }
 
@@ -260,12 +260,6 @@ async fn flush(deps: &Deps, pool: &PgPool, interval: Duration) -> Result<(), sql
         tx.commit().await?;
         publish_all(deps, written).await;
     }
-}
-
-/// The names of the notice metrics.
-mod meters {
-    /// Operational events written, by `type`.
-    pub const NOTICES: &str = "anika_system_events_total";
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use anika_shared::domain::{AttemptId, EventId, SubscriptionId};
+use anika_shared::domain::{AttemptId, AttemptStatus, EventId, SubscriptionId};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -123,7 +123,10 @@ impl Writer {
     pub async fn flushed(&self) {
         let (tx, rx) = oneshot::channel();
         self.send(Job::Barrier(tx));
-        let _ = rx.await;
+        if rx.await.is_err() {
+            // `send` logged it: the writer is gone, and with it whatever was not written.
+            tracing::debug!("attempt writer stopped before the barrier; nothing more to wait for");
+        }
     }
 
     fn send(&self, job: Job) {
@@ -175,7 +178,7 @@ async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Job>, stop: Cancellat
             .await;
         match written {
             Ok(()) => {
-                metrics::counter!("anika_attempt_records_written_total")
+                metrics::counter!(crate::meters::ATTEMPT_RECORDS_WRITTEN)
                     .increment(attempts.len() as u64);
                 ack::settle(acks, requeues).await;
             }
@@ -186,7 +189,9 @@ async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Job>, stop: Cancellat
             }
         }
         for done in barriers {
-            let _ = done.send(());
+            if done.send(()).is_err() {
+                tracing::debug!("a barrier's waiter left before the flush completed");
+            }
         }
     }
 }
@@ -216,7 +221,7 @@ async fn insert(
             subs.push(a.subscription.uuid());
             events.push(a.event.uuid());
             numbers.push(a.attempt as i32);
-            statuses.push(if a.succeeded { "succeeded" } else { "failed" });
+            statuses.push(AttemptStatus::of(a.succeeded).as_str());
             http.push(a.http_status.map(i32::from));
             errors.push(a.error.clone());
             durations.push(a.duration.as_millis().min(i32::MAX as u128) as i32);

@@ -228,7 +228,9 @@ impl Publisher {
             backoff = self::backoff();
             match self.publish_on(&channel).await {
                 End::Finished => {
-                    let _ = channel.close(200, "ingest stopping".into()).await;
+                    if let Err(e) = channel.close(200, "ingest stopping".into()).await {
+                        tracing::debug!(error = %e, "closing the publisher's channel failed; the broker drops it");
+                    }
                     break;
                 }
                 End::Broken(e) => {
@@ -319,7 +321,7 @@ impl Publisher {
         } else {
             Duration::ZERO
         };
-        let _ = tokio::time::timeout(limit, async {
+        let drained = tokio::time::timeout(limit, async {
             while let Some((id, _, result)) = in_flight.next().await {
                 if let Some(Ok(confirmation)) = result
                     && confirmed(id, &confirmation)
@@ -329,6 +331,12 @@ impl Publisher {
             }
         })
         .await;
+        if drained.is_err() && !in_flight.is_empty() {
+            tracing::debug!(
+                unconfirmed = in_flight.len(),
+                "confirms still outstanding; those events stay in the outbox for the relay"
+            );
+        }
         if !confirmed_ids.is_empty() {
             self.pass_on(&mut confirmed_ids).await;
         }
@@ -386,7 +394,12 @@ impl Publisher {
     async fn pass_on(&self, ids: &mut Vec<Uuid>) {
         let batch = std::mem::take(ids);
         // Waiting here is back-pressure from a slow database; the deleter only stops when we do.
-        let _ = self.done.send(batch).await;
+        if let Err(e) = self.done.send(batch).await {
+            tracing::debug!(
+                rows = e.0.len(),
+                "the outbox deleter stopped; these confirmed events keep their outbox rows and the relay publishes them again"
+            );
+        }
     }
 }
 

@@ -107,8 +107,10 @@ impl Relay {
                 () = self.shutdown.cancelled() => break,
             }
         }
-        if let Some(channel) = channel {
-            let _ = channel.close(200, "ingest stopping".into()).await;
+        if let Some(channel) = channel
+            && let Err(e) = channel.close(200, "ingest stopping".into()).await
+        {
+            tracing::debug!(error = %e, "closing the relay's channel failed; the broker drops it");
         }
         tracing::debug!("outbox relay stopped");
     }

@@ -315,7 +315,9 @@ impl WriterTask {
                 Outcome::Failed(error) => Err(error),
             };
             // The client may have gone; its events are committed and will be published all the same.
-            let _ = submission.reply.send(answer);
+            if submission.reply.send(answer).is_err() {
+                tracing::debug!("a client left before its answer; its events are committed");
+            }
         }
         // Every new event got an outbox row in its commit.
         self.backlog.added(outgoing.len());

@@ -507,7 +507,9 @@ impl Broker {
     /// Whether RabbitMQ answers right now (for `/readyz`).
     pub async fn ping(&self) -> Result<(), BrokerError> {
         let channel = self.channel().await?;
-        let _ = channel.close(200, "ping".into()).await;
+        if let Err(e) = channel.close(200, "ping".into()).await {
+            tracing::debug!(error = %e, "closing the ping channel failed; the broker drops it");
+        }
         Ok(())
     }
 

@@ -211,35 +211,18 @@ impl TryFrom<String> for TargetId {
     }
 }
 
-/// The role an actor acted in: a principal's, or `system` for anika itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ActorRole {
-    /// An operator (also the command line).
-    Operator,
-    /// A partner's admin.
-    Admin,
-    /// A partner's publisher.
-    Publisher,
-    /// anika on its own, e.g. the dispatcher disabling an endpoint that keeps failing.
-    System,
-}
-
-impl ActorRole {
-    /// The name stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Operator => "operator",
-            Self::Admin => "admin",
-            Self::Publisher => "publisher",
-            Self::System => "system",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        [Self::Operator, Self::Admin, Self::Publisher, Self::System]
-            .into_iter()
-            .find(|r| r.as_str() == text)
+crate::domain::stored_enum! {
+    /// The role an actor acted in (`audit_log.actor_role`): a principal's, or `system` for
+    /// anika itself.
+    ActorRole, "actor role", {
+        /// An operator (also the command line).
+        Operator => "operator",
+        /// A partner's admin.
+        Admin => "admin",
+        /// A partner's publisher.
+        Publisher => "publisher",
+        /// anika on its own, e.g. the dispatcher disabling an endpoint that keeps failing.
+        System => "system",
     }
 }
 
@@ -250,12 +233,6 @@ impl From<Role> for ActorRole {
             Role::Admin => Self::Admin,
             Role::Publisher => Self::Publisher,
         }
-    }
-}
-
-impl fmt::Display for ActorRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -590,7 +567,8 @@ struct Row {
     at: DateTime<Utc>,
     actor_api_key_id: Option<Uuid>,
     actor_partner_id: Option<Uuid>,
-    actor_role: String,
+    /// Typed on read: a role that is none of the known ones is an error (logged and counted).
+    actor_role: ActorRole,
     action: String,
     target_type: String,
     target_id: String,
@@ -605,8 +583,7 @@ impl Row {
             actor: Actor {
                 api_key_id: self.actor_api_key_id.map(ApiKeyId::from),
                 partner_id: self.actor_partner_id.map(PartnerId::from),
-                // The column's CHECK allows only these roles.
-                role: ActorRole::parse(&self.actor_role).unwrap_or(ActorRole::System),
+                role: self.actor_role,
             },
             action: self.action,
             target: TargetOut {

@@ -45,6 +45,7 @@ pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
+                // Cannot fail: a URL with a password has a host.
                 let _ = parsed.set_password(Some("***"));
             }
             parsed.to_string()

@@ -128,7 +128,7 @@ impl EventId {
     }
 }
 
-fn truncate(text: &str, max: usize) -> String {
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         text.to_owned()
     } else {
@@ -538,6 +538,146 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// A stored name that is not one of its type's: a row written by a newer version, or by hand
+/// past the column's CHECK.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` is not a {what} ({expected})")]
+pub struct UnknownValue {
+    /// What the value should have been, e.g. `subscription status`.
+    pub what: &'static str,
+    /// What was found (at most 64 characters of it).
+    pub value: String,
+    /// The names that are known.
+    pub expected: &'static str,
+}
+
+/// An enum stored by name in a `text` column (whose CHECK lists the names) and shown by the
+/// same name in the API: one `as_str`, one `FromStr`, serde and sqlx all go through them, so
+/// every crate reads a stored value the same way. A value that does not parse is an error
+/// (never a fallback), and reading one from PostgreSQL logs and counts it
+/// ([`crate::meters::STORED_VALUES_UNREADABLE`]).
+macro_rules! stored_enum {
+    (
+        $(#[$meta:meta])* $name:ident, $what:literal,
+        { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }
+    ) => {
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq, Hash,
+            ::serde::Serialize, ::serde::Deserialize, ::utoipa::ToSchema,
+        )]
+        $(#[$meta])*
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            /// The name stored and shown.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+
+            /// Parses a value read from the database; one that does not parse is logged and
+            /// counted before it is returned as an error.
+            pub fn from_stored(text: &str) -> Result<Self, $crate::domain::UnknownValue> {
+                text.parse().inspect_err(|e: &$crate::domain::UnknownValue| {
+                    ::metrics::counter!($crate::meters::STORED_VALUES_UNREADABLE, "type" => $what)
+                        .increment(1);
+                    ::tracing::error!(error = %e, "a stored value does not parse");
+                })
+            }
+        }
+
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::domain::UnknownValue;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err($crate::domain::UnknownValue {
+                        what: $what,
+                        value: $crate::domain::truncate(other, 64),
+                        expected: concat!($($text, ", "),+).trim_end_matches(", "),
+                    }),
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ::sqlx::Type<::sqlx::Postgres> for $name {
+            fn type_info() -> ::sqlx::postgres::PgTypeInfo {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::type_info()
+            }
+
+            fn compatible(ty: &::sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl ::sqlx::Encode<'_, ::sqlx::Postgres> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut ::sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<::sqlx::encode::IsNull, ::sqlx::error::BoxDynError> {
+                <&str as ::sqlx::Encode<::sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
+            }
+        }
+
+        impl<'r> ::sqlx::Decode<'r, ::sqlx::Postgres> for $name {
+            fn decode(
+                value: ::sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, ::sqlx::error::BoxDynError> {
+                let text = <&str as ::sqlx::Decode<::sqlx::Postgres>>::decode(value)?;
+                Ok(Self::from_stored(text)?)
+            }
+        }
+    };
+}
+
+pub(crate) use stored_enum;
+
+stored_enum! {
+    /// The state of a subscription (`subscriptions.status`).
+    #[schema(as = Status)]
+    SubscriptionStatus, "subscription status", {
+        /// Delivering.
+        Active => "active",
+        /// Events queue up; nothing is sent.
+        Paused => "paused",
+        /// Set by the server for an endpoint that keeps failing (or answered 410).
+        Disabled => "disabled",
+    }
+}
+
+stored_enum! {
+    /// What came of one delivery attempt (`attempts.status`).
+    AttemptStatus, "attempt status", {
+        /// 2xx.
+        Succeeded => "succeeded",
+        /// Anything else.
+        Failed => "failed",
+    }
+}
+
+impl AttemptStatus {
+    /// `Succeeded` for a 2xx, `Failed` for anything else.
+    pub fn of(succeeded: bool) -> Self {
+        if succeeded {
+            Self::Succeeded
+        } else {
+            Self::Failed
+        }
+    }
+}
+
 /// Fills a buffer from the operating system's CSPRNG.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
@@ -621,6 +761,32 @@ mod tests {
         assert!(serde_json::from_str::<Timestamp>("\"-5000-01-01T00:00:00Z\"").is_err());
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+    }
+
+    #[test]
+    fn stored_enums_round_trip_by_their_one_name_and_refuse_any_other() {
+        for status in SubscriptionStatus::ALL {
+            assert_eq!(status.as_str().parse::<SubscriptionStatus>(), Ok(*status));
+            let json = serde_json::to_string(status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+            assert_eq!(
+                serde_json::from_str::<SubscriptionStatus>(&json).unwrap(),
+                *status
+            );
+        }
+        for status in AttemptStatus::ALL {
+            assert_eq!(status.as_str().parse::<AttemptStatus>(), Ok(*status));
+        }
+        assert_eq!(AttemptStatus::of(true), AttemptStatus::Succeeded);
+        assert_eq!(AttemptStatus::of(false), AttemptStatus::Failed);
+        // No fallback: an unknown value is an error that names the known ones.
+        let err = SubscriptionStatus::from_stored("archived").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`archived` is not a subscription status (active, paused, disabled)"
+        );
+        assert!("Active".parse::<SubscriptionStatus>().is_err());
+        assert!(serde_json::from_str::<AttemptStatus>("\"ok\"").is_err());
     }
 
     #[test]

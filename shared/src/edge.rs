@@ -303,7 +303,7 @@ impl GuardedBody {
     fn fail(&mut self, error: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.done = true;
         self.reservation.failed.store(true, Ordering::Release);
-        metrics::counter!("anika_http_bodies_refused_total", "reason" => match error {
+        metrics::counter!(crate::meters::HTTP_BODIES_REFUSED, "reason" => match error {
             BodyError::TimedOut(_) => "timeout",
             BodyError::Overloaded => "body_bytes",
             BodyError::Broken => "broken",
@@ -323,7 +323,7 @@ pub async fn admit(State(limits): State<EdgeLimits>, request: Request, next: Nex
     }
     let in_flight = limits.max_requests - limits.requests.available_permits();
     if in_flight >= limits.admission.bound() {
-        metrics::counter!("anika_http_requests_refused_total", "reason" => "queue").increment(1);
+        metrics::counter!(crate::meters::HTTP_REQUESTS_REFUSED, "reason" => "queue").increment(1);
         return Problem::overloaded(
             "the server is past its capacity: requests queue up; nothing was done, retry shortly",
             1,
@@ -331,7 +331,7 @@ pub async fn admit(State(limits): State<EdgeLimits>, request: Request, next: Nex
         .into_response();
     }
     let Ok(_slot) = Arc::clone(&limits.requests).try_acquire_owned() else {
-        metrics::counter!("anika_http_requests_refused_total", "reason" => "in_flight")
+        metrics::counter!(crate::meters::HTTP_REQUESTS_REFUSED, "reason" => "in_flight")
             .increment(1);
         return Problem::overloaded(
             format!(

@@ -239,9 +239,9 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     let method = request.method().as_str().to_owned();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("anika_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    metrics::counter!(crate::meters::HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status)
         .increment(1);
-    metrics::histogram!("anika_http_request_duration_seconds", "method" => method, "route" => route)
+    metrics::histogram!(crate::meters::HTTP_REQUEST_SECONDS, "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
 }

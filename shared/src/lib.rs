@@ -12,6 +12,7 @@ pub mod edge;
 pub mod envelope;
 pub mod extract;
 pub mod http;
+pub mod meters;
 pub mod metrics;
 pub mod net;
 pub mod page;

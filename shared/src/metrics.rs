@@ -24,8 +24,11 @@ pub fn install() -> PrometheusHandle {
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
-            // Fails only if another recorder was installed first; then we render an empty registry.
-            let _ = metrics::set_global_recorder(recorder);
+            match metrics::set_global_recorder(recorder) {
+                Ok(()) => crate::meters::describe(),
+                // Another recorder was installed first: this handle renders an empty registry.
+                Err(e) => tracing::warn!(error = %e, "a metrics recorder is already installed; /metrics stays empty"),
+            }
             let upkeep = handle.clone();
             std::thread::Builder::new()
                 .name("metrics-upkeep".into())

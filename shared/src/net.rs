@@ -201,6 +201,7 @@ impl fmt::Debug for WebhookUrl {
         // Credentials in the user-info part never reach a log.
         let mut shown = self.0.clone();
         if shown.password().is_some() {
+            // Cannot fail: a URL with a password has a host.
             let _ = shown.set_password(Some("***"));
         }
         write!(f, "WebhookUrl({shown})")

@@ -38,6 +38,8 @@ pub fn init(format: LogFormat) {
             .with(fmt::layer().with_writer(std::io::stderr))
             .try_init()
     };
-    // Already installed (several apps in one test process): keep the first.
-    let _ = result;
+    // Already installed (several apps in one test process): keep the first, which logs this.
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "a log subscriber is already installed; keeping it");
+    }
 }

@@ -9,3 +9,4 @@ mod properties;
 mod secrets;
 mod subscriptions;
 mod topics;
+mod unreadable;

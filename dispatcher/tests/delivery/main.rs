@@ -14,3 +14,4 @@ mod retries;
 mod secrets;
 mod signing;
 mod system;
+mod unreadable;
