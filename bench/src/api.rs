@@ -31,7 +31,10 @@ impl Api {
     /// A client with a connection pool large enough for `concurrency` requests in flight.
     pub fn new(base: &str, concurrency: usize) -> Result<Self, CliError> {
         let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(concurrency.max(64) * 4)
+            // Every connection the open loop opens may be reused: a client that closes all
+            // but a few hundred turns each further request into a TCP handshake, and under
+            // overload into SYN retries at the server's full accept queue (seconds each).
+            .pool_max_idle_per_host((concurrency.max(64) * 4).max(super::load::MAX_OPEN_IN_FLIGHT))
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(30))

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::api::{Api, Credential};
 
 /// Requests in flight at most in open loop (a server that stops answering must not get a million tasks).
-const MAX_OPEN_IN_FLIGHT: usize = 8192;
+pub const MAX_OPEN_IN_FLIGHT: usize = 8192;
 
 /// One accepted event: its id, when its POST was sent and when the 202 came back.
 #[derive(Clone, Copy, Debug)]

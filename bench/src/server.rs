@@ -23,10 +23,10 @@ static SERVER_BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// Starts `binary` instead of the `anika` next to the bench's own binary.
 pub fn use_binary(binary: Option<PathBuf>) {
-    if let Some(binary) = binary {
-        if SERVER_BINARY.set(binary).is_err() {
-            tracing::warn!("the server binary was chosen twice; the first choice stands");
-        }
+    if let Some(binary) = binary
+        && SERVER_BINARY.set(binary).is_err()
+    {
+        tracing::warn!("the server binary was chosen twice; the first choice stands");
     }
 }
 

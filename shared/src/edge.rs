@@ -8,18 +8,13 @@
 //! keeps serving everyone else.
 //!
 //! A cap on requests in flight bounds memory, not latency: with thousands of
-//! requests sharing the cores, each waits for all the others. So requests are
-//! also admitted by Little's law: the process measures how many requests it
-//! completes per second, and past [`ADMIT_FLOOR`] in flight it admits a new
-//! one only while the requests already in flight would be done within
-//! [`ADMIT_SOJOURN`] at that rate (in flight < rate × sojourn). Past it the
-//! request gets a 503 with `Retry-After` at once, before anything else is done
-//! for it (no request id, no trace span, no metrics labels), so that a refusal
-//! costs a small fraction of an accepted request and the cores keep serving
-//! what was admitted. Below the floor nothing is ever refused, so a burst of
-//! a few hundred requests (or a few slow ones) never is. When the process
-//! stalls (PostgreSQL flushing a checkpoint), the rate falls, the bound falls
-//! to the floor with it, and callers are told to come back instead of queueing.
+//! requests sharing the cores, each waits for all the others. So the edge also
+//! sheds load the way CoDel drops packets: when even the fastest request of
+//! the last [`SHED_INTERVAL`] took longer than [`SHED_TARGET`], a queue has
+//! formed that does not drain by itself, and new requests beyond
+//! [`SHED_FLOOR`] in flight get a 503 with `Retry-After` at once, until the
+//! fastest are fast again. Below the floor nothing is ever shed, so a few slow
+//! requests (a subscription's RabbitMQ round trips) never trigger it.
 //!
 //! The caps apply to `/v1` routes only: `/healthz`, `/readyz` and `/metrics`
 //! must still answer when the API is saturated, or an orchestrator would kill
@@ -92,15 +87,14 @@ impl BodyError {
     }
 }
 
-/// Requests in flight that are never refused for load: a burst of a few hundred requests
-/// is not an overload (the closed-loop benchmarks run 64 clients, a test posts 200 at once),
-/// and at ~5,000 events/s on 2 cores 256 in flight are ~50 ms of queue.
-pub const ADMIT_FLOOR: usize = 256;
-/// How long the requests in flight may take to finish, at the measured rate, for a new one
-/// to be admitted: the queueing a caller may meet before it is told to come back instead.
-pub const ADMIT_SOJOURN: Duration = Duration::from_millis(50);
-/// The interval over which completions are counted to measure the rate.
-pub const RATE_INTERVAL: Duration = Duration::from_millis(100);
+/// A standing queue is declared when the fastest request of an interval took longer than this.
+pub const SHED_TARGET: Duration = Duration::from_millis(25);
+/// The interval over which the fastest request is taken.
+pub const SHED_INTERVAL: Duration = Duration::from_millis(100);
+/// Requests in flight that are never shed: a burst of a few hundred requests is not an
+/// overload (the closed-loop benchmarks run 64 clients, a test posts 200 at once), and at
+/// ~5,000 events/s on 2 cores 256 in flight are ~50 ms of queue.
+pub const SHED_FLOOR: usize = 256;
 
 /// The process-wide bounds, shared by every request.
 #[derive(Clone, Debug)]
@@ -110,28 +104,28 @@ pub struct EdgeLimits {
     max_requests: usize,
     body_bytes: Arc<AtomicUsize>,
     max_body_bytes: usize,
-    admission: Arc<Admission>,
+    queue: Arc<QueueWatch>,
 }
 
-/// The completion rate of `/v1` requests, and from it the admission bound (module docs).
+/// CoDel's test for a standing queue, over request durations (see the module docs).
 #[derive(Debug)]
-struct Admission {
+struct QueueWatch {
     epoch: std::time::Instant,
     /// Start of the current interval, in microseconds since `epoch`.
     interval_start: AtomicU64,
-    /// Requests completed in the current interval.
-    completed: AtomicU64,
-    /// Completions per second, smoothed over the last intervals (EWMA, weight ¼ per interval).
-    rate: AtomicU64,
+    /// The fastest request of the current interval, in microseconds.
+    fastest: AtomicU64,
+    /// Whether the last complete interval showed a standing queue.
+    standing: AtomicBool,
 }
 
-impl Admission {
+impl QueueWatch {
     fn new() -> Self {
         Self {
             epoch: std::time::Instant::now(),
             interval_start: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
-            rate: AtomicU64::new(0),
+            fastest: AtomicU64::new(u64::MAX),
+            standing: AtomicBool::new(false),
         }
     }
 
@@ -139,50 +133,37 @@ impl Admission {
         self.epoch.elapsed().as_micros() as u64
     }
 
-    /// Closes the current interval when it is over; called on every arrival and completion,
-    /// so a process that completes nothing (a stall) sees its rate fall as requests arrive.
-    fn tick(&self) {
+    /// A request took `took`; closes the interval when it is over.
+    fn finished(&self, took: Duration) {
+        self.fastest
+            .fetch_min(took.as_micros() as u64, Ordering::AcqRel);
         let now = self.now_us();
         let start = self.interval_start.load(Ordering::Acquire);
-        let elapsed = now.saturating_sub(start);
-        if elapsed < RATE_INTERVAL.as_micros() as u64
-            || self
+        if now.saturating_sub(start) >= SHED_INTERVAL.as_micros() as u64
+            && self
                 .interval_start
                 .compare_exchange(start, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
+                .is_ok()
         {
-            return;
+            let fastest = self.fastest.swap(u64::MAX, Ordering::AcqRel);
+            let standing = fastest != u64::MAX && fastest > SHED_TARGET.as_micros() as u64;
+            if standing != self.standing.swap(standing, Ordering::AcqRel) {
+                tracing::info!(
+                    fastest_ms = fastest as f64 / 1000.0,
+                    "{}",
+                    if standing {
+                        "requests queue up: shedding new ones beyond the floor"
+                    } else {
+                        "the request queue drained: no longer shedding"
+                    }
+                );
+            }
         }
-        let completed = self.completed.swap(0, Ordering::AcqRel);
-        let measured = completed.saturating_mul(1_000_000) / elapsed.max(1);
-        let old = self.rate.load(Ordering::Acquire);
-        self.rate
-            .store(smoothed_rate(old, measured), Ordering::Release);
     }
 
-    /// A request was done.
-    fn finished(&self) {
-        self.completed.fetch_add(1, Ordering::AcqRel);
-        self.tick();
+    fn standing(&self) -> bool {
+        self.standing.load(Ordering::Acquire)
     }
-
-    /// How many requests may be in flight for one more to be admitted.
-    fn bound(&self) -> usize {
-        self.tick();
-        admission_bound(self.rate.load(Ordering::Acquire))
-    }
-}
-
-/// The next smoothed rate from the last one and an interval's measurement.
-fn smoothed_rate(old: u64, measured: u64) -> u64 {
-    (old * 3 + measured) / 4
-}
-
-/// Little's law: the requests that finish within [`ADMIT_SOJOURN`] at `rate` per second,
-/// never fewer than [`ADMIT_FLOOR`].
-fn admission_bound(rate_per_s: u64) -> usize {
-    let within = rate_per_s.saturating_mul(ADMIT_SOJOURN.as_millis() as u64) / 1000;
-    ADMIT_FLOOR.max(usize::try_from(within).unwrap_or(usize::MAX))
 }
 
 impl EdgeLimits {
@@ -194,7 +175,7 @@ impl EdgeLimits {
             max_requests: config.max_requests_in_flight,
             body_bytes: Arc::new(AtomicUsize::new(0)),
             max_body_bytes: config.max_body_bytes_in_flight,
-            admission: Arc::new(Admission::new()),
+            queue: Arc::new(QueueWatch::new()),
         }
     }
 }
@@ -313,16 +294,13 @@ impl GuardedBody {
     }
 }
 
-/// The outermost middleware: a request slot, or a 503 at once (see the module docs).
-///
-/// It runs before the request id, tracing and metrics layers, so that refusing costs as
-/// little as possible; the refusal is counted in `anika_http_requests_refused_total`.
-pub async fn admit(State(limits): State<EdgeLimits>, request: Request, next: Next) -> Response {
+/// The middleware: a request slot, then the body under deadline and budget.
+pub async fn enforce(State(limits): State<EdgeLimits>, request: Request, next: Next) -> Response {
     if !request.uri().path().starts_with("/v1/") {
         return next.run(request).await;
     }
     let in_flight = limits.max_requests - limits.requests.available_permits();
-    if in_flight >= limits.admission.bound() {
+    if in_flight >= SHED_FLOOR && limits.queue.standing() {
         metrics::counter!(crate::meters::HTTP_REQUESTS_REFUSED, "reason" => "queue").increment(1);
         return Problem::overloaded(
             "the server is past its capacity: requests queue up; nothing was done, retry shortly",
@@ -343,20 +321,6 @@ pub async fn admit(State(limits): State<EdgeLimits>, request: Request, next: Nex
         )
         .into_response();
     };
-    let response = next.run(request).await;
-    limits.admission.finished();
-    response
-}
-
-/// The inner middleware: the body under its deadline and a share of the byte budget.
-pub async fn guard_body(
-    State(limits): State<EdgeLimits>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if !request.uri().path().starts_with("/v1/") {
-        return next.run(request).await;
-    }
     let reservation = Arc::new(Reservation {
         global: Arc::clone(&limits.body_bytes),
         max: limits.max_body_bytes,
@@ -372,7 +336,9 @@ pub async fn guard_body(
         reservation: Arc::clone(&reservation),
         done: false,
     });
+    let started = std::time::Instant::now();
     let mut response = next.run(Request::from_parts(parts, body)).await;
+    limits.queue.finished(started.elapsed());
     if reservation.failed.load(Ordering::Acquire) {
         // The rest of the body is still on the wire: the connection cannot carry another request.
         response
@@ -388,49 +354,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn below_the_floor_nothing_is_refused_whatever_the_rate() {
-        assert_eq!(admission_bound(0), ADMIT_FLOOR);
-        assert_eq!(admission_bound(1_000), ADMIT_FLOOR);
-    }
-
-    #[test]
-    fn past_the_floor_the_bound_is_what_finishes_within_the_sojourn() {
-        // 20,000 requests/s × 50 ms = 1,000 in flight.
-        assert_eq!(admission_bound(20_000), 1_000);
-        assert!(admission_bound(u64::MAX) > 1_000_000, "no overflow");
-    }
-
-    #[test]
-    fn the_rate_follows_the_measurements_and_falls_in_a_stall() {
-        let mut rate = 0;
-        for _ in 0..20 {
-            rate = smoothed_rate(rate, 8_000);
-        }
-        assert!((7_500..=8_000).contains(&rate), "{rate}");
-        for _ in 0..10 {
-            rate = smoothed_rate(rate, 0);
-        }
-        assert!(
-            rate < 500,
-            "a stall brings the bound back to the floor: {rate}"
-        );
-    }
-
-    #[test]
-    fn an_interval_closes_on_arrivals_too() {
-        let admission = Admission::new();
-        for _ in 0..100 {
-            admission.finished();
-        }
-        std::thread::sleep(RATE_INTERVAL);
-        admission.finished();
-        assert!(admission.rate.load(Ordering::Acquire) > 0);
-        let before = admission.rate.load(Ordering::Acquire);
-        std::thread::sleep(RATE_INTERVAL);
-        assert_eq!(admission.bound(), ADMIT_FLOOR);
-        assert!(
-            admission.rate.load(Ordering::Acquire) < before,
-            "no completions: the rate falls"
-        );
+    fn a_queue_stands_only_while_even_the_fastest_request_is_slow() {
+        let watch = QueueWatch::new();
+        watch.finished(Duration::from_millis(80));
+        assert!(!watch.standing(), "judged only once an interval is over");
+        std::thread::sleep(SHED_INTERVAL);
+        watch.finished(Duration::from_millis(60));
+        assert!(watch.standing(), "every request of the interval was slow");
+        watch.finished(Duration::from_millis(1));
+        std::thread::sleep(SHED_INTERVAL);
+        watch.finished(Duration::from_millis(90));
+        assert!(!watch.standing(), "one fast request: the queue drains");
     }
 }

@@ -275,16 +275,11 @@ pub fn finish(router: Router) -> Router {
 
 /// Like [`finish`], with the resource bounds of [`crate::edge`] on every `/v1` route:
 /// a deadline for request bodies, and caps on requests and body bytes in flight.
-///
-/// Admission is the outermost layer, so a refused request costs no request id, span or
-/// metrics labels; the body guard sits inside, next to the handlers that read bodies.
 pub fn finish_with(router: Router, config: &crate::config::Config) -> Router {
-    let limits = crate::edge::EdgeLimits::new(config);
     finish(router.layer(middleware::from_fn_with_state(
-        limits.clone(),
-        crate::edge::guard_body,
+        crate::edge::EdgeLimits::new(config),
+        crate::edge::enforce,
     )))
-    .layer(middleware::from_fn_with_state(limits, crate::edge::admit))
 }
 
 /// Serves `app` on an already-bound listener until `shutdown` fires, then drains open requests.
