@@ -52,24 +52,7 @@ impl Ops {
     }
 
     async fn queue_depth(&self, queue: &str) -> Option<u32> {
-        let channel = self.broker.channel().await.ok()?;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                // passive: only read the count; an operator command never creates queues.
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .ok()
-            .map(|q| q.message_count());
-        if let Err(e) = channel.close(200, "done".into()).await {
-            tracing::debug!(error = %e, "closing a channel failed; the broker drops it");
-        }
-        declared
+        self.broker.message_count(queue).await
     }
 }
 

@@ -133,7 +133,12 @@ async fn subscription_health(
         .bind(WINDOW.as_secs_f64())
         .fetch_one(pool)
         .await?;
-    let queued = queue_depth(&state, id).await;
+    let queued = state
+        .ctx
+        .broker
+        .message_count(&subscription_queue(id))
+        .await
+        .map(u64::from);
     let in_flight = match state.registry.get(id).await {
         Some(sub) => sub.in_flight.in_use() as u64,
         None => 0,
@@ -159,29 +164,6 @@ async fn subscription_health(
             },
         },
     }))
-}
-
-/// Messages ready in the subscription's queue, by a passive declare (it never creates one).
-async fn queue_depth(state: &State, id: SubscriptionId) -> Option<u64> {
-    let channel = state.ctx.broker.channel().await.ok()?;
-    let declared = channel
-        .queue_declare(
-            subscription_queue(id).as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await;
-    let depth = declared.ok().map(|q| u64::from(q.message_count()));
-    // A failed passive declare already closed the channel.
-    if depth.is_some()
-        && let Err(e) = channel.close(200, "queue depth read".into()).await
-    {
-        tracing::debug!(error = %e, "closing the health channel failed; the broker drops it");
-    }
-    depth
 }
 
 /// What to send as the test event's `data` (default: a small object that says it is a test).

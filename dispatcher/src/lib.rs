@@ -160,23 +160,14 @@ async fn queue_gauges(
                 (subscription_queue(sub.id), meters::QUEUE_DEPTH, &mut queued),
                 (dead_letter_queue(sub.id), meters::DEAD_LETTERS, &mut dead),
             ] {
-                let declared = channel
-                    .queue_declare(
-                        queue.as_str().into(),
-                        // passive: only read the count; never create a queue from a metrics loop.
-                        lapin::options::QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        lapin::types::FieldTable::default(),
-                    )
-                    .await;
+                // Only reads the count; a metrics loop never creates a queue.
+                let declared = anika_shared::amqp::message_count(&channel, &queue).await;
                 match declared {
-                    Ok(q) => {
-                        *sum += u64::from(q.message_count());
+                    Ok(count) => {
+                        *sum += u64::from(count);
                         if per_subscription {
                             metrics::gauge!(gauge, "subscription" => sub.id.to_string())
-                                .set(f64::from(q.message_count()));
+                                .set(f64::from(count));
                         }
                     }
                     // A missing queue closes the channel; open another for the rest.

@@ -323,18 +323,7 @@ async fn forget_stale_records(
     let before: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
         .fetch_one(pool)
         .await?;
-    let left = channel
-        .queue_declare(
-            dead_letter_queue(subscription).as_str().into(),
-            // passive: only read the count.
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await?
-        .message_count();
+    let left = anika_shared::amqp::message_count(channel, &dead_letter_queue(subscription)).await?;
     if left == 0 {
         sqlx::query("DELETE FROM dead_letters WHERE subscription_id = $1 AND dead_at < $2")
             .bind(subscription.uuid())

@@ -40,6 +40,22 @@ pub const ATTEMPT_HEADER: &str = "x-anika-attempts";
 /// Header carrying the last error of a dead-lettered message.
 pub const LAST_ERROR_HEADER: &str = "x-anika-last-error";
 
+/// The messages ready in `queue`, by a passive declare: it only reads the count and never
+/// creates a queue. A missing queue is an error that closes `channel`.
+pub async fn message_count(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|q| q.message_count())
+}
+
 /// The queue a subscription consumes: `anika.sub.<id>`.
 pub fn subscription_queue(id: SubscriptionId) -> String {
     format!("anika.sub.{id}")
@@ -502,6 +518,20 @@ impl Broker {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok(channel)
+    }
+
+    /// The messages ready in `queue` now, on a channel of its own; `None` when the queue
+    /// does not exist or RabbitMQ cannot be asked.
+    pub async fn message_count(&self, queue: &str) -> Option<u32> {
+        let channel = self.channel().await.ok()?;
+        let count = message_count(&channel, queue).await.ok();
+        // A failed passive declare already closed the channel.
+        if count.is_some()
+            && let Err(e) = channel.close(200, "queue counted".into()).await
+        {
+            tracing::debug!(error = %e, "closing a channel failed; the broker drops it");
+        }
+        count
     }
 
     /// Whether RabbitMQ answers right now (for `/readyz`).
