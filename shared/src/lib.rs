@@ -21,6 +21,7 @@ pub mod problem;
 pub mod secret_rows;
 pub mod secrets;
 pub mod storable;
+pub mod store;
 pub mod telemetry;
 
 pub use context::Context;

@@ -362,6 +362,38 @@ impl Poster {
     }
 }
 
+/// Like [`await_deliveries`], for a backlog of thousands drained by a debug build on a busy
+/// machine: waits while deliveries keep arriving, and gives up only once no missing id
+/// arrived for `stall` (or after `cap` in all). A slow drain is late, not lost; a lost
+/// event stops the progress and fails the test all the same.
+pub async fn await_draining(
+    receiver: &Receiver,
+    expected: &[String],
+    stall: Duration,
+    cap: Duration,
+) -> (Vec<String>, usize) {
+    let started = Instant::now();
+    let mut missing_before = usize::MAX;
+    let mut progressed = Instant::now();
+    loop {
+        let (missing, duplicates) = await_deliveries(receiver, expected, Duration::ZERO).await;
+        if missing.len() < missing_before {
+            missing_before = missing.len();
+            progressed = Instant::now();
+        }
+        if missing.is_empty() || progressed.elapsed() >= stall || started.elapsed() >= cap {
+            eprintln!(
+                "drained {} of {} in {:?}",
+                expected.len() - missing.len(),
+                expected.len(),
+                started.elapsed()
+            );
+            return (missing, duplicates);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Waits until every id in `expected` reached `receiver`; returns (missing, duplicates).
 pub async fn await_deliveries(
     receiver: &Receiver,

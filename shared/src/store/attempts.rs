@@ -1,0 +1,1 @@
+//! Delivery attempts, dead letters and the endpoint health derived from them.

@@ -1,0 +1,1 @@
+//! The event log and its outbox: writing accepted events, relaying, searching, replaying and retention.

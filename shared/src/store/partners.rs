@@ -1,0 +1,1 @@
+//! Partners and their ingest quotas.

@@ -1,0 +1,1 @@
+//! The schema itself: which migrations are applied (for `anika migrate` and readiness).

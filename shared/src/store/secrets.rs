@@ -1,0 +1,1 @@
+//! The rows that hold sealed secrets, as a whole: sealing, checking, re-wrapping and erasing.

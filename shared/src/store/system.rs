@@ -1,0 +1,1 @@
+//! The `anika.system` topic's bookkeeping: what anika has told each partner about its subscriptions.
