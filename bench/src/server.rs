@@ -13,6 +13,7 @@ use std::{
 };
 
 use anika_shared::config::{Config, redact_url};
+use anika_testkit::admin::{self, delete_vhost, drop_database, with_path};
 use sqlx::{Connection, PgConnection};
 use tokio::process::{Child, Command};
 
@@ -194,7 +195,13 @@ impl Target {
         let admin_url = config.database_url.expose().to_owned();
         let database_url = with_path(&admin_url, name)?;
         let first = amqp_nodes.first().ok_or("no RabbitMQ node to run on")?;
-        let vhost = match create_vhost(rabbitmq_api, name, first).await {
+        // The AMQP user of the configuration gets every permission in the new vhost.
+        let amqp_user = url::Url::parse(first)
+            .ok()
+            .map(|u| u.username().to_owned())
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "guest".to_owned());
+        let vhost = match admin::create_vhost(rabbitmq_api, name, &amqp_user).await {
             Ok(()) => Some(name.to_owned()),
             Err(e) if vhost_required => {
                 return Err(format!(
@@ -383,97 +390,11 @@ impl Target {
     }
 }
 
-/// `url` with its path (database or vhost) replaced by `name`.
-fn with_path(url: &str, name: &str) -> Result<String, CliError> {
-    let mut parsed =
-        url::Url::parse(url).map_err(|e| format!("cannot derive a bench URL from {url}: {e}"))?;
-    parsed.set_path(&format!("/{name}"));
-    Ok(parsed.to_string())
-}
-
 fn free_port() -> Result<u16, CliError> {
     // Bound and released at once: the child binds it a moment later.
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| format!("cannot find a free port: {e}"))?;
     Ok(listener.local_addr()?.port())
-}
-
-async fn drop_database(admin_url: &str, name: &str) -> Result<(), CliError> {
-    let options = anika_shared::db::options(&with_path(admin_url, "postgres")?)?;
-    let mut conn = PgConnection::connect_with(&options).await?;
-    // FORCE: connections the killed server left behind must not keep the database alive.
-    let statement = format!(
-        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-        name.replace('"', "\"\"")
-    );
-    sqlx::query(sqlx::AssertSqlSafe(statement))
-        .execute(&mut conn)
-        .await?;
-    conn.close().await?;
-    Ok(())
-}
-
-/// The management API's base URL and the credentials in it.
-fn management(api: &str) -> Result<(String, String, String), CliError> {
-    let parsed = url::Url::parse(api).map_err(|e| format!("--rabbitmq-api {api}: {e}"))?;
-    let user = if parsed.username().is_empty() {
-        "guest".to_owned()
-    } else {
-        parsed.username().to_owned()
-    };
-    let password = parsed.password().unwrap_or("guest").to_owned();
-    let mut base = parsed;
-    let _ = base.set_username("");
-    let _ = base.set_password(None);
-    Ok((
-        base.as_str().trim_end_matches('/').to_owned(),
-        user,
-        password,
-    ))
-}
-
-async fn create_vhost(api: &str, name: &str, amqp_url: &str) -> Result<(), CliError> {
-    let (base, user, password) = management(api)?;
-    let http = reqwest::Client::new();
-    let created = http
-        .put(format!("{base}/api/vhosts/{name}"))
-        .basic_auth(&user, Some(&password))
-        .send()
-        .await?;
-    if !created.status().is_success() {
-        return Err(format!("creating vhost {name}: {}", created.status()).into());
-    }
-    // The AMQP user of the configuration gets every permission in the new vhost.
-    let amqp_user = url::Url::parse(amqp_url)
-        .ok()
-        .map(|u| u.username().to_owned())
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "guest".to_owned());
-    let granted = http
-        .put(format!("{base}/api/permissions/{name}/{amqp_user}"))
-        .basic_auth(&user, Some(&password))
-        .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
-        .send()
-        .await?;
-    if !granted.status().is_success() {
-        let _ = delete_vhost(api, name).await;
-        return Err(format!("granting {amqp_user} on vhost {name}: {}", granted.status()).into());
-    }
-    Ok(())
-}
-
-async fn delete_vhost(api: &str, name: &str) -> Result<(), CliError> {
-    let (base, user, password) = management(api)?;
-    let response = reqwest::Client::new()
-        .delete(format!("{base}/api/vhosts/{name}"))
-        .basic_auth(&user, Some(&password))
-        .send()
-        .await?;
-    if response.status().is_success() || response.status() == reqwest::StatusCode::NOT_FOUND {
-        Ok(())
-    } else {
-        Err(format!("{}", response.status()).into())
-    }
 }
 
 /// The resident set size of a process in bytes (`VmRSS` of `/proc/<pid>/status`).

@@ -353,15 +353,24 @@ struct Checked<'a> {
     value: Value,
 }
 
+/// What each event of a request is checked against: its topic and the size limit (batches only).
+struct EventRules<'t> {
+    topic: &'t Topic,
+    max_data_bytes: Option<usize>,
+}
+
 /// Checks one event's `data` (size, storability, schema) and `key`; problems go into `findings`.
 fn check_event<'a>(
-    topic: &Topic,
+    rules: &EventRules<'_>,
     data: &'a RawValue,
     key: Option<String>,
     pointer: &str,
-    max_data_bytes: Option<usize>,
     findings: &mut Findings,
 ) -> Option<Checked<'a>> {
+    let EventRules {
+        topic,
+        max_data_bytes,
+    } = *rules;
     let data_pointer = format!("{pointer}/data");
     let before = findings.too_large.len() + findings.invalid.len();
     if let Some(max) = max_data_bytes
@@ -546,7 +555,16 @@ pub(crate) fn single(
     };
     let mut findings = Findings::default();
     let key = optional_string(raw.key, "/key", &mut findings);
-    let checked = check_event(topic, data, key, "", None, &mut findings);
+    let checked = check_event(
+        &EventRules {
+            topic,
+            max_data_bytes: None,
+        },
+        data,
+        key,
+        "",
+        &mut findings,
+    );
     findings.into_result("the event")?;
     let checked = checked.expect("no findings means the event was checked");
     Ok(new_event(topic, publisher, checked, idempotency_key))
@@ -592,6 +610,10 @@ pub(crate) fn batch(
             ),
         ));
     }
+    let rules = EventRules {
+        topic,
+        max_data_bytes: Some(max_data_bytes),
+    };
     let mut findings = Findings::default();
     let mut items = Vec::with_capacity(events.len());
     // Idempotency key → (index, hash) of its first use in this batch.
@@ -621,14 +643,7 @@ pub(crate) fn batch(
             ));
             continue;
         };
-        let Some(checked) = check_event(
-            topic,
-            data,
-            key,
-            &pointer,
-            Some(max_data_bytes),
-            &mut findings,
-        ) else {
+        let Some(checked) = check_event(&rules, data, key, &pointer, &mut findings) else {
             continue;
         };
         if let Some(idem) = &idempotency_key {

@@ -369,13 +369,8 @@ fn owner_alive(name: &str) -> bool {
 }
 
 async fn drop_database(name: &str) {
-    if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
-        let _ = admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-            )))
-            .await;
-        let _ = admin.close().await;
+    if let Err(e) = crate::admin::drop_database(&admin_database_url(), name).await {
+        tracing::warn!(error = %e, database = name, "could not drop the test database");
     }
 }
 
@@ -385,20 +380,6 @@ pub(crate) fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("HTTP client")
-}
-
-fn split_credentials(url: &str) -> (String, String, String) {
-    let parsed = url::Url::parse(url).expect("management URL");
-    let user = parsed.username().to_owned();
-    let password = parsed.password().unwrap_or_default().to_owned();
-    let mut bare = parsed;
-    let _ = bare.set_username("");
-    let _ = bare.set_password(None);
-    (
-        bare.to_string().trim_end_matches('/').to_owned(),
-        user,
-        password,
-    )
 }
 
 async fn management(method: reqwest::Method, url: &str) -> reqwest::Response {
@@ -412,7 +393,7 @@ async fn try_management(
     url: &str,
     body: Option<serde_json::Value>,
 ) -> Result<reqwest::Response, reqwest::Error> {
-    let (bare, user, password) = split_credentials(url);
+    let (bare, user, password) = crate::admin::management(url).expect("management URL");
     let mut request = client()
         .request(method, bare)
         .basic_auth(user, Some(password));
@@ -424,28 +405,14 @@ async fn try_management(
 
 async fn create_vhost(name: &str) {
     let api = rabbitmq_api();
-    let response = management(reqwest::Method::PUT, &format!("{api}/api/vhosts/{name}")).await;
-    assert!(
-        response.status().is_success(),
-        "create vhost: {}",
-        response.status()
-    );
-    let user = split_credentials(&api).1;
-    let response = try_management(
-        reqwest::Method::PUT,
-        &format!("{api}/api/permissions/{name}/{user}"),
-        Some(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"})),
-    )
-    .await
-    .expect("set vhost permissions");
-    assert!(
-        response.status().is_success(),
-        "vhost permissions: {}",
-        response.status()
-    );
+    let user = crate::admin::management(&api).expect("management URL").1;
+    if let Err(e) = crate::admin::create_vhost(&api, name, &user).await {
+        panic!("create vhost {name} (is the rabbitmq_management plugin enabled?): {e}");
+    }
 }
 
 async fn delete_vhost(name: &str) {
-    let url = format!("{}/api/vhosts/{name}", rabbitmq_api());
-    let _ = try_management(reqwest::Method::DELETE, &url, None).await;
+    if let Err(e) = crate::admin::delete_vhost(&rabbitmq_api(), name).await {
+        tracing::warn!(error = %e, vhost = name, "could not delete the test vhost");
+    }
 }

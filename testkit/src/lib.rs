@@ -4,6 +4,7 @@
 //! A dev-only crate: no production crate depends on it, so nothing here reaches a release
 //! binary.
 
+pub mod admin;
 pub mod api;
 pub mod env;
 pub mod logs;
