@@ -364,7 +364,7 @@ pub async fn replay(
     json: bool,
 ) -> Result<(), CliError> {
     let until = until.unwrap_or_else(Utc::now);
-    let window = Window::new(since, until, config.max_replay_window)
+    let window = Window::new(since, until, config.dispatcher.max_replay_window)
         .map_err(|e| CliError::from(format!("--since/--until: {e}")))?;
     let ops = Ops::connect(config).await?;
     let total: i64 = sqlx::query_scalar(
@@ -379,7 +379,7 @@ pub async fn replay(
     let progress = Progress::new(total.max(0) as u64, "re-delivering events");
     let how = LogReplay {
         database_url: config.database_url.expose(),
-        rate_per_s: config.replay_rate_per_s,
+        rate_per_s: config.dispatcher.replay_rate_per_s,
     };
     let outcome = anika_dispatcher::recovery::replay_log(
         &ops.pool,

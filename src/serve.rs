@@ -113,7 +113,7 @@ fn banner(ctx: &Context, addr: std::net::SocketAddr) {
         "  RabbitMQ     {}",
         redact_url(ctx.config.amqp_url.expose())
     );
-    if ctx.config.bootstrap_operator_key.is_some() {
+    if ctx.config.catalog.bootstrap_operator_key.is_some() {
         println!("first token (operator key from ANIKA_BOOTSTRAP_OPERATOR_KEY):");
         println!(
             "  curl -s {base}/v1/auth/token -H 'content-type: application/json' \\\n    -d '{{\"grant_type\":\"api_key\",\"api_key\":\"'\"$ANIKA_BOOTSTRAP_OPERATOR_KEY\"'\"}}'"

@@ -56,15 +56,15 @@ impl State {
     /// Prepares the catalog: a signing key exists and the bootstrap operator key is in place.
     pub async fn new(ctx: Context) -> Result<Self> {
         keys::ensure_signing_key(&ctx.pool, &ctx.secrets).await?;
-        if let Some(key) = &ctx.config.bootstrap_operator_key {
+        if let Some(key) = &ctx.config.catalog.bootstrap_operator_key {
             tokens::ensure_operator_key(&ctx.pool, key.expose()).await?;
         }
         let signer = keys::Signer::new(
             ctx.pool.clone(),
             Arc::clone(&ctx.secrets),
-            ctx.config.token_issuer.clone(),
-            ctx.config.token_audience.clone(),
-            ctx.config.access_token_ttl,
+            ctx.config.catalog.token_issuer.clone(),
+            ctx.config.catalog.token_audience.clone(),
+            ctx.config.catalog.access_token_ttl,
         );
         Ok(Self(Arc::new(Inner { ctx, signer })))
     }

@@ -385,7 +385,7 @@ async fn create_subscription(
     Ok((
         StatusCode::CREATED,
         axum::Json(CreatedSubscription {
-            subscription: row.into_out(state.ctx.config.subscription_max_in_flight),
+            subscription: row.into_out(state.ctx.config.dispatcher.subscription_max_in_flight),
             secret: secret.expose(),
         }),
     ))
@@ -506,7 +506,7 @@ async fn list_subscriptions(
         .bind(limit.fetch())
         .fetch_all(&state.ctx.pool)
         .await?;
-    let default = state.ctx.config.subscription_max_in_flight;
+    let default = state.ctx.config.dispatcher.subscription_max_in_flight;
     let items: Vec<SubscriptionOut> = rows.into_iter().map(|r| r.into_out(default)).collect();
     Ok(axum::Json(Page::from_rows(items, limit, |s| {
         (s.created_at, s.id.uuid())
@@ -534,7 +534,7 @@ async fn get_subscription(
     Ok(axum::Json(
         own_subscription(&mut conn, &principal, id, false)
             .await?
-            .into_out(state.ctx.config.subscription_max_in_flight),
+            .into_out(state.ctx.config.dispatcher.subscription_max_in_flight),
     ))
 }
 
@@ -647,9 +647,9 @@ async fn update_subscription(
     .notify(&mut tx)
     .await?;
     tx.commit().await?;
-    Ok(axum::Json(
-        updated.into_out(state.ctx.config.subscription_max_in_flight),
-    ))
+    Ok(axum::Json(updated.into_out(
+        state.ctx.config.dispatcher.subscription_max_in_flight,
+    )))
 }
 
 /// Delete a subscription and its queues (queued and dead-lettered messages go with them).

@@ -228,7 +228,7 @@ async fn token(
         .parse()
         .map_err(|e: String| crate::Error::Keys(e))?;
     let refresh = new_refresh_token();
-    let refresh_ttl = chrono::Duration::from_std(state.ctx.config.refresh_token_ttl)
+    let refresh_ttl = chrono::Duration::from_std(state.ctx.config.catalog.refresh_token_ttl)
         .unwrap_or(chrono::Duration::days(30));
     sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, api_key_id, expires_at) VALUES ($1, $2, $3, $4)")
         .bind(hash_secret(&refresh))

@@ -54,6 +54,7 @@ impl Settings {
     pub fn from_config(config: &anika_shared::config::Config, listening: SocketAddr) -> Self {
         Self {
             api_url: config
+                .catalog
                 .console_api_url
                 .clone()
                 .unwrap_or_else(|| own_api_url(listening)),

@@ -169,9 +169,9 @@ async fn open(
             .await?;
     }
     let prefetch = if config.ordered {
-        deps.config.prefetch.min(50)
+        deps.config.dispatcher.prefetch.min(50)
     } else {
-        deps.config.prefetch
+        deps.config.dispatcher.prefetch
     };
     // prefetch bounds the unacknowledged messages this consumer holds; of those, at most
     // max_in_flight are on the wire at once (the rest wait their turn here, not in the queue).

@@ -79,7 +79,8 @@ async fn record(
     .bind(crate::deliver::text(error.as_bytes()))
     .execute(&mut *tx)
     .await?;
-    let written = system::dead_lettered(&mut tx, sub, deps.config.system_notice_interval).await?;
+    let written =
+        system::dead_lettered(&mut tx, sub, deps.config.dispatcher.system_notice_interval).await?;
     tx.commit().await?;
     system::publish_all(deps, written).await;
     Ok(())

@@ -78,8 +78,8 @@ impl Sender {
             // A proxy would resolve the name itself, behind the guard's back.
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.http_connect_timeout)
-            .timeout(config.http_timeout)
+            .connect_timeout(config.dispatcher.http_connect_timeout)
+            .timeout(config.dispatcher.http_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .build()?;

@@ -205,8 +205,8 @@ impl Job {
             max_attempts: config.max_attempts,
             ordered: config.ordered,
             schedule: &self.deps.config.retry_schedule,
-            max_retry_after: self.deps.config.max_retry_after,
-            disable_after: self.deps.config.disable_after,
+            max_retry_after: self.deps.config.dispatcher.max_retry_after,
+            disable_after: self.deps.config.dispatcher.disable_after,
         }
     }
 

@@ -95,7 +95,7 @@ impl State {
             sender: deliver::Sender::new(&ctx.config, lookup)?,
             publisher: publisher::Publisher::new(Arc::clone(&ctx.broker)),
             writer,
-            slots: fair::FairSlots::new(ctx.config.dispatch_concurrency),
+            slots: fair::FairSlots::new(ctx.config.dispatcher.dispatch_concurrency),
         });
         tasks.spawn(system::flush_loop(Arc::clone(&deps), shutdown.clone()));
         let registry = registry::Registry::new(Arc::clone(&deps));
@@ -115,8 +115,8 @@ impl State {
             Arc::clone(&registry),
             Arc::clone(&ctx.broker),
             // A Prometheus scrape every 15 s sees fresh figures; a shorter reconcile asks for more.
-            ctx.config.reconcile_interval.min(GAUGE_INTERVAL),
-            ctx.config.metrics_per_subscription,
+            ctx.config.dispatcher.reconcile_interval.min(GAUGE_INTERVAL),
+            ctx.config.dispatcher.metrics_per_subscription,
             shutdown.clone(),
         ));
         Ok(Self {

@@ -80,7 +80,7 @@ impl Registry {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut listener = self.listen(&shutdown).await;
         self.reload_logged(Scope::All).await;
-        let mut reconcile = tokio::time::interval(self.deps.config.reconcile_interval);
+        let mut reconcile = tokio::time::interval(self.deps.config.dispatcher.reconcile_interval);
         reconcile.tick().await;
         loop {
             tokio::select! {
@@ -187,7 +187,10 @@ impl Registry {
                     entry
                 }
                 None => entries.entry(id).or_insert(Entry {
-                    sub: Arc::new(Sub::new(config, self.deps.config.circuit_breaker_after)),
+                    sub: Arc::new(Sub::new(
+                        config,
+                        self.deps.config.dispatcher.circuit_breaker_after,
+                    )),
                     consumer: None,
                 }),
             };

@@ -440,7 +440,7 @@ async fn replay_log(
     let since = body.since.get();
     let until = body.until.map_or_else(Utc::now, Timestamp::get);
     let config = &state.ctx.config;
-    let window = Window::new(since, until, config.max_replay_window).map_err(|e| {
+    let window = Window::new(since, until, config.dispatcher.max_replay_window).map_err(|e| {
         let pointer = match e {
             WindowError::Empty => "/since",
             WindowError::TooLong { .. } => "/until",
@@ -449,7 +449,7 @@ async fn replay_log(
     })?;
     let how = LogReplay {
         database_url: config.database_url.expose(),
-        rate_per_s: config.replay_rate_per_s,
+        rate_per_s: config.dispatcher.replay_rate_per_s,
     };
     let outcome = crate::recovery::replay_log(
         &state.ctx.pool,

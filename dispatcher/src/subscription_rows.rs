@@ -129,7 +129,7 @@ impl Row {
             max_in_flight: self
                 .max_in_flight
                 .and_then(|m| MaxInFlight::try_from(i64::from(m)).ok())
-                .unwrap_or(deps.config.subscription_max_in_flight),
+                .unwrap_or(deps.config.dispatcher.subscription_max_in_flight),
             ordered: self.ordered,
             failing_since: self.failing_since,
             read_at,

@@ -227,7 +227,7 @@ async fn announce_pending(
 /// Announces dead letters left pending once their interval has passed, every `interval / 4`
 /// (several dispatchers share the rows with `SKIP LOCKED`).
 pub async fn flush_loop(deps: Arc<Deps>, shutdown: CancellationToken) {
-    let interval = deps.config.system_notice_interval;
+    let interval = deps.config.dispatcher.system_notice_interval;
     let mut tick = tokio::time::interval((interval / 4).max(Duration::from_millis(250)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

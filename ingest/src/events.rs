@@ -219,7 +219,8 @@ async fn post_event(
         // Before the body is read: past the backlog bound nothing is accepted at all.
         state.backlog.admit()?;
         let idempotency_key = input::idempotency_header(&headers)?;
-        let bytes = input::read_body(&headers, body, state.ctx.config.max_event_bytes).await?;
+        let bytes =
+            input::read_body(&headers, body, state.ctx.config.ingest.max_event_bytes).await?;
         let event = input::single(&topic, publisher, &bytes, idempotency_key)?;
         drop(bytes);
         let allowance = state.0.quotas.check(&state.ctx.pool, publisher, 1).await?;
@@ -312,8 +313,8 @@ async fn post_batch(
             .into());
         }
         state.backlog.admit()?;
-        let bytes = input::read_body(&headers, body, config.max_batch_bytes).await?;
-        let items = input::batch(&topic, publisher, &bytes, config.max_event_bytes)?;
+        let bytes = input::read_body(&headers, body, config.ingest.max_batch_bytes).await?;
+        let items = input::batch(&topic, publisher, &bytes, config.ingest.max_event_bytes)?;
         drop(bytes);
         events = items.len();
         let allowance = state

@@ -97,7 +97,7 @@ impl State {
         }
         let cache = Arc::new(topics::TopicCache::default());
         let quotas = Arc::new(quotas::Quotas::default());
-        let backlog = Arc::new(backlog::Backlog::new(config.max_backlog));
+        let backlog = Arc::new(backlog::Backlog::new(config.ingest.max_backlog));
         tasks.spawn(topics::follow_changes(
             pool.clone(),
             listener,
@@ -108,7 +108,7 @@ impl State {
         let publish = publisher::start(
             &ctx.broker,
             pool,
-            config.outbox_relay_after,
+            config.ingest.outbox_relay_after,
             &backlog,
             tasks,
             shutdown,
@@ -120,8 +120,8 @@ impl State {
             relay::Relay {
                 pool: pool.clone(),
                 broker: Arc::clone(&ctx.broker),
-                interval: config.outbox_relay_interval,
-                after: config.outbox_relay_after,
+                interval: config.ingest.outbox_relay_interval,
+                after: config.ingest.outbox_relay_after,
                 backlog: Arc::clone(&backlog),
                 shutdown: shutdown.clone(),
             }
@@ -129,10 +129,10 @@ impl State {
         );
         tasks.spawn(maintenance::run(
             pool.clone(),
-            config.maintenance_interval,
+            config.ingest.maintenance_interval,
             maintenance::Retention {
-                events: config.retention,
-                audit: config.audit_retention,
+                events: config.ingest.retention,
+                audit: config.ingest.audit_retention,
             },
             shutdown.clone(),
         ));

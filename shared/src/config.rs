@@ -196,77 +196,16 @@ pub struct Config {
     pub amqp_url: Secret,
     /// `ANIKA_QUEUE_TYPE`: `quorum` (default) or `classic` for subscription queues.
     pub queue_type: QueueType,
-    /// `ANIKA_BOOTSTRAP_OPERATOR_KEY`: an operator API key that exists after start-up.
-    pub bootstrap_operator_key: Option<Secret>,
     /// `ANIKA_ALLOWED_TARGET_NETS`: CIDRs exempt from the private-address block for webhook URLs.
     pub allowed_target_nets: Vec<IpNet>,
     /// `ANIKA_RETRY_SCHEDULE`: delays between delivery attempts.
     pub retry_schedule: RetrySchedule,
-    /// `ANIKA_MAX_EVENT_BYTES`: the largest accepted event body.
-    pub max_event_bytes: usize,
-    /// `ANIKA_MAX_BATCH_BYTES`: the largest accepted batch body.
-    pub max_batch_bytes: usize,
-    /// `ANIKA_TOKEN_ISSUER`: the `iss` of access tokens.
-    pub token_issuer: String,
-    /// `ANIKA_TOKEN_AUDIENCE`: the `aud` of access tokens.
-    pub token_audience: String,
-    /// `ANIKA_ACCESS_TOKEN_TTL`: lifetime of access tokens (at most 15 minutes).
-    pub access_token_ttl: Duration,
-    /// `ANIKA_REFRESH_TOKEN_TTL`: lifetime of refresh tokens.
-    pub refresh_token_ttl: Duration,
-    /// `ANIKA_HTTP_CONNECT_TIMEOUT`: connect timeout of webhook deliveries.
-    pub http_connect_timeout: Duration,
-    /// `ANIKA_HTTP_TIMEOUT`: total timeout of one webhook delivery.
-    pub http_timeout: Duration,
-    /// `ANIKA_DISPATCH_CONCURRENCY`: webhook requests in flight per dispatcher process.
-    pub dispatch_concurrency: usize,
-    /// `ANIKA_PREFETCH`: unacknowledged messages per unordered subscription consumer.
-    pub prefetch: u16,
-    /// `ANIKA_DISABLE_AFTER`: an endpoint failing continuously this long is disabled.
-    pub disable_after: Duration,
-    /// `ANIKA_RETENTION`: how long the event log and attempt records are kept.
-    pub retention: Duration,
-    /// `ANIKA_AUDIT_RETENTION`: how long audit-log entries are kept; default and
-    /// minimum: `ANIKA_RETENTION` (an entry must outlive the events it explains).
-    pub audit_retention: Duration,
     /// `ANIKA_LOG_FORMAT`: `auto`, `text` or `json`.
     pub log_format: LogFormat,
     /// `ANIKA_PUBLIC_URL`: how clients reach the API (for the start-up banner).
     pub public_url: Option<String>,
-    /// `ANIKA_OUTBOX_RELAY_INTERVAL`: how often the relay looks for outbox rows left behind.
-    pub outbox_relay_interval: Duration,
-    /// `ANIKA_OUTBOX_RELAY_AFTER`: an outbox row older than this counts as left behind.
-    pub outbox_relay_after: Duration,
-    /// `ANIKA_MAINTENANCE_INTERVAL`: how often partitions are made ahead and retention runs.
-    pub maintenance_interval: Duration,
-    /// `ANIKA_RECONCILE_INTERVAL`: how often the dispatcher re-reads the whole catalog (and, when under 15 s, the queue gauges).
-    pub reconcile_interval: Duration,
-    /// `ANIKA_CIRCUIT_BREAKER_AFTER`: consecutive failures after which a subscription's consumer backs off.
-    pub circuit_breaker_after: u32,
     /// `ANIKA_SHUTDOWN_GRACE`: how long in-flight deliveries may finish at shutdown.
     pub shutdown_grace: Duration,
-    /// `ANIKA_MAX_REPLAY_WINDOW`: the longest window one replay from the log may cover.
-    pub max_replay_window: Duration,
-    /// `ANIKA_REPLAY_RATE_PER_S`: events per second a replay from the log publishes at most.
-    pub replay_rate_per_s: u32,
-    /// `ANIKA_METRICS_PER_SUBSCRIPTION`: also export gauges labelled by subscription id
-    /// (queue depth, dead letters). Off by default: one series per subscription grows
-    /// without bound with the partners' subscriptions, and its label names them to any scraper.
-    pub metrics_per_subscription: bool,
-    // Delivery isolation (issue 13).
-    /// `ANIKA_SUBSCRIPTION_MAX_IN_FLIGHT`: requests in flight per subscription when it sets no `max_in_flight`.
-    pub subscription_max_in_flight: MaxInFlight,
-    /// `ANIKA_MAX_RETRY_AFTER`: the longest `Retry-After` an endpoint can make a retry wait.
-    pub max_retry_after: Duration,
-    /// `ANIKA_SYSTEM_NOTICE_INTERVAL`: at most one `dead_letter.added` per subscription this often.
-    pub system_notice_interval: Duration,
-    /// `ANIKA_MAX_BACKLOG`: unpublished events (outbox rows) past which ingest answers 503.
-    ///
-    /// 1,000,000 by default: a bound for RabbitMQ being away or slower than the clients for
-    /// minutes (a million outbox rows take ~120 MB with their indexes; the events are kept anyway),
-    /// not for a burst: 100,000 was reached by ten seconds of batch ingest at 30,000 events/s
-    /// against RabbitMQ's 28,000 confirmed publishes/s, refusing what the outbox could hold.
-    pub max_backlog: u64,
     /// `ANIKA_REQUEST_READ_TIMEOUT`: a request body must have arrived whole within this time.
     pub request_read_timeout: Duration,
     /// `ANIKA_MAX_REQUESTS_IN_FLIGHT`: `/v1` requests handled at once; more get a 503.
@@ -277,9 +216,90 @@ pub struct Config {
     /// (`id:base64key,…`; the first seals, all open). Unset, the roles refuse to start
     /// (see [`crate::context::StartError::NoSecretKeys`]); tools that touch no secret run without.
     pub secret_keys: Option<KeyRing>,
+    /// What the catalog role reads: the bootstrap key, tokens and the console.
+    pub catalog: CatalogConfig,
+    /// What the ingest role reads: event and batch limits, the backlog bound, the relay, retention.
+    pub ingest: IngestConfig,
+    /// What the dispatcher role reads: delivery, isolation, health, replay and its gauges.
+    pub dispatcher: DispatcherConfig,
+}
+
+/// What the catalog role reads: the bootstrap key, tokens and the console.
+#[derive(Clone, Debug)]
+pub struct CatalogConfig {
+    /// `ANIKA_BOOTSTRAP_OPERATOR_KEY`: an operator API key that exists after start-up.
+    pub bootstrap_operator_key: Option<Secret>,
+    /// `ANIKA_TOKEN_ISSUER`: the `iss` of access tokens.
+    pub token_issuer: String,
+    /// `ANIKA_TOKEN_AUDIENCE`: the `aud` of access tokens.
+    pub token_audience: String,
+    /// `ANIKA_ACCESS_TOKEN_TTL`: lifetime of access tokens (at most 15 minutes).
+    pub access_token_ttl: Duration,
+    /// `ANIKA_REFRESH_TOKEN_TTL`: lifetime of refresh tokens.
+    pub refresh_token_ttl: Duration,
     /// `ANIKA_CONSOLE_API_URL`: the `/v1` base URL the web console calls (unset: the
     /// process's own listener; behind a load balancer, point it at the balancer).
     pub console_api_url: Option<String>,
+}
+
+/// What the ingest role reads: event and batch limits, the backlog bound, the relay, retention.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// `ANIKA_MAX_EVENT_BYTES`: the largest accepted event body.
+    pub max_event_bytes: usize,
+    /// `ANIKA_MAX_BATCH_BYTES`: the largest accepted batch body.
+    pub max_batch_bytes: usize,
+    /// `ANIKA_MAX_BACKLOG`: unpublished events (outbox rows) past which ingest answers 503.
+    ///
+    /// 1,000,000 by default: a bound for RabbitMQ being away or slower than the clients for
+    /// minutes (a million outbox rows take ~120 MB with their indexes; the events are kept anyway),
+    /// not for a burst: 100,000 was reached by ten seconds of batch ingest at 30,000 events/s
+    /// against RabbitMQ's 28,000 confirmed publishes/s, refusing what the outbox could hold.
+    pub max_backlog: u64,
+    /// `ANIKA_RETENTION`: how long the event log and attempt records are kept.
+    pub retention: Duration,
+    /// `ANIKA_AUDIT_RETENTION`: how long audit-log entries are kept; default and
+    /// minimum: `ANIKA_RETENTION` (an entry must outlive the events it explains).
+    pub audit_retention: Duration,
+    /// `ANIKA_OUTBOX_RELAY_INTERVAL`: how often the relay looks for outbox rows left behind.
+    pub outbox_relay_interval: Duration,
+    /// `ANIKA_OUTBOX_RELAY_AFTER`: an outbox row older than this counts as left behind.
+    pub outbox_relay_after: Duration,
+    /// `ANIKA_MAINTENANCE_INTERVAL`: how often partitions are made ahead and retention runs.
+    pub maintenance_interval: Duration,
+}
+
+/// What the dispatcher role reads: delivery, isolation, health, replay and its gauges.
+#[derive(Clone, Debug)]
+pub struct DispatcherConfig {
+    /// `ANIKA_HTTP_CONNECT_TIMEOUT`: connect timeout of webhook deliveries.
+    pub http_connect_timeout: Duration,
+    /// `ANIKA_HTTP_TIMEOUT`: total timeout of one webhook delivery.
+    pub http_timeout: Duration,
+    /// `ANIKA_DISPATCH_CONCURRENCY`: webhook requests in flight per dispatcher process.
+    pub dispatch_concurrency: usize,
+    /// `ANIKA_PREFETCH`: unacknowledged messages per unordered subscription consumer.
+    pub prefetch: u16,
+    /// `ANIKA_SUBSCRIPTION_MAX_IN_FLIGHT`: requests in flight per subscription when it sets no `max_in_flight`.
+    pub subscription_max_in_flight: MaxInFlight,
+    /// `ANIKA_MAX_RETRY_AFTER`: the longest `Retry-After` an endpoint can make a retry wait.
+    pub max_retry_after: Duration,
+    /// `ANIKA_SYSTEM_NOTICE_INTERVAL`: at most one `dead_letter.added` per subscription this often.
+    pub system_notice_interval: Duration,
+    /// `ANIKA_CIRCUIT_BREAKER_AFTER`: consecutive failures after which a subscription's consumer backs off.
+    pub circuit_breaker_after: u32,
+    /// `ANIKA_DISABLE_AFTER`: an endpoint failing continuously this long is disabled.
+    pub disable_after: Duration,
+    /// `ANIKA_RECONCILE_INTERVAL`: how often the dispatcher re-reads the whole catalog (and, when under 15 s, the queue gauges).
+    pub reconcile_interval: Duration,
+    /// `ANIKA_MAX_REPLAY_WINDOW`: the longest window one replay from the log may cover.
+    pub max_replay_window: Duration,
+    /// `ANIKA_REPLAY_RATE_PER_S`: events per second a replay from the log publishes at most.
+    pub replay_rate_per_s: u32,
+    /// `ANIKA_METRICS_PER_SUBSCRIPTION`: also export gauges labelled by subscription id
+    /// (queue depth, dead letters). Off by default: one series per subscription grows
+    /// without bound with the partners' subscriptions, and its label names them to any scraper.
+    pub metrics_per_subscription: bool,
 }
 
 /// A setting that could not be understood; names the variable.
@@ -306,6 +326,14 @@ impl Setting {
     /// The environment variable: `ANIKA_` and the key in upper case.
     pub fn variable(&self) -> String {
         format!("ANIKA_{}", self.key.to_uppercase())
+    }
+
+    /// Where [`Config`] holds it: `None` at the top (read by several roles), or the one
+    /// role's group (`Some("dispatcher")` for `config.dispatcher.prefetch`).
+    pub fn group(&self) -> Option<&'static str> {
+        ["catalog", "ingest", "dispatcher"]
+            .into_iter()
+            .find(|role| self.roles == *role)
     }
 }
 
@@ -742,46 +770,16 @@ impl Config {
             }
         };
         let config = Self {
-            console_api_url,
             listen: raw.setting("listen")?,
             database_url: Secret::new(raw.text("database_url")),
             database_pool: raw.setting("database_pool")?,
             amqp_url: Secret::new(raw.text("amqp_url")),
             queue_type: raw.setting("queue_type")?,
-            bootstrap_operator_key: raw
-                .take("bootstrap_operator_key")
-                .filter(|k| !k.is_empty())
-                .map(Secret::new),
             allowed_target_nets,
             retry_schedule: raw.setting("retry_schedule")?,
-            max_event_bytes: raw.setting("max_event_bytes")?,
-            max_batch_bytes: raw.setting("max_batch_bytes")?,
-            token_issuer: raw.text("token_issuer"),
-            token_audience: raw.text("token_audience"),
-            access_token_ttl,
-            refresh_token_ttl: raw.duration("refresh_token_ttl")?,
-            http_connect_timeout: raw.duration("http_connect_timeout")?,
-            http_timeout: raw.duration("http_timeout")?,
-            dispatch_concurrency: raw.setting("dispatch_concurrency")?,
-            prefetch: raw.setting("prefetch")?,
-            disable_after: raw.duration("disable_after")?,
-            retention,
-            audit_retention,
             log_format: raw.setting("log_format")?,
             public_url: raw.take("public_url").filter(|u| !u.is_empty()),
-            outbox_relay_interval: raw.duration("outbox_relay_interval")?,
-            outbox_relay_after: raw.duration("outbox_relay_after")?,
-            maintenance_interval: raw.duration("maintenance_interval")?,
-            reconcile_interval: raw.duration("reconcile_interval")?,
-            circuit_breaker_after: raw.setting("circuit_breaker_after")?,
             shutdown_grace: raw.duration("shutdown_grace")?,
-            max_replay_window: raw.duration("max_replay_window")?,
-            replay_rate_per_s: raw.setting("replay_rate_per_s")?,
-            metrics_per_subscription: raw.setting("metrics_per_subscription")?,
-            subscription_max_in_flight: raw.setting("subscription_max_in_flight")?,
-            max_retry_after: raw.duration("max_retry_after")?,
-            system_notice_interval: raw.duration("system_notice_interval")?,
-            max_backlog: raw.setting("max_backlog")?,
             request_read_timeout: raw.duration("request_read_timeout")?,
             max_requests_in_flight: raw.setting("max_requests_in_flight")?,
             max_body_bytes_in_flight: raw.setting("max_body_bytes_in_flight")?,
@@ -791,28 +789,67 @@ impl Config {
                 .map(|k| KeyRing::parse(&k))
                 .transpose()
                 .map_err(|e| ConfigError(e.to_string()))?,
+            catalog: CatalogConfig {
+                bootstrap_operator_key: raw
+                    .take("bootstrap_operator_key")
+                    .filter(|k| !k.is_empty())
+                    .map(Secret::new),
+                token_issuer: raw.text("token_issuer"),
+                token_audience: raw.text("token_audience"),
+                access_token_ttl,
+                refresh_token_ttl: raw.duration("refresh_token_ttl")?,
+                console_api_url,
+            },
+            ingest: IngestConfig {
+                max_event_bytes: raw.setting("max_event_bytes")?,
+                max_batch_bytes: raw.setting("max_batch_bytes")?,
+                max_backlog: raw.setting("max_backlog")?,
+                retention,
+                audit_retention,
+                outbox_relay_interval: raw.duration("outbox_relay_interval")?,
+                outbox_relay_after: raw.duration("outbox_relay_after")?,
+                maintenance_interval: raw.duration("maintenance_interval")?,
+            },
+            dispatcher: DispatcherConfig {
+                http_connect_timeout: raw.duration("http_connect_timeout")?,
+                http_timeout: raw.duration("http_timeout")?,
+                dispatch_concurrency: raw.setting("dispatch_concurrency")?,
+                prefetch: raw.setting("prefetch")?,
+                subscription_max_in_flight: raw.setting("subscription_max_in_flight")?,
+                max_retry_after: raw.duration("max_retry_after")?,
+                system_notice_interval: raw.duration("system_notice_interval")?,
+                circuit_breaker_after: raw.setting("circuit_breaker_after")?,
+                disable_after: raw.duration("disable_after")?,
+                reconcile_interval: raw.duration("reconcile_interval")?,
+                max_replay_window: raw.duration("max_replay_window")?,
+                replay_rate_per_s: raw.setting("replay_rate_per_s")?,
+                metrics_per_subscription: raw.setting("metrics_per_subscription")?,
+            },
         };
-        if config.replay_rate_per_s == 0 {
+        if config.dispatcher.replay_rate_per_s == 0 {
             return Err(ConfigError(
                 "ANIKA_REPLAY_RATE_PER_S: must be positive".into(),
             ));
         }
-        if config.max_event_bytes < 1024 {
+        if config.ingest.max_event_bytes < 1024 {
             return Err(ConfigError(
                 "ANIKA_MAX_EVENT_BYTES: must be at least 1024".into(),
             ));
         }
-        if config.max_batch_bytes < config.max_event_bytes {
+        if config.ingest.max_batch_bytes < config.ingest.max_event_bytes {
             return Err(ConfigError(
                 "ANIKA_MAX_BATCH_BYTES: must be at least ANIKA_MAX_EVENT_BYTES".into(),
             ));
         }
-        if config.dispatch_concurrency == 0 || config.prefetch == 0 || config.database_pool == 0 {
+        if config.dispatcher.dispatch_concurrency == 0
+            || config.dispatcher.prefetch == 0
+            || config.database_pool == 0
+        {
             return Err(ConfigError(
                 "ANIKA_DISPATCH_CONCURRENCY, ANIKA_PREFETCH and ANIKA_DATABASE_POOL must be positive".into(),
             ));
         }
-        if config.max_backlog == 0
+        if config.ingest.max_backlog == 0
             || config.max_requests_in_flight == 0
             || config.request_read_timeout.is_zero()
         {
@@ -821,13 +858,13 @@ impl Config {
                     .into(),
             ));
         }
-        if config.max_body_bytes_in_flight < config.max_batch_bytes {
+        if config.max_body_bytes_in_flight < config.ingest.max_batch_bytes {
             // Otherwise one largest allowed batch could never be read.
             return Err(ConfigError(
                 "ANIKA_MAX_BODY_BYTES_IN_FLIGHT: must be at least ANIKA_MAX_BATCH_BYTES".into(),
             ));
         }
-        if config.http_connect_timeout > config.http_timeout {
+        if config.dispatcher.http_connect_timeout > config.dispatcher.http_timeout {
             return Err(ConfigError(
                 "ANIKA_HTTP_CONNECT_TIMEOUT: must not exceed ANIKA_HTTP_TIMEOUT".into(),
             ));
@@ -864,10 +901,10 @@ mod tests {
     #[test]
     fn the_audit_log_is_kept_as_long_as_the_event_log_or_longer() {
         let c = Config::with_overrides([("retention", "7days")]).unwrap();
-        assert_eq!(c.audit_retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.ingest.audit_retention, Duration::from_secs(7 * 86_400));
         let c = Config::with_overrides([("retention", "7days"), ("audit_retention", "400days")])
             .unwrap();
-        assert_eq!(c.audit_retention, Duration::from_secs(400 * 86_400));
+        assert_eq!(c.ingest.audit_retention, Duration::from_secs(400 * 86_400));
         let err = Config::with_overrides([("retention", "7days"), ("audit_retention", "1day")])
             .unwrap_err();
         assert!(err.to_string().contains("ANIKA_AUDIT_RETENTION"), "{err}");
@@ -883,16 +920,39 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.retry_schedule.delays().len(), 9);
         assert_eq!(c.retry_schedule.default_max_attempts(), 10);
-        assert_eq!(c.max_event_bytes, 262_144);
+        assert_eq!(c.ingest.max_event_bytes, 262_144);
         assert_eq!(c.queue_type, QueueType::Quorum);
         assert!(c.allowed_target_nets.is_empty());
-        assert_eq!(c.subscription_max_in_flight.get(), 32);
-        assert_eq!(c.max_retry_after, Duration::from_secs(3600));
-        assert_eq!(c.max_backlog, 1_000_000);
+        assert_eq!(c.dispatcher.subscription_max_in_flight.get(), 32);
+        assert_eq!(c.dispatcher.max_retry_after, Duration::from_secs(3600));
+        assert_eq!(c.ingest.max_backlog, 1_000_000);
         assert_eq!(c.request_read_timeout, Duration::from_secs(10));
         assert!(c.secret_keys.is_none(), "no built-in main key");
         assert_eq!(c.max_requests_in_flight, 4096);
         assert_eq!(c.max_body_bytes_in_flight, 256 << 20);
+    }
+
+    #[test]
+    fn each_setting_lives_in_the_group_of_the_one_role_that_reads_it() {
+        let c = Config::with_overrides([]).unwrap();
+        let groups = [
+            ("catalog", format!("{:?}", c.catalog)),
+            ("ingest", format!("{:?}", c.ingest)),
+            ("dispatcher", format!("{:?}", c.dispatcher)),
+        ];
+        for setting in SETTINGS {
+            for (group, shown) in &groups {
+                let field = |before: &str| format!("{before}{}: ", setting.key);
+                let here = shown.contains(&field("{ ")) || shown.contains(&field(", "));
+                assert_eq!(
+                    here,
+                    setting.group() == Some(*group),
+                    "`{}` (read by {}) and Config::{group}",
+                    setting.key,
+                    setting.roles
+                );
+            }
+        }
     }
 
     #[test]
@@ -912,7 +972,7 @@ mod tests {
         assert!(err.to_string().contains("ANIKA_CONSOLE_API_URL"), "{err}");
         let c = Config::with_overrides([("console_api_url", "http://lb.internal:8080/")]).unwrap();
         assert_eq!(
-            c.console_api_url.as_deref(),
+            c.catalog.console_api_url.as_deref(),
             Some("http://lb.internal:8080")
         );
         let err = Config::with_overrides([("subscription_max_in_flight", "0")]).unwrap_err();

@@ -74,7 +74,11 @@ impl Context {
             retry_schedule: config.retry_schedule.clone(),
         };
         let broker = Broker::new(config.amqp_url.expose(), name, topology)?;
-        let verifier = Verifier::new(pool.clone(), &config.token_issuer, &config.token_audience);
+        let verifier = Verifier::new(
+            pool.clone(),
+            &config.catalog.token_issuer,
+            &config.catalog.token_audience,
+        );
         // Revocations announced by any process reach this one's verifier at once.
         verifier.follow();
         Ok(Self {

@@ -118,18 +118,32 @@ const SETTINGS_BEGIN: &str =
 const SETTINGS_END: &str = "<!-- end of settings -->";
 
 fn settings_table() -> String {
-    let mut out = String::from("| variable | default | read by | meaning |\n|---|---|---|---|\n");
-    for setting in anika_shared::config::SETTINGS {
-        let default = match setting.default {
-            Some(value) => format!("`{value}`"),
-            None => setting.unset.to_owned(),
-        };
+    let sections = [
+        (None, "Read by several roles (`Config`)"),
+        (Some("catalog"), "Catalog (`Config::catalog`)"),
+        (Some("ingest"), "Ingest (`Config::ingest`)"),
+        (Some("dispatcher"), "Dispatcher (`Config::dispatcher`)"),
+    ];
+    let mut out = String::new();
+    for (group, title) in sections {
         out.push_str(&format!(
-            "| `{}` | {default} | {} | {} |\n",
-            setting.variable(),
-            setting.roles,
-            setting.about
+            "\n**{title}**\n\n| variable | default | read by | meaning |\n|---|---|---|---|\n"
         ));
+        for setting in anika_shared::config::SETTINGS
+            .iter()
+            .filter(|s| s.group() == group)
+        {
+            let default = match setting.default {
+                Some(value) => format!("`{value}`"),
+                None => setting.unset.to_owned(),
+            };
+            out.push_str(&format!(
+                "| `{}` | {default} | {} | {} |\n",
+                setting.variable(),
+                setting.roles,
+                setting.about
+            ));
+        }
     }
     out
 }

@@ -196,8 +196,8 @@ async fn a_revoked_api_keys_access_tokens_are_refused_at_once_here_and_by_other_
     let other = || {
         Verifier::new(
             app.ctx.pool.clone(),
-            &config.token_issuer,
-            &config.token_audience,
+            &config.catalog.token_issuer,
+            &config.catalog.token_audience,
         )
     };
     let (following, deaf) = (other(), other());
