@@ -1,6 +1,9 @@
 //! Subscriptions: the catalog's writes and the dispatcher's runtime reads of the same rows.
 //!
-//! The catalog reads a subscription as it shows it ([`SubscriptionRow`], never the secret).
+//! The catalog reads a subscription as it shows it ([`SubscriptionRow`], never the secret);
+//! the dispatcher reads what delivering needs ([`SubscriptionConfigRow`], with the sealed
+//! secrets and whether the partner may still read the topic), as text where a row that
+//! does not parse must not fail the read of the others.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -325,4 +328,94 @@ pub async fn rotate_subscription_secret(
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// A subscription as the dispatcher reads it: what delivering needs.
+#[derive(Debug)]
+pub struct SubscriptionConfigRow {
+    /// The subscription.
+    pub id: Uuid,
+    /// The partner it belongs to.
+    pub partner_id: Uuid,
+    /// The topic it delivers.
+    pub topic_id: Uuid,
+    /// The webhook endpoint.
+    pub url: String,
+    /// As text: numbers keep every digit (`serde_json` would round them to `f64`).
+    pub filter: Option<String>,
+    /// As text, parsed per row: one unknown status must not fail the read of all the others.
+    pub status: String,
+    /// Attempts per message before it is dead-lettered.
+    pub max_attempts: i32,
+    /// Deliveries per second at most.
+    pub rate_limit_per_s: Option<i32>,
+    /// Requests in flight at most; `None`: the server's default.
+    pub max_in_flight: Option<i32>,
+    /// Delivered one at a time in publish order.
+    pub ordered: bool,
+    /// The signing secret, sealed.
+    pub secret: String,
+    /// The former signing secret, sealed, while it still signs alongside.
+    pub previous_secret: Option<String>,
+    /// Until when the former secret signs.
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// Since when every attempt fails; `None` while the endpoint is healthy.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Whether the partner owns the topic or is granted it.
+    pub allowed: bool,
+}
+
+/// Every subscription, as the dispatcher reads it.
+pub async fn list_subscription_configs(
+    db: impl sqlx::PgExecutor<'_>,
+) -> sqlx::Result<Vec<SubscriptionConfigRow>> {
+    sqlx::query_as!(
+        SubscriptionConfigRow,
+        r#"SELECT s.id, s.partner_id, s.topic_id, s.url, s.filter::text AS "filter?", s.status,
+                  s.max_attempts, s.rate_limit_per_s, s.max_in_flight, s.ordered, s.secret,
+                  s.previous_secret, s.previous_secret_expires_at, s.failing_since,
+                  (t.owner_partner_id = s.partner_id OR EXISTS
+                      (SELECT 1 FROM grants g WHERE g.topic_id = s.topic_id AND g.partner_id = s.partner_id)) AS "allowed!"
+           FROM subscriptions s JOIN topics t ON t.id = s.topic_id"#,
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// One subscription, as the dispatcher reads it; `None` if it does not exist.
+pub async fn get_subscription_config(
+    db: impl sqlx::PgExecutor<'_>,
+    id: Uuid,
+) -> sqlx::Result<Option<SubscriptionConfigRow>> {
+    sqlx::query_as!(
+        SubscriptionConfigRow,
+        r#"SELECT s.id, s.partner_id, s.topic_id, s.url, s.filter::text AS "filter?", s.status,
+                  s.max_attempts, s.rate_limit_per_s, s.max_in_flight, s.ordered, s.secret,
+                  s.previous_secret, s.previous_secret_expires_at, s.failing_since,
+                  (t.owner_partner_id = s.partner_id OR EXISTS
+                      (SELECT 1 FROM grants g WHERE g.topic_id = s.topic_id AND g.partner_id = s.partner_id)) AS "allowed!"
+           FROM subscriptions s JOIN topics t ON t.id = s.topic_id WHERE s.id = $1"#,
+        id,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Every subscription to a topic, as the dispatcher reads it.
+pub async fn list_topic_subscription_configs(
+    db: impl sqlx::PgExecutor<'_>,
+    topic: Uuid,
+) -> sqlx::Result<Vec<SubscriptionConfigRow>> {
+    sqlx::query_as!(
+        SubscriptionConfigRow,
+        r#"SELECT s.id, s.partner_id, s.topic_id, s.url, s.filter::text AS "filter?", s.status,
+                  s.max_attempts, s.rate_limit_per_s, s.max_in_flight, s.ordered, s.secret,
+                  s.previous_secret, s.previous_secret_expires_at, s.failing_since,
+                  (t.owner_partner_id = s.partner_id OR EXISTS
+                      (SELECT 1 FROM grants g WHERE g.topic_id = s.topic_id AND g.partner_id = s.partner_id)) AS "allowed!"
+           FROM subscriptions s JOIN topics t ON t.id = s.topic_id WHERE s.topic_id = $1"#,
+        topic,
+    )
+    .fetch_all(db)
+    .await
 }
