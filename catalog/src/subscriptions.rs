@@ -17,12 +17,18 @@ use anika_shared::{
     page::{Limit, Page, decode_time_cursor},
     patch::Patch,
     secrets::{Column, Slot},
+    store::{
+        self,
+        subscriptions::{
+            NewSubscription, SubscriptionFilter, SubscriptionRow as Row, SubscriptionUpdate,
+        },
+    },
 };
 use axum::{extract::State as AxumState, http::StatusCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction, types::Json as SqlJson};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -147,43 +153,15 @@ pub(crate) struct CreatedSubscription {
     secret: String,
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: Uuid,
-    topic_id: Uuid,
-    partner_id: Uuid,
-    url: String,
-    description: Option<String>,
-    filter: Option<SqlJson<Value>>,
-    /// Typed on read: a value that is none of the statuses is an error (logged and counted).
-    status: SubscriptionStatus,
-    disabled_reason: Option<String>,
-    max_attempts: i32,
-    rate_limit_per_s: Option<i32>,
-    max_in_flight: Option<i32>,
-    ordered: bool,
-    created_at: DateTime<Utc>,
-    failing_since: Option<DateTime<Utc>>,
-    dead_letters: i64,
-}
-
-/// The columns of a [`Row`]. The dead-letter count is a subquery on the indexed
-/// `dead_letters (subscription_id, …)`, so a list of 100 subscriptions is still one
-/// query (the console's list sorts by it; asking once per row took 550 ms).
-const COLUMNS: &str = "id, topic_id, partner_id, url, description, filter, status, disabled_reason, \
-                       max_attempts, rate_limit_per_s, max_in_flight, ordered, created_at, failing_since, \
-                       (SELECT count(*) FROM dead_letters d WHERE d.subscription_id = subscriptions.id) AS dead_letters";
-
-impl Row {
-    /// The answer for this row; `default` is the cap of a subscription that chose none.
-    fn into_out(self, default: MaxInFlight) -> SubscriptionOut {
-        let row = self;
+impl SubscriptionOut {
+    /// The answer for a row; `default` is the cap of a subscription that chose none.
+    fn from_row(row: Row, default: MaxInFlight) -> Self {
         let max_in_flight = row
             .max_in_flight
             .and_then(|m| MaxInFlight::try_from(i64::from(m)).ok())
             .unwrap_or(default)
             .get();
-        SubscriptionOut {
+        Self {
             id: row.id.into(),
             topic_id: row.topic_id.into(),
             partner_id: row.partner_id.into(),
@@ -239,14 +217,11 @@ async fn own_subscription(
     id: SubscriptionId,
     lock: bool,
 ) -> Result<Row> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM subscriptions WHERE id = $1{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(id.uuid())
-        .fetch_optional(conn)
-        .await?;
+    let row = if lock {
+        store::subscriptions::get_subscription_for_update(conn, id.uuid()).await?
+    } else {
+        store::subscriptions::get_subscription(conn, id.uuid()).await?
+    };
     let row = row
         .filter(|r| principal.sees_partner(r.partner_id.into()))
         .ok_or_else(|| Problem::not_found(format!("no subscription {id}")))?;
@@ -309,15 +284,12 @@ async fn create_subscription(
         check_filter(filter)?;
     }
     let mut tx = state.ctx.pool.begin().await?;
-    let topic: Option<(Uuid, bool)> = sqlx::query_as(
-        "SELECT owner_partner_id, EXISTS (SELECT 1 FROM grants g WHERE g.topic_id = t.id AND g.partner_id = $2) \
-         FROM topics t WHERE id = $1 FOR SHARE",
-    )
-    .bind(body.topic_id.uuid())
-    .bind(partner.uuid())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let allowed = topic.is_some_and(|(owner, granted)| owner == partner.uuid() || granted);
+    let topic =
+        store::topics::topic_access_for_share(&mut *tx, body.topic_id.uuid(), partner.uuid())
+            .await?;
+    let allowed = topic
+        .as_ref()
+        .is_some_and(|t| t.owner_partner_id == partner.uuid() || t.granted);
     if !allowed {
         return Err(if principal.is_operator() && topic.is_some() {
             Problem::forbidden(format!(
@@ -341,25 +313,20 @@ async fn create_subscription(
         state.ctx.config.retry_schedule.default_max_attempts() as i32,
         |m| m.0,
     );
-    let sql = format!(
-        "INSERT INTO subscriptions (id, topic_id, partner_id, url, description, filter, max_attempts, \
-                                    rate_limit_per_s, ordered, secret, max_in_flight) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLUMNS}"
-    );
-    let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(id.uuid())
-        .bind(body.topic_id.uuid())
-        .bind(partner.uuid())
-        .bind(url.as_str())
-        .bind(body.description.as_ref().map(Description::as_str))
-        .bind(body.filter.map(SqlJson))
-        .bind(max_attempts)
-        .bind(body.rate_limit_per_s.map(|r| r.0))
-        .bind(body.ordered)
-        .bind(sealed_secret)
-        .bind(body.max_in_flight.map(|m| m.get() as i32))
-        .fetch_one(&mut *tx)
-        .await?;
+    let new = NewSubscription {
+        id: id.uuid(),
+        topic_id: body.topic_id.uuid(),
+        partner_id: partner.uuid(),
+        url: url.as_str(),
+        description: body.description.as_ref().map(Description::as_str),
+        filter: body.filter.as_ref(),
+        max_attempts,
+        rate_limit_per_s: body.rate_limit_per_s.map(|r| r.0),
+        ordered: body.ordered,
+        secret: &sealed_secret,
+        max_in_flight: body.max_in_flight.map(|m| m.get() as i32),
+    };
+    let row = store::subscriptions::insert_subscription(&mut *tx, new).await?;
     audit::record(
         &mut tx,
         &Actor::from(&principal),
@@ -385,7 +352,10 @@ async fn create_subscription(
     Ok((
         StatusCode::CREATED,
         axum::Json(CreatedSubscription {
-            subscription: row.into_out(state.ctx.config.dispatcher.subscription_max_in_flight),
+            subscription: SubscriptionOut::from_row(
+                row,
+                state.ctx.config.dispatcher.subscription_max_in_flight,
+            ),
             secret: secret.expose(),
         }),
     ))
@@ -420,12 +390,7 @@ async fn declare_and_commit(
 /// all (a commit that succeeded although its answer was lost); then the queue stays.
 async fn remove_orphan_queues(broker: &Broker, pool: &PgPool, id: SubscriptionId) {
     let removed = async {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM subscriptions WHERE id = $1)")
-                .bind(id.uuid())
-                .fetch_one(pool)
-                .await?;
-        if exists {
+        if store::subscriptions::subscription_exists(pool, id.uuid()).await? {
             return Ok(false);
         }
         let channel = broker.channel().await?;
@@ -490,24 +455,19 @@ async fn list_subscriptions(
         .map(decode_time_cursor)
         .transpose()?;
     let partner = principal.partner().or(query.partner_id);
-    let sql = format!(
-        "SELECT {COLUMNS} FROM subscriptions \
-         WHERE ($1::uuid IS NULL OR partner_id = $1) AND ($2::uuid IS NULL OR topic_id = $2) \
-           AND ($3::text IS NULL OR status = $3) \
-           AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5)) \
-         ORDER BY created_at, id LIMIT $6"
-    );
-    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(partner.map(PartnerId::uuid))
-        .bind(query.topic_id.map(TopicId::uuid))
-        .bind(query.status)
-        .bind(after.map(|a| a.0))
-        .bind(after.map(|a| a.1))
-        .bind(limit.fetch())
-        .fetch_all(&state.ctx.pool)
-        .await?;
+    let filter = SubscriptionFilter {
+        partner: partner.map(PartnerId::uuid),
+        topic: query.topic_id.map(TopicId::uuid),
+        status: query.status,
+        after,
+    };
+    let rows =
+        store::subscriptions::list_subscriptions(&state.ctx.pool, filter, limit.fetch()).await?;
     let default = state.ctx.config.dispatcher.subscription_max_in_flight;
-    let items: Vec<SubscriptionOut> = rows.into_iter().map(|r| r.into_out(default)).collect();
+    let items: Vec<SubscriptionOut> = rows
+        .into_iter()
+        .map(|r| SubscriptionOut::from_row(r, default))
+        .collect();
     Ok(axum::Json(Page::from_rows(items, limit, |s| {
         (s.created_at, s.id.uuid())
     })))
@@ -531,11 +491,10 @@ async fn get_subscription(
     Path(id): Path<SubscriptionId>,
 ) -> Result<axum::Json<SubscriptionOut>> {
     let mut conn = state.ctx.pool.acquire().await?;
-    Ok(axum::Json(
-        own_subscription(&mut conn, &principal, id, false)
-            .await?
-            .into_out(state.ctx.config.dispatcher.subscription_max_in_flight),
-    ))
+    Ok(axum::Json(SubscriptionOut::from_row(
+        own_subscription(&mut conn, &principal, id, false).await?,
+        state.ctx.config.dispatcher.subscription_max_in_flight,
+    )))
 }
 
 /// Changes to a subscription; absent fields stay, `null` clears.
@@ -602,34 +561,24 @@ async fn update_subscription(
     };
     let reenabled =
         row.status == SubscriptionStatus::Disabled && status == SubscriptionStatus::Active;
-    let sql = format!(
-        "UPDATE subscriptions SET url = $2, filter = $3, description = $4, max_attempts = $5, \
-             rate_limit_per_s = $6, status = $7, \
-             disabled_reason = CASE WHEN $7 = 'disabled' THEN disabled_reason END, \
-             failing_since = CASE WHEN $8 THEN NULL ELSE failing_since END, max_in_flight = $9, \
-             updated_at = now() \
-         WHERE id = $1 RETURNING {COLUMNS}"
-    );
-    let updated: Row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(id.uuid())
-        .bind(url.as_ref().map_or(row.url.as_str(), WebhookUrl::as_str))
-        .bind(body.filter.apply(row.filter.map(|f| f.0)).map(SqlJson))
-        .bind(body.description.map(String::from).apply(row.description))
-        .bind(body.max_attempts.map_or(row.max_attempts, |m| m.0))
-        .bind(
-            body.rate_limit_per_s
-                .map(|r| r.0)
-                .apply(row.rate_limit_per_s),
-        )
-        .bind(status)
-        .bind(reenabled)
-        .bind(
-            body.max_in_flight
-                .map(|m| m.get() as i32)
-                .apply(row.max_in_flight),
-        )
-        .fetch_one(&mut *tx)
-        .await?;
+    let update = SubscriptionUpdate {
+        id: id.uuid(),
+        url: url.as_ref().map_or(row.url.as_str(), WebhookUrl::as_str),
+        filter: body.filter.apply(row.filter.map(|f| f.0)),
+        description: body.description.map(String::from).apply(row.description),
+        max_attempts: body.max_attempts.map_or(row.max_attempts, |m| m.0),
+        rate_limit_per_s: body
+            .rate_limit_per_s
+            .map(|r| r.0)
+            .apply(row.rate_limit_per_s),
+        status,
+        reenabled,
+        max_in_flight: body
+            .max_in_flight
+            .map(|m| m.get() as i32)
+            .apply(row.max_in_flight),
+    };
+    let updated = store::subscriptions::update_subscription(&mut *tx, update).await?;
     let changes = Changes::new().between(Some(&before), &Audited::of(&updated));
     if !changes.is_empty() {
         audit::record(
@@ -647,7 +596,8 @@ async fn update_subscription(
     .notify(&mut tx)
     .await?;
     tx.commit().await?;
-    Ok(axum::Json(updated.into_out(
+    Ok(axum::Json(SubscriptionOut::from_row(
+        updated,
         state.ctx.config.dispatcher.subscription_max_in_flight,
     )))
 }
@@ -671,14 +621,8 @@ async fn delete_subscription(
 ) -> Result<StatusCode> {
     let mut tx = state.ctx.pool.begin().await?;
     let row = own_subscription(&mut tx, &principal, id, true).await?;
-    sqlx::query("DELETE FROM subscriptions WHERE id = $1")
-        .bind(id.uuid())
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM dead_letters WHERE subscription_id = $1")
-        .bind(id.uuid())
-        .execute(&mut *tx)
-        .await?;
+    store::subscriptions::delete_subscription(&mut *tx, id.uuid()).await?;
+    store::attempts::delete_subscription_dead_letters(&mut *tx, id.uuid()).await?;
     let channel = state.ctx.broker.channel().await?;
     state
         .ctx
@@ -734,10 +678,7 @@ async fn rotate_secret(
     let row = own_subscription(&mut tx, &principal, id, true).await?;
     let ring = &state.ctx.secrets;
     let row_id = id.to_string();
-    let stored: String = sqlx::query_scalar("SELECT secret FROM subscriptions WHERE id = $1")
-        .bind(id.uuid())
-        .fetch_one(&mut *tx)
-        .await?;
+    let stored = store::subscriptions::get_subscription_secret(&mut *tx, id.uuid()).await?;
     // The current secret moves to the previous column: opened and sealed anew, since the
     // column is part of its associated data.
     let previous = match WebhookSecret::open(
@@ -763,15 +704,12 @@ async fn rotate_secret(
     let sealed = secret
         .seal(ring, Slot::new(Column::SubscriptionSecret, &row_id))?
         .to_text();
-    sqlx::query(
-        "UPDATE subscriptions SET previous_secret = $3, \
-             previous_secret_expires_at = CASE WHEN $3::text IS NULL THEN NULL ELSE now() + interval '24 hours' END, \
-             secret = $2, updated_at = now() WHERE id = $1",
+    store::subscriptions::rotate_subscription_secret(
+        &mut *tx,
+        id.uuid(),
+        &sealed,
+        previous.as_deref(),
     )
-    .bind(id.uuid())
-    .bind(sealed)
-    .bind(previous)
-    .execute(&mut *tx)
     .await?;
     // That it was rotated, never a secret: no changes.
     audit::record(

@@ -15,12 +15,16 @@ use anika_shared::{
     extract::{Json, Path, Query},
     page::{Limit, Page, decode_time_cursor},
     patch::Patch,
+    store::{
+        self,
+        topics::{GrantRow, NewTopic, TopicFilter, TopicRow, TopicUpdate},
+    },
 };
 use axum::{extract::State as AxumState, http::StatusCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{PgConnection, types::Json as SqlJson};
+use sqlx::PgConnection;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -51,18 +55,6 @@ pub(crate) struct TopicOut {
     created_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
-pub(crate) struct TopicRow {
-    pub(crate) id: Uuid,
-    pub(crate) name: String,
-    pub(crate) description: Option<String>,
-    pub(crate) owner_partner_id: Uuid,
-    pub(crate) schema: Option<SqlJson<Value>>,
-    pub(crate) created_at: DateTime<Utc>,
-    /// Whether the caller's partner holds a grant on it.
-    pub(crate) granted: bool,
-}
-
 impl From<TopicRow> for TopicOut {
     fn from(row: TopicRow) -> Self {
         Self {
@@ -85,9 +77,6 @@ pub(crate) enum Standing {
     Reader,
 }
 
-const TOPIC_COLUMNS: &str = "t.id, t.name, t.description, t.owner_partner_id, t.schema, t.created_at, \
-     EXISTS (SELECT 1 FROM grants g WHERE g.topic_id = t.id AND g.partner_id = $2) AS granted";
-
 /// Loads a topic the caller may see, or 404 — strangers learn nothing.
 pub(crate) async fn visible_topic(
     conn: &mut PgConnection,
@@ -95,15 +84,12 @@ pub(crate) async fn visible_topic(
     id: TopicId,
     lock: bool,
 ) -> Result<(TopicRow, Standing)> {
-    let sql = format!(
-        "SELECT {TOPIC_COLUMNS} FROM topics t WHERE t.id = $1{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    let row: Option<TopicRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(id.uuid())
-        .bind(principal.partner().map(PartnerId::uuid))
-        .fetch_optional(conn)
-        .await?;
+    let partner = principal.partner().map(PartnerId::uuid);
+    let row = if lock {
+        store::topics::get_topic_for_update(conn, id.uuid(), partner).await?
+    } else {
+        store::topics::get_topic(conn, id.uuid(), partner).await?
+    };
     let not_found = || Problem::not_found(format!("no topic {id}"));
     let row = row.ok_or_else(not_found)?;
     let standing = if principal.sees_partner(row.owner_partner_id.into()) {
@@ -209,23 +195,23 @@ async fn create_topic(
         check_schema(schema)?;
     }
     let mut tx = state.ctx.pool.begin().await?;
-    let row: TopicRow = sqlx::query_as(
-        "INSERT INTO topics (id, owner_partner_id, name, description, schema) VALUES ($1, $2, $3, $4, $5) \
-         RETURNING id, name, description, owner_partner_id, schema, created_at, false AS granted",
-    )
-    .bind(TopicId::new().uuid())
-    .bind(owner.uuid())
-    .bind(body.name.as_str())
-    .bind(body.description.as_ref().map(Description::as_str))
-    .bind(body.schema.map(SqlJson))
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| match &e {
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-            Problem::invalid_field("/owner_partner_id", "no partner with this id").into()
-        }
-        _ => conflict_on_unique(e, || format!("this partner already has a topic named `{}`", body.name)),
-    })?;
+    let new = NewTopic {
+        id: TopicId::new().uuid(),
+        owner_partner_id: owner.uuid(),
+        name: body.name.as_str(),
+        description: body.description.as_ref().map(Description::as_str),
+        schema: body.schema.as_ref(),
+    };
+    let row = store::topics::insert_topic(&mut *tx, new)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                Problem::invalid_field("/owner_partner_id", "no partner with this id").into()
+            }
+            _ => conflict_on_unique(e, || {
+                format!("this partner already has a topic named `{}`", body.name)
+            }),
+        })?;
     let changes = Changes::new()
         .created("name", &row.name)
         .created("description", &row.description)
@@ -275,22 +261,12 @@ async fn list_topics(
         .as_deref()
         .map(decode_time_cursor)
         .transpose()?;
-    let sql = format!(
-        "SELECT {TOPIC_COLUMNS} FROM topics t \
-         WHERE ($2::uuid IS NULL OR t.owner_partner_id = $2 \
-                OR EXISTS (SELECT 1 FROM grants g WHERE g.topic_id = t.id AND g.partner_id = $2)) \
-           AND ($1::text IS NULL OR t.name = $1) \
-           AND ($3::timestamptz IS NULL OR (t.created_at, t.id) > ($3, $4)) \
-         ORDER BY t.created_at, t.id LIMIT $5"
-    );
-    let rows: Vec<TopicRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(query.name)
-        .bind(principal.partner().map(PartnerId::uuid))
-        .bind(after.map(|a| a.0))
-        .bind(after.map(|a| a.1))
-        .bind(limit.fetch())
-        .fetch_all(&state.ctx.pool)
-        .await?;
+    let filter = TopicFilter {
+        partner: principal.partner().map(PartnerId::uuid),
+        name: query.name.as_deref(),
+        after,
+    };
+    let rows = store::topics::list_topics(&state.ctx.pool, filter, limit.fetch()).await?;
     let items: Vec<TopicOut> = rows.into_iter().map(Into::into).collect();
     Ok(axum::Json(Page::from_rows(items, limit, |t| {
         (t.created_at, t.id.uuid())
@@ -378,17 +354,14 @@ async fn update_topic(
         .map(String::from)
         .apply(row.description.clone());
     let schema = body.schema.apply(row.schema.clone().map(|s| s.0));
-    let sql = format!(
-        "UPDATE topics t SET name = $3, description = $4, schema = $5, updated_at = now() WHERE t.id = $1 \
-         RETURNING {TOPIC_COLUMNS}"
-    );
-    let updated: TopicRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(id.uuid())
-        .bind(principal.partner().map(PartnerId::uuid))
-        .bind(&name)
-        .bind(description)
-        .bind(schema.map(SqlJson))
-        .fetch_one(&mut *tx)
+    let update = TopicUpdate {
+        id: id.uuid(),
+        partner: principal.partner().map(PartnerId::uuid),
+        name: &name,
+        description: description.as_deref(),
+        schema: schema.as_ref(),
+    };
+    let updated = store::topics::update_topic(&mut *tx, update)
         .await
         .map_err(|e| {
             conflict_on_unique(e, || {
@@ -434,35 +407,24 @@ async fn delete_topic(
 ) -> Result<StatusCode> {
     let mut tx = state.ctx.pool.begin().await?;
     let topic = managed_topic(&mut tx, &principal, id).await?;
-    let deleted: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
-        "DELETE FROM subscriptions WHERE topic_id = $1 RETURNING id, partner_id, url",
-    )
-    .bind(id.uuid())
-    .fetch_all(&mut *tx)
-    .await?;
-    let subscriptions: Vec<Uuid> = deleted.iter().map(|d| d.0).collect();
+    let deleted = store::subscriptions::delete_topic_subscriptions(&mut *tx, id.uuid()).await?;
+    let subscriptions: Vec<Uuid> = deleted.iter().map(|d| d.id).collect();
     // Each subscription that goes with the topic has its own entry, so its partner (a
     // grantee, perhaps) finds out what happened to it.
-    for (sub, partner, url) in &deleted {
+    for sub in &deleted {
         audit::record(
             &mut tx,
             &Actor::from(&principal),
             Action::SubscriptionDeleted,
-            &Target::subscription((*sub).into(), (*partner).into()),
+            &Target::subscription(sub.id.into(), sub.partner_id.into()),
             Changes::new()
                 .removed("topic_id", &id)
-                .removed("url", &audit::url_without_credentials(url)),
+                .removed("url", &audit::url_without_credentials(&sub.url)),
         )
         .await?;
     }
-    sqlx::query("DELETE FROM dead_letters WHERE subscription_id = ANY($1)")
-        .bind(&subscriptions)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM topics WHERE id = $1")
-        .bind(id.uuid())
-        .execute(&mut *tx)
-        .await?;
+    store::attempts::delete_subscriptions_dead_letters(&mut *tx, &subscriptions).await?;
+    store::topics::delete_topic(&mut *tx, id.uuid()).await?;
     let channel = state.ctx.broker.channel().await?;
     for sub in &subscriptions {
         let sub = SubscriptionId::from(*sub);
@@ -497,11 +459,20 @@ async fn delete_topic(
 }
 
 /// A partner with read access.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct GrantOut {
     #[schema(value_type = String, format = Uuid)]
     partner_id: Uuid,
     granted_at: DateTime<Utc>,
+}
+
+impl From<GrantRow> for GrantOut {
+    fn from(row: GrantRow) -> Self {
+        Self {
+            partner_id: row.partner_id,
+            granted_at: row.granted_at,
+        }
+    }
 }
 
 /// Page through grants.
@@ -545,17 +516,12 @@ async fn list_grants(
         .as_deref()
         .map(decode_time_cursor)
         .transpose()?;
-    let rows: Vec<GrantOut> = sqlx::query_as(
-        "SELECT partner_id, granted_at FROM grants WHERE topic_id = $1 \
-         AND ($2::timestamptz IS NULL OR (granted_at, partner_id) > ($2, $3)) \
-         ORDER BY granted_at, partner_id LIMIT $4",
-    )
-    .bind(id.uuid())
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1))
-    .bind(limit.fetch())
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows: Vec<GrantOut> =
+        store::topics::list_grants(&mut *conn, id.uuid(), after, limit.fetch())
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect();
     Ok(axum::Json(Page::from_rows(rows, limit, |g| {
         (g.granted_at, g.partner_id)
     })))
@@ -567,12 +533,12 @@ async fn grantee_subscriptions(
     topic: TopicId,
     partner: PartnerId,
 ) -> Result<Vec<SubscriptionId>> {
-    let ids: Vec<Uuid> =
-        sqlx::query_scalar("SELECT id FROM subscriptions WHERE topic_id = $1 AND partner_id = $2")
-            .bind(topic.uuid())
-            .bind(partner.uuid())
-            .fetch_all(conn)
-            .await?;
+    let ids = store::subscriptions::list_partner_topic_subscription_ids(
+        conn,
+        topic.uuid(),
+        partner.uuid(),
+    )
+    .await?;
     Ok(ids.into_iter().map(SubscriptionId::from).collect())
 }
 
@@ -604,22 +570,11 @@ async fn put_grant(
         )
         .into());
     }
-    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM partners WHERE id = $1")
-        .bind(partner.uuid())
-        .fetch_optional(&mut *tx)
-        .await?;
-    if exists.is_none() {
+    if !store::partners::partner_exists(&mut *tx, partner.uuid()).await? {
         return Err(Problem::not_found(format!("no partner {partner}")).into());
     }
-    let inserted = sqlx::query(
-        "INSERT INTO grants (topic_id, partner_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(id.uuid())
-    .bind(partner.uuid())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted > 0 {
+    let inserted = store::topics::insert_grant(&mut *tx, id.uuid(), partner.uuid()).await?;
+    if inserted {
         // Only a grant that was not there is a change: a repeated PUT records nothing.
         // Written before the broker binds: if RabbitMQ refuses, it rolls back with the grant.
         audit::record(
@@ -674,13 +629,8 @@ async fn delete_grant(
 ) -> Result<StatusCode> {
     let mut tx = state.ctx.pool.begin().await?;
     let topic = managed_topic(&mut tx, &principal, id).await?;
-    let deleted = sqlx::query("DELETE FROM grants WHERE topic_id = $1 AND partner_id = $2")
-        .bind(id.uuid())
-        .bind(partner.uuid())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if deleted > 0 {
+    let deleted = store::topics::delete_grant(&mut *tx, id.uuid(), partner.uuid()).await?;
+    if deleted {
         audit::record(
             &mut tx,
             &Actor::from(&principal),

@@ -12,9 +12,9 @@ use anika_shared::{
     domain::{MaxInFlight, SubscriptionId, SubscriptionStatus, TopicId, WebhookSecret},
     net::WebhookUrl,
     secrets::{Column, Slot},
+    store::{self, subscriptions::SubscriptionConfigRow as Row},
 };
-use chrono::{DateTime, Utc};
-use uuid::Uuid;
+use chrono::Utc;
 
 use crate::{
     deps::Deps,
@@ -22,33 +22,6 @@ use crate::{
     meters,
     subscription::{Sub, SubConfig},
 };
-
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: Uuid,
-    partner_id: Uuid,
-    topic_id: Uuid,
-    url: String,
-    /// As text: numbers keep every digit (`serde_json` would round them to `f64`).
-    filter: Option<String>,
-    /// As text, parsed per row: one unknown status must not fail the read of all the others.
-    status: String,
-    max_attempts: i32,
-    rate_limit_per_s: Option<i32>,
-    max_in_flight: Option<i32>,
-    ordered: bool,
-    secret: String,
-    previous_secret: Option<String>,
-    previous_secret_expires_at: Option<DateTime<Utc>>,
-    failing_since: Option<DateTime<Utc>>,
-    allowed: bool,
-}
-
-const SELECT: &str = "SELECT s.id, s.partner_id, s.topic_id, s.url, s.filter::text AS filter, s.status, s.max_attempts, \
-        s.rate_limit_per_s, s.max_in_flight, s.ordered, s.secret, s.previous_secret, s.previous_secret_expires_at, s.failing_since, \
-        (t.owner_partner_id = s.partner_id OR EXISTS \
-            (SELECT 1 FROM grants g WHERE g.topic_id = s.topic_id AND g.partner_id = s.partner_id)) AS allowed \
-     FROM subscriptions s JOIN topics t ON t.id = s.topic_id";
 
 /// Why a row is not turned into a runtime subscription (the `reason` label of
 /// [`meters::SUBSCRIPTIONS_UNREADABLE`]).
@@ -69,72 +42,70 @@ impl Unreadable {
     }
 }
 
-impl Row {
-    /// The configuration; `read_at` is when the query that read this row started. A row
-    /// that does not parse is logged and counted here, and not consumed.
-    fn into_config(self, deps: &Deps, read_at: Instant) -> Option<SubConfig> {
-        let id = self.id;
-        self.parse(deps, read_at)
-            .inspect_err(|why| {
-                metrics::counter!(meters::SUBSCRIPTIONS_UNREADABLE, "reason" => why.label())
-                    .increment(1);
-                tracing::error!(subscription = %id, reason = why.label(),
-                    "a stored subscription does not parse; it is not consumed and its events wait in its queue");
-            })
-            .ok()
-    }
-
-    fn parse(self, deps: &Deps, read_at: Instant) -> Result<SubConfig, Unreadable> {
-        let row = self.id.to_string();
-        let status =
-            SubscriptionStatus::from_stored(&self.status).map_err(|_| Unreadable::Status)?;
-        // Without its secret a subscription is not consumed: its events wait in the queue
-        // rather than go out unsigned (or signed with a secret moved from another row).
-        let secret = open_logged(
-            deps,
-            &self.secret,
-            Slot::new(Column::SubscriptionSecret, &row),
-        )
-        .ok_or(Unreadable::Secret)?;
-        let previous_secret = match (self.previous_secret, self.previous_secret_expires_at) {
-            (Some(s), Some(until)) if until > Utc::now() => open_logged(
-                deps,
-                &s,
-                Slot::new(Column::SubscriptionPreviousSecret, &row),
-            )
-            .map(|s| (s, until)),
-            _ => None,
-        };
-        let filter = match self.filter.as_deref().map(Filter::parse) {
-            None => None,
-            Some(Ok(filter)) => Some(filter),
-            Some(Err(e)) => {
-                // PostgreSQL prints jsonb as valid JSON; this would be a bug worth seeing.
-                tracing::error!(subscription = %self.id, error = %e, "a stored filter does not parse; the subscription is not consumed");
-                return Err(Unreadable::Filter);
-            }
-        };
-        Ok(SubConfig {
-            id: self.id.into(),
-            partner: self.partner_id.into(),
-            topic: self.topic_id.into(),
-            url: WebhookUrl::parse(&self.url, &deps.policy),
-            secret,
-            previous_secret,
-            filter,
-            status,
-            allowed: self.allowed,
-            max_attempts: self.max_attempts.max(1) as u32,
-            rate_limit: self.rate_limit_per_s.map(|r| r.max(1) as u32),
-            max_in_flight: self
-                .max_in_flight
-                .and_then(|m| MaxInFlight::try_from(i64::from(m)).ok())
-                .unwrap_or(deps.config.dispatcher.subscription_max_in_flight),
-            ordered: self.ordered,
-            failing_since: self.failing_since,
-            read_at,
+/// The configuration of a row; `read_at` is when the query that read it started. A row
+/// that does not parse is logged and counted here, and not consumed.
+fn into_config(row: Row, deps: &Deps, read_at: Instant) -> Option<SubConfig> {
+    let id = row.id;
+    parse(row, deps, read_at)
+        .inspect_err(|why| {
+            metrics::counter!(meters::SUBSCRIPTIONS_UNREADABLE, "reason" => why.label())
+                .increment(1);
+            tracing::error!(subscription = %id, reason = why.label(),
+                "a stored subscription does not parse; it is not consumed and its events wait in its queue");
         })
-    }
+        .ok()
+}
+
+/// The configuration of a row, or why it does not parse.
+fn parse(row: Row, deps: &Deps, read_at: Instant) -> Result<SubConfig, Unreadable> {
+    let row_id = row.id.to_string();
+    let status = SubscriptionStatus::from_stored(&row.status).map_err(|_| Unreadable::Status)?;
+    // Without its secret a subscription is not consumed: its events wait in the queue
+    // rather than go out unsigned (or signed with a secret moved from another row).
+    let secret = open_logged(
+        deps,
+        &row.secret,
+        Slot::new(Column::SubscriptionSecret, &row_id),
+    )
+    .ok_or(Unreadable::Secret)?;
+    let previous_secret = match (row.previous_secret, row.previous_secret_expires_at) {
+        (Some(s), Some(until)) if until > Utc::now() => open_logged(
+            deps,
+            &s,
+            Slot::new(Column::SubscriptionPreviousSecret, &row_id),
+        )
+        .map(|s| (s, until)),
+        _ => None,
+    };
+    let filter = match row.filter.as_deref().map(Filter::parse) {
+        None => None,
+        Some(Ok(filter)) => Some(filter),
+        Some(Err(e)) => {
+            // PostgreSQL prints jsonb as valid JSON; this would be a bug worth seeing.
+            tracing::error!(subscription = %row.id, error = %e, "a stored filter does not parse; the subscription is not consumed");
+            return Err(Unreadable::Filter);
+        }
+    };
+    Ok(SubConfig {
+        id: row.id.into(),
+        partner: row.partner_id.into(),
+        topic: row.topic_id.into(),
+        url: WebhookUrl::parse(&row.url, &deps.policy),
+        secret,
+        previous_secret,
+        filter,
+        status,
+        allowed: row.allowed,
+        max_attempts: row.max_attempts.max(1) as u32,
+        rate_limit: row.rate_limit_per_s.map(|r| r.max(1) as u32),
+        max_in_flight: row
+            .max_in_flight
+            .and_then(|m| MaxInFlight::try_from(i64::from(m)).ok())
+            .unwrap_or(deps.config.dispatcher.subscription_max_in_flight),
+        ordered: row.ordered,
+        failing_since: row.failing_since,
+        read_at,
+    })
 }
 
 /// Opens a stored webhook secret; logs and counts one that does not open.
@@ -166,25 +137,18 @@ pub async fn load(deps: &Deps, scope: &Scope) -> Result<Vec<SubConfig>, sqlx::Er
     let pool = &deps.pool;
     let read_at = Instant::now();
     let rows: Vec<Row> = match scope {
-        Scope::All => sqlx::query_as(SELECT).fetch_all(pool).await?,
-        Scope::Subscription(id) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE s.id = $1")))
-                .bind(id.uuid())
-                .fetch_all(pool)
-                .await?
-        }
-        Scope::Topic(topic) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "{SELECT} WHERE s.topic_id = $1"
-            )))
-            .bind(topic.uuid())
-            .fetch_all(pool)
+        Scope::All => store::subscriptions::list_subscription_configs(pool).await?,
+        Scope::Subscription(id) => store::subscriptions::get_subscription_config(pool, id.uuid())
             .await?
+            .into_iter()
+            .collect(),
+        Scope::Topic(topic) => {
+            store::subscriptions::list_topic_subscription_configs(pool, topic.uuid()).await?
         }
     };
     Ok(rows
         .into_iter()
-        .filter_map(|r| r.into_config(deps, read_at))
+        .filter_map(|r| into_config(r, deps, read_at))
         .collect())
 }
 

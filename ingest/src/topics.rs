@@ -18,11 +18,11 @@ use std::{
 use anika_shared::{
     changes::{CHANNEL, Change},
     domain::{PartnerId, TopicId},
+    store,
 };
 use backon::{ExponentialBuilder, Retryable};
 use sqlx::{PgPool, postgres::PgListener, types::Json as SqlJson};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::{
     error::{Error, Result},
@@ -64,13 +64,6 @@ pub(crate) struct TopicCache {
     following: AtomicBool,
 }
 
-#[derive(sqlx::FromRow)]
-struct TopicRow {
-    owner_partner_id: Uuid,
-    name: String,
-    schema: Option<SqlJson<serde_json::Value>>,
-}
-
 impl TopicCache {
     /// The topic, from memory or (once) from PostgreSQL; `None` if it does not exist.
     pub(crate) async fn get(&self, pool: &PgPool, id: TopicId) -> Result<Option<Arc<Topic>>> {
@@ -78,11 +71,7 @@ impl TopicCache {
             return Ok(Some(Arc::clone(topic)));
         }
         let epoch = self.epoch.load(Ordering::Acquire);
-        let row: Option<TopicRow> =
-            sqlx::query_as("SELECT owner_partner_id, name, schema FROM topics WHERE id = $1")
-                .bind(id.uuid())
-                .fetch_optional(pool)
-                .await?;
+        let row = store::topics::get_topic_definition(pool, id.uuid()).await?;
         let Some(row) = row else {
             // Not cached: topics are created without a notification, so a miss must look again next time.
             return Ok(None);
