@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anika_shared::{
     Problem,
-    amqp::Broker,
+    amqp::{self, Broker},
     audit::{self, Action, Actor, Changes, Target, url_without_credentials},
     auth::Principal,
     changes::Change,
@@ -374,7 +374,7 @@ async fn declare_and_commit(
         .topology()
         .declare_subscription(&channel, id, topic, ordered, true)
         .await;
-    let _ = channel.close(200, "done".into()).await;
+    amqp::close_channel(&channel, "catalog change").await;
     declared?;
     Change::Subscription {
         subscription_id: id,
@@ -395,7 +395,7 @@ async fn remove_orphan_queues(broker: &Broker, pool: &PgPool, id: SubscriptionId
         }
         let channel = broker.channel().await?;
         broker.topology().delete_subscription(&channel, id).await?;
-        let _ = channel.close(200, "done".into()).await;
+        amqp::close_channel(&channel, "catalog change").await;
         Ok::<_, Error>(true)
     }
     .await;
@@ -630,7 +630,7 @@ async fn delete_subscription(
         .topology()
         .delete_subscription(&channel, id)
         .await?;
-    let _ = channel.close(200, "done".into()).await;
+    amqp::close_channel(&channel, "catalog change").await;
     audit::record(
         &mut tx,
         &Actor::from(&principal),

@@ -4,7 +4,7 @@
 //! before the answer, so nothing published afterwards is routed to them.
 
 use anika_shared::{
-    Problem,
+    Problem, amqp,
     audit::{self, Action, Actor, Changes, Target},
     auth::Principal,
     changes::Change,
@@ -440,7 +440,7 @@ async fn delete_topic(
         .notify(&mut tx)
         .await?;
     }
-    let _ = channel.close(200, "done".into()).await;
+    amqp::close_channel(&channel, "catalog change").await;
     // What went with it, since the rows to read it from are gone.
     let changes = Changes::new()
         .removed("name", &topic.name)
@@ -596,7 +596,7 @@ async fn put_grant(
                     .bind_to_topic(&channel, sub, id)
                     .await?;
             }
-            let _ = channel.close(200, "done".into()).await;
+            amqp::close_channel(&channel, "catalog change").await;
         }
         Change::Grant {
             topic_id: id,
@@ -652,7 +652,7 @@ async fn delete_grant(
                 .unbind_from_topic(&channel, sub, id)
                 .await?;
         }
-        let _ = channel.close(200, "done".into()).await;
+        amqp::close_channel(&channel, "catalog change").await;
     }
     Change::Grant {
         topic_id: id,

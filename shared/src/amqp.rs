@@ -580,6 +580,15 @@ pub fn header_str(properties: &lapin::BasicProperties, name: &str) -> Option<Str
     }
 }
 
+/// Closes a short-lived channel whose work is done. A failure is logged and otherwise
+/// harmless: the work's outcome was already confirmed, and the broker drops a channel
+/// whose connection goes away.
+pub async fn close_channel(channel: &Channel, what: &str) {
+    if let Err(e) = channel.close(200, what.into()).await {
+        tracing::debug!(error = %e, channel = what, "closing a channel failed; the broker drops it");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{BrokerError, parse_nodes};
