@@ -51,14 +51,25 @@ pub enum StartError {
     Http(#[from] reqwest::Error),
 }
 
-/// Everything a dispatcher handler needs.
+/// Everything a dispatcher handler needs: one cheap clone of [`Inner`], as in every role.
 #[derive(Clone, Debug)]
-pub struct State {
+pub struct State(Arc<Inner>);
+
+/// The inside of [`State`].
+#[derive(Debug)]
+pub struct Inner {
     ctx: Context,
     /// What deliveries use: the test delivery goes through the same client and guard.
     deps: Arc<Deps>,
     /// The running subscriptions (their requests in flight, for the health route).
     registry: Arc<registry::Registry>,
+}
+
+impl std::ops::Deref for State {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
 }
 
 impl FromRef<State> for Arc<Verifier> {
@@ -119,11 +130,11 @@ impl State {
             ctx.config.dispatcher.metrics_per_subscription,
             shutdown.clone(),
         ));
-        Ok(Self {
+        Ok(Self(Arc::new(Inner {
             ctx,
             deps,
             registry,
-        })
+        })))
     }
 }
 
