@@ -300,6 +300,39 @@ pub async fn list_dead_letters(
     .await
 }
 
+/// The subscriptions that have dead letters, with how many and since when.
+#[derive(Debug, serde::Serialize)]
+pub struct DeadLetterSummary {
+    /// The subscription.
+    pub subscription_id: Uuid,
+    /// Its partner's name.
+    pub partner: String,
+    /// Its topic's name.
+    pub topic: String,
+    /// Its endpoint.
+    pub url: String,
+    /// How many of its messages are dead-lettered.
+    pub dead_letters: i64,
+    /// When the oldest of them was.
+    pub oldest: DateTime<Utc>,
+}
+
+/// Every subscription with dead letters, the most first.
+pub async fn list_dead_letter_summaries(
+    db: impl sqlx::PgExecutor<'_>,
+) -> sqlx::Result<Vec<DeadLetterSummary>> {
+    sqlx::query_as!(
+        DeadLetterSummary,
+        r#"SELECT s.id AS subscription_id, p.name AS partner, t.name AS topic, s.url,
+                  count(*) AS "dead_letters!", min(d.dead_at) AS "oldest!"
+           FROM dead_letters d JOIN subscriptions s ON s.id = d.subscription_id
+           JOIN partners p ON p.id = s.partner_id JOIN topics t ON t.id = s.topic_id
+           GROUP BY s.id, p.name, t.name, s.url ORDER BY count(*) DESC"#,
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// Deletes the records of these events' dead letters of a subscription (their messages
 /// were moved back to delivery).
 pub async fn delete_dead_letters_of_events(
@@ -427,5 +460,48 @@ pub async fn get_endpoint_health(
         subscription,
     )
     .fetch_one(db)
+    .await
+}
+
+/// A subscription with its health, as the operator's list shows it.
+#[derive(Debug)]
+pub struct SubscriptionHealthRow {
+    /// The subscription.
+    pub id: Uuid,
+    /// Its partner's name.
+    pub partner: String,
+    /// Its topic's name.
+    pub topic: String,
+    /// Its endpoint.
+    pub url: String,
+    /// `active`, `paused` or `disabled`.
+    pub status: SubscriptionStatus,
+    /// Why the server disabled it, when it did.
+    pub disabled_reason: Option<String>,
+    /// Since when every attempt fails; `None` while healthy.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Messages dead-lettered now.
+    pub dead_letters: i64,
+}
+
+/// Every subscription with its health, the longest failing first, then the oldest:
+/// only those with `status` if given, and only the failing ones if `failing_only`.
+pub async fn list_subscription_health(
+    db: impl sqlx::PgExecutor<'_>,
+    status: Option<SubscriptionStatus>,
+    failing_only: bool,
+) -> sqlx::Result<Vec<SubscriptionHealthRow>> {
+    sqlx::query_as!(
+        SubscriptionHealthRow,
+        r#"SELECT s.id, p.name AS partner, t.name AS topic, s.url, s.status AS "status: SubscriptionStatus",
+                  s.disabled_reason, s.failing_since,
+                  (SELECT count(*) FROM dead_letters d WHERE d.subscription_id = s.id) AS "dead_letters!"
+           FROM subscriptions s JOIN partners p ON p.id = s.partner_id JOIN topics t ON t.id = s.topic_id
+           WHERE ($1::text IS NULL OR s.status = $1) AND (NOT $2 OR s.failing_since IS NOT NULL)
+           ORDER BY s.failing_since NULLS LAST, s.created_at"#,
+        status.map(SubscriptionStatus::as_str),
+        failing_only,
+    )
+    .fetch_all(db)
     .await
 }

@@ -97,3 +97,23 @@ pub fn stream_replay_events<'c>(
     )
     .fetch(db)
 }
+
+/// How many events of `[since, until)` a replay of the subscription would consider: those
+/// of its topic that its filter matches.
+pub async fn count_replay_events(
+    db: impl sqlx::PgExecutor<'_>,
+    subscription: uuid::Uuid,
+    since: chrono::DateTime<chrono::Utc>,
+    until: chrono::DateTime<chrono::Utc>,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM events e JOIN subscriptions s ON s.topic_id = e.topic_id
+           WHERE s.id = $1 AND e.received_at >= $2 AND e.received_at < $3
+             AND (s.filter IS NULL OR e.data @> s.filter)"#,
+        subscription,
+        since,
+        until,
+    )
+    .fetch_one(db)
+    .await
+}
