@@ -24,6 +24,7 @@ use anika_shared::{
     domain::{SubscriptionId, SubscriptionStatus, Timestamp},
     envelope::format_time,
     page::Limit,
+    store::{attempts, events, subscriptions},
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -65,11 +66,8 @@ impl Ops {
         action: Action,
         changes: audit::Changes,
     ) -> Result<(), CliError> {
-        let partner: Option<Uuid> =
-            sqlx::query_scalar("SELECT partner_id FROM subscriptions WHERE id = $1")
-                .bind(subscription.uuid())
-                .fetch_optional(&self.pool)
-                .await?;
+        let partner =
+            subscriptions::get_subscription_partner(&self.pool, subscription.uuid()).await?;
         let partner = partner.ok_or_else(|| format!("no subscription {subscription}"))?;
         audit::record_result(
             &self.pool,
@@ -181,23 +179,8 @@ impl Progress {
     }
 }
 
-#[derive(Serialize, sqlx::FromRow)]
-struct DeadLetterSummary {
-    subscription_id: Uuid,
-    partner: String,
-    topic: String,
-    url: String,
-    dead_letters: i64,
-    oldest: DateTime<Utc>,
-}
-
-#[derive(Serialize, sqlx::FromRow)]
-struct DeadLetterRow {
-    event_id: Uuid,
-    attempts: i32,
-    last_error: String,
-    dead_at: DateTime<Utc>,
-}
+/// How many dead letters `anika dlq list --subscription` shows at most.
+const DEAD_LETTERS_SHOWN: i64 = 1000;
 
 /// `anika dlq list [--subscription ID]`.
 pub async fn dlq_list(
@@ -208,18 +191,10 @@ pub async fn dlq_list(
     let ops = Ops::connect(config).await?;
     match subscription {
         None => {
-            let rows: Vec<DeadLetterSummary> = sqlx::query_as(
-                "SELECT s.id AS subscription_id, p.name AS partner, t.name AS topic, s.url, \
-                        count(*) AS dead_letters, min(d.dead_at) AS oldest \
-                 FROM dead_letters d JOIN subscriptions s ON s.id = d.subscription_id \
-                 JOIN partners p ON p.id = s.partner_id JOIN topics t ON t.id = s.topic_id \
-                 GROUP BY s.id, p.name, t.name, s.url ORDER BY count(*) DESC",
-            )
-            .fetch_all(&ops.pool)
-            .await?;
-            let rows: Vec<DeadLetterSummary> = rows
+            let rows = attempts::list_dead_letter_summaries(&ops.pool).await?;
+            let rows: Vec<attempts::DeadLetterSummary> = rows
                 .into_iter()
-                .map(|r| DeadLetterSummary {
+                .map(|r| attempts::DeadLetterSummary {
                     url: shown_url(&r.url),
                     ..r
                 })
@@ -253,13 +228,9 @@ pub async fn dlq_list(
             );
         }
         Some(id) => {
-            let rows: Vec<DeadLetterRow> = sqlx::query_as(
-                "SELECT event_id, attempts, last_error, dead_at FROM dead_letters \
-                 WHERE subscription_id = $1 ORDER BY dead_at DESC LIMIT 1000",
-            )
-            .bind(id.uuid())
-            .fetch_all(&ops.pool)
-            .await?;
+            // The newest page, as the API's first page of the same list.
+            let rows =
+                attempts::list_dead_letters(&ops.pool, id.uuid(), None, DEAD_LETTERS_SHOWN).await?;
             let in_queue = ops.queue_depth(&dead_letter_queue(id)).await;
             if json {
                 return print_json(
@@ -367,15 +338,7 @@ pub async fn replay(
     let window = Window::new(since, until, config.dispatcher.max_replay_window)
         .map_err(|e| CliError::from(format!("--since/--until: {e}")))?;
     let ops = Ops::connect(config).await?;
-    let total: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events e JOIN subscriptions s ON s.topic_id = e.topic_id \
-         WHERE s.id = $1 AND e.received_at >= $2 AND e.received_at < $3 AND (s.filter IS NULL OR e.data @> s.filter)",
-    )
-    .bind(subscription.uuid())
-    .bind(since)
-    .bind(until)
-    .fetch_one(&ops.pool)
-    .await?;
+    let total = events::count_replay_events(&ops.pool, subscription.uuid(), since, until).await?;
     let progress = Progress::new(total.max(0) as u64, "re-delivering events");
     let how = LogReplay {
         database_url: config.database_url.expose(),
@@ -430,7 +393,19 @@ pub enum HealthFilter {
     Active,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+impl HealthFilter {
+    /// The status it lists, and whether only the failing ones of those.
+    fn condition(self) -> (SubscriptionStatus, bool) {
+        match self {
+            Self::Failing => (SubscriptionStatus::Active, true),
+            Self::Disabled => (SubscriptionStatus::Disabled, false),
+            Self::Paused => (SubscriptionStatus::Paused, false),
+            Self::Active => (SubscriptionStatus::Active, false),
+        }
+    }
+}
+
+#[derive(Serialize)]
 struct SubscriptionRow {
     id: Uuid,
     partner: String,
@@ -440,8 +415,23 @@ struct SubscriptionRow {
     disabled_reason: Option<String>,
     failing_since: Option<DateTime<Utc>>,
     dead_letters: i64,
-    #[sqlx(skip)]
     queued: Option<u32>,
+}
+
+impl From<attempts::SubscriptionHealthRow> for SubscriptionRow {
+    fn from(row: attempts::SubscriptionHealthRow) -> Self {
+        Self {
+            id: row.id,
+            partner: row.partner,
+            topic: row.topic,
+            url: row.url,
+            status: row.status,
+            disabled_reason: row.disabled_reason,
+            failing_since: row.failing_since,
+            dead_letters: row.dead_letters,
+            queued: None,
+        }
+    }
 }
 
 /// `anika subscriptions [--status …]`.
@@ -451,22 +441,14 @@ pub async fn subscriptions(
     json: bool,
 ) -> Result<(), CliError> {
     let ops = Ops::connect(config).await?;
-    let condition = match status {
-        None => "true",
-        Some(HealthFilter::Failing) => "s.status = 'active' AND s.failing_since IS NOT NULL",
-        Some(HealthFilter::Disabled) => "s.status = 'disabled'",
-        Some(HealthFilter::Paused) => "s.status = 'paused'",
-        Some(HealthFilter::Active) => "s.status = 'active'",
-    };
-    let sql = format!(
-        "SELECT s.id, p.name AS partner, t.name AS topic, s.url, s.status, s.disabled_reason, s.failing_since, \
-                (SELECT count(*) FROM dead_letters d WHERE d.subscription_id = s.id) AS dead_letters \
-         FROM subscriptions s JOIN partners p ON p.id = s.partner_id JOIN topics t ON t.id = s.topic_id \
-         WHERE {condition} ORDER BY s.failing_since NULLS LAST, s.created_at"
-    );
-    let mut rows: Vec<SubscriptionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .fetch_all(&ops.pool)
-        .await?;
+    let condition = status.map(HealthFilter::condition);
+    let rows = attempts::list_subscription_health(
+        &ops.pool,
+        condition.map(|(status, _)| status),
+        condition.is_some_and(|(_, failing_only)| failing_only),
+    )
+    .await?;
+    let mut rows: Vec<SubscriptionRow> = rows.into_iter().map(SubscriptionRow::from).collect();
     for row in &mut rows {
         row.queued = ops.queue_depth(&subscription_queue(row.id.into())).await;
         row.url = shown_url(&row.url);

@@ -6,6 +6,7 @@ use anika_shared::{
     amqp::{DEAD_EXCHANGE, LAST_ERROR_HEADER, long_string},
     domain::{EventId, SubscriptionId},
     envelope::with_attempts,
+    store,
 };
 use bytes::Bytes;
 
@@ -68,16 +69,14 @@ async fn record(
     error: &str,
 ) -> Result<(), sqlx::Error> {
     let mut tx = deps.pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO dead_letters (subscription_id, event_id, attempts, last_error) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (subscription_id, event_id) DO UPDATE \
-         SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, dead_at = now()",
+    let last_error = crate::deliver::text(error.as_bytes());
+    store::attempts::record_dead_letter(
+        &mut *tx,
+        sub.uuid(),
+        event.uuid(),
+        attempts as i32,
+        &last_error,
     )
-    .bind(sub.uuid())
-    .bind(event.uuid())
-    .bind(attempts as i32)
-    .bind(crate::deliver::text(error.as_bytes()))
-    .execute(&mut *tx)
     .await?;
     let written =
         system::dead_lettered(&mut tx, sub, deps.config.dispatcher.system_notice_interval).await?;

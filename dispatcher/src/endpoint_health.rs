@@ -10,9 +10,9 @@ use anika_shared::{
     audit::{self, Action, Actor, Changes, Target},
     changes::Change,
     domain::{SubscriptionId, SubscriptionStatus},
+    store::attempts,
 };
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use crate::{
     deps::Deps,
@@ -34,10 +34,7 @@ pub async fn succeeded(sub: &Sub, deps: &Deps) {
         let cleared = Box::pin(transition(
             deps,
             sub.id,
-            sqlx::query(
-                "UPDATE subscriptions SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
-            )
-            .bind(sub.id.uuid()),
+            Health::Recovered,
             Notice::Recovered,
         ));
         if let Err(e) = cleared.await {
@@ -66,11 +63,7 @@ pub async fn failing(sub: &Sub, deps: &Deps, now: DateTime<Utc>, error: &str) {
     let marked = transition(
         deps,
         sub.id,
-        sqlx::query(
-            "UPDATE subscriptions SET failing_since = $2 WHERE id = $1 AND failing_since IS NULL",
-        )
-        .bind(sub.id.uuid())
-        .bind(now),
+        Health::FailingSince(now),
         Notice::Failing {
             error: error.to_owned(),
         },
@@ -82,17 +75,32 @@ pub async fn failing(sub: &Sub, deps: &Deps, now: DateTime<Utc>, error: &str) {
     }
 }
 
-/// Runs `change`, an UPDATE that matches only the state it leaves, and, when this process
-/// made the transition (one row changed), writes `notice` in the same transaction;
+/// The state an endpoint moves to.
+#[derive(Clone, Copy, Debug)]
+enum Health {
+    /// Healthy again: `failing_since` cleared.
+    Recovered,
+    /// Failing since then.
+    FailingSince(DateTime<Utc>),
+}
+
+/// Moves the endpoint to `change` with an UPDATE that matches only the state it leaves and,
+/// when this process made the transition (one row changed), writes `notice` in the same transaction;
 /// publishes the notice after the commit. Whether the transition was made here.
 async fn transition(
     deps: &Deps,
     subscription: SubscriptionId,
-    change: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    change: Health,
     notice: Notice,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = deps.pool.begin().await?;
-    let changed = change.execute(&mut *tx).await?.rows_affected() > 0;
+    let rows = match change {
+        Health::Recovered => attempts::clear_failing(&mut *tx, subscription.uuid()).await?,
+        Health::FailingSince(since) => {
+            attempts::mark_failing(&mut *tx, subscription.uuid(), since).await?
+        }
+    };
+    let changed = rows > 0;
     let written = if changed {
         system::write(&mut tx, subscription, &notice).await?
     } else {
@@ -128,16 +136,7 @@ async fn disable_in_catalog(
 ) -> Result<bool, sqlx::Error> {
     let (active, disabled) = (SubscriptionStatus::Active, SubscriptionStatus::Disabled);
     let mut tx = deps.pool.begin().await?;
-    let partner: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE subscriptions SET status = $3, disabled_reason = $2, updated_at = now() \
-         WHERE id = $1 AND status = $4 RETURNING partner_id",
-    )
-    .bind(id.uuid())
-    .bind(reason)
-    .bind(disabled)
-    .bind(active)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let partner = attempts::disable_subscription(&mut *tx, id.uuid(), reason).await?;
     let mut written = None;
     if let Some(partner) = partner {
         // A status change nobody asked for: the audit log says anika did it, and why.

@@ -13,6 +13,7 @@ use anika_shared::{
     domain::{EventId, SubscriptionId, SubscriptionStatus},
     envelope::Envelope,
     extract::{Json, Path},
+    store::{attempts, topics},
 };
 use axum::extract::State as AxumState;
 use chrono::{DateTime, Utc};
@@ -107,32 +108,10 @@ async fn subscription_health(
 ) -> Result<axum::Json<Health>> {
     authorize(&state, &principal, id).await?;
     let pool = &state.ctx.pool;
-    let (status, disabled_reason, failing_since, dead_letters): (
-        SubscriptionStatus,
-        Option<String>,
-        Option<DateTime<Utc>>,
-        i64,
-    ) = sqlx::query_as(
-        "SELECT status, disabled_reason, failing_since, \
-                (SELECT count(*) FROM dead_letters d WHERE d.subscription_id = s.id) \
-         FROM subscriptions s WHERE id = $1",
-    )
-    .bind(id.uuid())
-    .fetch_one(pool)
-    .await?;
+    let health = attempts::get_endpoint_health(pool, id.uuid()).await?;
     // One pass over the hour's attempts (the index on (subscription_id, at) bounds it).
-    let (attempts, succeeded, p50, p99, mean): (i64, i64, Option<f64>, Option<f64>, Option<f64>) =
-        sqlx::query_as(
-            "SELECT count(*), count(*) FILTER (WHERE status = 'succeeded'), \
-                    percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), \
-                    percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms), \
-                    avg(duration_ms)::float8 \
-             FROM attempts WHERE subscription_id = $1 AND at >= now() - make_interval(secs => $2)",
-        )
-        .bind(id.uuid())
-        .bind(WINDOW.as_secs_f64())
-        .fetch_one(pool)
-        .await?;
+    let stats = attempts::attempt_stats(pool, id.uuid(), WINDOW.as_secs_f64()).await?;
+    let (attempts, succeeded) = (stats.attempts, stats.succeeded);
     let queued = state
         .ctx
         .broker
@@ -146,21 +125,21 @@ async fn subscription_health(
     let ms = |v: Option<f64>| v.map(|v| v.round() as i64);
     Ok(axum::Json(Health {
         subscription_id: id.uuid(),
-        status,
-        disabled_reason,
-        failing_since,
+        status: health.status,
+        disabled_reason: health.disabled_reason,
+        failing_since: health.failing_since,
         queued,
         in_flight,
-        dead_letters,
+        dead_letters: health.dead_letters,
         last_hour: LastHour {
             attempts,
             succeeded,
             failed: attempts - succeeded,
             success_rate: (attempts > 0).then(|| succeeded as f64 / attempts as f64),
             latency_ms: Latency {
-                p50: ms(p50),
-                p99: ms(p99),
-                mean: ms(mean),
+                p50: ms(stats.p50),
+                p99: ms(stats.p99),
+                mean: ms(stats.mean),
             },
         },
     }))
@@ -227,11 +206,7 @@ async fn send_test(
         .url
         .as_ref()
         .map_err(|reason| Problem::invalid_field("/url", reason.clone()))?;
-    let (topic, owner): (String, Uuid) =
-        sqlx::query_as("SELECT name, owner_partner_id FROM topics WHERE id = $1")
-            .bind(config.topic.uuid())
-            .fetch_one(&state.ctx.pool)
-            .await?;
+    let topic = topics::get_topic_name(&state.ctx.pool, config.topic.uuid()).await?;
     let data = body.and_then(|Json(b)| b.data).unwrap_or_else(
         || serde_json::json!({"test": true, "message": "a test delivery from anika"}),
     );
@@ -240,8 +215,8 @@ async fn send_test(
     let envelope = Envelope::encode(
         event_id,
         config.topic,
-        &topic,
-        owner.into(),
+        &topic.name,
+        topic.owner_partner_id.into(),
         None,
         Utc::now(),
         &data,

@@ -14,6 +14,7 @@ use anika_shared::{
     amqp::retry_name,
     domain::EventId,
     envelope::{Envelope, Meta, with_attempts},
+    store,
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -415,13 +416,7 @@ impl Job {
 /// The attempts the log holds for this message; 0 (logged) if PostgreSQL cannot say, so
 /// the header's count applies.
 async fn recorded_attempts(deps: &Deps, sub: &Sub, event: EventId) -> u32 {
-    let counted = sqlx::query_scalar::<_, i64>(
-        "SELECT count(*) FROM attempts WHERE subscription_id = $1 AND event_id = $2",
-    )
-    .bind(sub.id.uuid())
-    .bind(event.uuid())
-    .fetch_one(&deps.pool)
-    .await;
+    let counted = store::attempts::count_attempts(&deps.pool, sub.id.uuid(), event.uuid()).await;
     match counted {
         Ok(n) => n as u32,
         Err(e) => {

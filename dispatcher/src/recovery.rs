@@ -22,6 +22,7 @@ use anika_shared::{
     changes::Change,
     domain::{EventId, PartnerId, SubscriptionId, TopicId},
     envelope::{Envelope, Meta, properties, with_attempts},
+    store::{attempts, events, subscriptions},
 };
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -31,12 +32,7 @@ use lapin::{
         BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueuePurgeOptions,
     },
 };
-use serde_json::{Value, value::RawValue};
-use sqlx::{
-    ConnectOptions, Connection, PgConnection, PgPool, postgres::PgConnectOptions,
-    types::Json as SqlJson,
-};
-use uuid::Uuid;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, postgres::PgConnectOptions};
 
 /// Messages moved or published per confirm round.
 const BATCH: usize = 500;
@@ -293,11 +289,7 @@ async fn move_dead_letters(
                 outcome.kept += 1;
             }
         }
-        sqlx::query("DELETE FROM dead_letters WHERE subscription_id = $1 AND event_id = ANY($2)")
-            .bind(subscription.uuid())
-            .bind(&moved)
-            .execute(pool)
-            .await?;
+        attempts::delete_dead_letters_of_events(pool, subscription.uuid(), &moved).await?;
         progress(outcome.replayed);
     }
     if outcome.kept > 0 {
@@ -320,16 +312,10 @@ async fn forget_stale_records(
     channel: &Channel,
     subscription: SubscriptionId,
 ) -> Result<(), RecoveryError> {
-    let before: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
-        .fetch_one(pool)
-        .await?;
+    let before = attempts::clock_now(pool).await?;
     let left = anika_shared::amqp::message_count(channel, &dead_letter_queue(subscription)).await?;
     if left == 0 {
-        sqlx::query("DELETE FROM dead_letters WHERE subscription_id = $1 AND dead_at < $2")
-            .bind(subscription.uuid())
-            .bind(before)
-            .execute(pool)
-            .await?;
+        attempts::delete_dead_letters_before(pool, subscription.uuid(), before).await?;
     }
     Ok(())
 }
@@ -365,20 +351,9 @@ pub async fn purge_dead_letters(
             QueuePurgeOptions::default(),
         )
         .await?;
-    sqlx::query("DELETE FROM dead_letters WHERE subscription_id = $1")
-        .bind(subscription.uuid())
-        .execute(pool)
-        .await?;
+    attempts::delete_dead_letters(pool, subscription.uuid()).await?;
     close(channel).await;
     Ok(u64::from(purged))
-}
-
-#[derive(sqlx::FromRow)]
-struct EventRow {
-    id: Uuid,
-    publisher_partner_id: Uuid,
-    key: Option<String>,
-    data: SqlJson<Box<RawValue>>,
 }
 
 /// What a replay from the log re-delivers: one subscription's events of a window.
@@ -410,10 +385,7 @@ pub async fn replay_log(
         .disable_statement_logging();
     let mut conn = PgConnection::connect_with(&options).await?;
     // Session-level: held until this connection closes, also when the process dies.
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(replay_lock_key(subscription))
-        .fetch_one(&mut conn)
-        .await?;
+    let locked = events::try_advisory_lock(&mut conn, replay_lock_key(subscription)).await?;
     if !locked {
         close_connection(conn).await;
         return Err(RecoveryError::Busy);
@@ -454,36 +426,25 @@ async fn stream_window(
     }: LogSlice,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<LogReplayed, RecoveryError> {
-    let row: Option<(Uuid, String, Option<SqlJson<Value>>, bool)> = sqlx::query_as(
-        "SELECT s.topic_id, t.name, s.filter, \
-                (t.owner_partner_id = s.partner_id OR EXISTS \
-                    (SELECT 1 FROM grants g WHERE g.topic_id = s.topic_id AND g.partner_id = s.partner_id)) \
-         FROM subscriptions s JOIN topics t ON t.id = s.topic_id WHERE s.id = $1",
-    )
-    .bind(subscription.uuid())
-    .fetch_optional(&mut *conn)
-    .await?;
-    let (topic, topic_name, filter, allowed) =
-        row.ok_or(RecoveryError::NoSubscription(subscription))?;
-    if !allowed {
+    let source = subscriptions::get_replay_source(&mut *conn, subscription.uuid())
+        .await?
+        .ok_or(RecoveryError::NoSubscription(subscription))?;
+    if !source.allowed {
         return Err(RecoveryError::NotAllowed);
     }
-    let topic = TopicId::from(topic);
+    let topic = TopicId::from(source.topic_id);
+    let topic_name = source.topic_name;
     let channel = broker.confirm_channel().await?;
     let routing_key = subscription.to_string();
     let pace = Pace::new(how.rate_per_s);
     // The same containment the dispatcher applies, done by PostgreSQL with the GIN index.
-    let mut rows = sqlx::query_as::<_, EventRow>(
-        "SELECT id, publisher_partner_id, key, data FROM events \
-         WHERE topic_id = $1 AND received_at >= $2 AND received_at < $3 \
-           AND ($4::jsonb IS NULL OR data @> $4) \
-         ORDER BY received_at, id",
-    )
-    .bind(topic.uuid())
-    .bind(window.since())
-    .bind(window.until())
-    .bind(filter)
-    .fetch(&mut *conn);
+    let mut rows = events::stream_replay_events(
+        &mut *conn,
+        topic.uuid(),
+        window.since(),
+        window.until(),
+        source.filter,
+    );
     let mut outcome = LogReplayed::default();
     let mut pending: VecDeque<PublisherConfirm> = VecDeque::with_capacity(BATCH);
     let mut published = 0u64;
@@ -578,13 +539,11 @@ async fn ensure_subscription(
     pool: &PgPool,
     subscription: SubscriptionId,
 ) -> Result<(), RecoveryError> {
-    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM subscriptions WHERE id = $1")
-        .bind(subscription.uuid())
-        .fetch_optional(pool)
-        .await?;
-    exists
-        .map(|_| ())
-        .ok_or(RecoveryError::NoSubscription(subscription))
+    if subscriptions::subscription_exists(pool, subscription.uuid()).await? {
+        Ok(())
+    } else {
+        Err(RecoveryError::NoSubscription(subscription))
+    }
 }
 
 async fn close(channel: Channel) {

@@ -8,6 +8,7 @@ use anika_shared::{
     extract::{Json, Path, Query},
     page::{Limit, Page, decode_time_cursor},
     problem::{internal_error, problem_from_db},
+    store::{attempts, subscriptions},
 };
 use axum::{
     extract::State as AxumState,
@@ -80,11 +81,7 @@ pub(crate) async fn authorize(
     principal: &Principal,
     id: SubscriptionId,
 ) -> Result<PartnerId> {
-    let partner: Option<Uuid> =
-        sqlx::query_scalar("SELECT partner_id FROM subscriptions WHERE id = $1")
-            .bind(id.uuid())
-            .fetch_optional(&state.ctx.pool)
-            .await?;
+    let partner = subscriptions::get_subscription_partner(&state.ctx.pool, id.uuid()).await?;
     match partner {
         Some(p) if principal.sees_partner(p.into()) => {
             if principal.role() == Role::Publisher {
@@ -139,7 +136,7 @@ pub(crate) struct AttemptQuery {
 }
 
 /// One delivery attempt.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AttemptOut {
     #[schema(value_type = String, format = Uuid)]
     id: Uuid,
@@ -155,6 +152,22 @@ pub(crate) struct AttemptOut {
     /// At most 4 KiB of the response body.
     response_excerpt: Option<String>,
     at: DateTime<Utc>,
+}
+
+impl From<attempts::AttemptRow> for AttemptOut {
+    fn from(row: attempts::AttemptRow) -> Self {
+        Self {
+            id: row.id,
+            event_id: row.event_id,
+            attempt: row.attempt,
+            status: row.status,
+            http_status: row.http_status,
+            error: row.error,
+            duration_ms: row.duration_ms,
+            response_excerpt: row.response_excerpt,
+            at: row.at,
+        }
+    }
 }
 
 /// List a subscription's delivery attempts, newest first.
@@ -182,26 +195,20 @@ async fn list_attempts(
         .as_deref()
         .map(decode_time_cursor)
         .transpose()?;
-    let rows: Vec<AttemptOut> = sqlx::query_as(
-        "SELECT id, event_id, attempt, status, http_status, error, duration_ms, response_excerpt, at \
-         FROM attempts WHERE subscription_id = $1 \
-           AND ($2::text IS NULL OR status = $2) AND ($3::timestamptz IS NULL OR at >= $3) \
-           AND ($4::timestamptz IS NULL OR (at, id) < ($4, $5)) \
-         ORDER BY at DESC, id DESC LIMIT $6",
-    )
-    .bind(id.uuid())
-    .bind(query.status)
-    .bind(query.since.map(Timestamp::get))
-    .bind(before.map(|b| b.0))
-    .bind(before.map(|b| b.1))
-    .bind(limit.fetch())
-    .fetch_all(&state.ctx.pool)
-    .await?;
+    let filter = attempts::AttemptFilter {
+        subscription: id.uuid(),
+        status: query.status,
+        since: query.since.map(Timestamp::get),
+        before,
+        limit: limit.fetch(),
+    };
+    let rows = attempts::list_attempts(&state.ctx.pool, filter).await?;
+    let rows: Vec<AttemptOut> = rows.into_iter().map(AttemptOut::from).collect();
     Ok(axum::Json(Page::from_rows(rows, limit, |a| (a.at, a.id))))
 }
 
 /// One dead-lettered message.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct DeadLetterOut {
     #[schema(value_type = String, format = Uuid)]
     event_id: Uuid,
@@ -209,6 +216,17 @@ pub(crate) struct DeadLetterOut {
     attempts: i32,
     last_error: String,
     dead_at: DateTime<Utc>,
+}
+
+impl From<attempts::DeadLetterRow> for DeadLetterOut {
+    fn from(row: attempts::DeadLetterRow) -> Self {
+        Self {
+            event_id: row.event_id,
+            attempts: row.attempts,
+            last_error: row.last_error,
+            dead_at: row.dead_at,
+        }
+    }
 }
 
 /// A page of dead letters with their total.
@@ -256,22 +274,10 @@ async fn list_dead_letters(
         .as_deref()
         .map(decode_time_cursor)
         .transpose()?;
-    let total: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE subscription_id = $1")
-            .bind(id.uuid())
-            .fetch_one(&state.ctx.pool)
-            .await?;
-    let rows: Vec<DeadLetterOut> = sqlx::query_as(
-        "SELECT event_id, attempts, last_error, dead_at FROM dead_letters WHERE subscription_id = $1 \
-           AND ($2::timestamptz IS NULL OR (dead_at, event_id) < ($2, $3)) \
-         ORDER BY dead_at DESC, event_id DESC LIMIT $4",
-    )
-    .bind(id.uuid())
-    .bind(before.map(|b| b.0))
-    .bind(before.map(|b| b.1))
-    .bind(limit.fetch())
-    .fetch_all(&state.ctx.pool)
-    .await?;
+    let total = attempts::count_dead_letters(&state.ctx.pool, id.uuid()).await?;
+    let rows =
+        attempts::list_dead_letters(&state.ctx.pool, id.uuid(), before, limit.fetch()).await?;
+    let rows: Vec<DeadLetterOut> = rows.into_iter().map(DeadLetterOut::from).collect();
     let page = Page::from_rows(rows, limit, |d| (d.dead_at, d.event_id));
     Ok(axum::Json(DeadLetters {
         items: page.items,

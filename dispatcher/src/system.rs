@@ -18,12 +18,12 @@ use anika_shared::{
     amqp::EVENTS_EXCHANGE,
     domain::{EventId, PartnerId, SYSTEM_TOPIC, SubscriptionId, TopicId},
     envelope::{self, Envelope, format_time},
+    store::{self, events},
 };
 use chrono::{DateTime, Utc};
 use serde_json::{json, value::RawValue};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::deps::Deps;
 
@@ -101,17 +101,8 @@ async fn destination(
     conn: &mut PgConnection,
     subscription: SubscriptionId,
 ) -> Result<Option<(TopicId, PartnerId)>, sqlx::Error> {
-    let row: Option<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT st.id, st.owner_partner_id FROM subscriptions s \
-         JOIN topics t ON t.id = s.topic_id \
-         JOIN topics st ON st.owner_partner_id = s.partner_id AND st.name = $2 \
-         WHERE s.id = $1 AND t.name <> $2",
-    )
-    .bind(subscription.uuid())
-    .bind(SYSTEM_TOPIC)
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|(topic, partner)| (topic.into(), partner.into())))
+    let row = store::system::get_notice_destination(conn, subscription.uuid()).await?;
+    Ok(row.map(|d| (d.topic_id.into(), d.partner_id.into())))
 }
 
 /// Writes `notice` about `subscription` into its partner's system topic, inside the
@@ -131,19 +122,15 @@ pub async fn write(
     // The subscription id is the key: an ordered subscription keeps each one's notices in order,
     // and a search by key finds them.
     let key = subscription.to_string();
-    sqlx::query(
-        "WITH e AS (INSERT INTO events (id, topic_id, publisher_partner_id, key, data, received_at) \
-         VALUES ($1, $2, $3, $4, $5::jsonb, $6) RETURNING id, received_at) \
-         INSERT INTO outbox (event_id, received_at) SELECT id, received_at FROM e",
-    )
-    .bind(id.uuid())
-    .bind(topic.uuid())
-    .bind(partner.uuid())
-    .bind(&key)
-    .bind(&data)
-    .bind(at)
-    .execute(conn)
-    .await?;
+    let event = events::EventWithOutbox {
+        id: id.uuid(),
+        topic_id: topic.uuid(),
+        publisher_partner_id: partner.uuid(),
+        key: Some(&key),
+        data: &data,
+        received_at: at,
+    };
+    events::insert_event_with_outbox(conn, event).await?;
     let raw = RawValue::from_string(data).expect("serialised JSON is JSON");
     let body = Envelope::encode(id, topic, SYSTEM_TOPIC, partner, Some(&key), at, &raw);
     metrics::counter!(crate::meters::SYSTEM_NOTICES, "type" => notice.kind()).increment(1);
@@ -166,10 +153,7 @@ pub async fn publish(deps: &Deps, written: Written) {
     match published {
         // Routed nowhere (nobody subscribes to the system topic) is delivered to everyone.
         Ok(_routed) => {
-            let deleted = sqlx::query("DELETE FROM outbox WHERE event_id = $1")
-                .bind(written.id.uuid())
-                .execute(&deps.pool)
-                .await;
+            let deleted = events::delete_outbox_row(&deps.pool, written.id.uuid()).await;
             if let Err(e) = deleted {
                 tracing::warn!(event = %written.id, error = %e, "cannot remove a published notice's outbox row; the relay publishes it once more");
             }
@@ -194,18 +178,11 @@ pub async fn dead_lettered(
     subscription: SubscriptionId,
     interval: Duration,
 ) -> Result<Option<Written>, sqlx::Error> {
-    let (pending, last_sent): (i32, Option<DateTime<Utc>>) = sqlx::query_as(
-        "INSERT INTO system_notices AS n (subscription_id, pending_dead_letters) VALUES ($1, 1) \
-         ON CONFLICT (subscription_id) DO UPDATE SET pending_dead_letters = n.pending_dead_letters + 1 \
-         RETURNING pending_dead_letters, last_sent_at",
-    )
-    .bind(subscription.uuid())
-    .fetch_one(&mut *conn)
-    .await?;
-    if !dead_letters_due(last_sent, Utc::now(), interval) {
+    let pending = store::system::add_pending_dead_letter(&mut *conn, subscription.uuid()).await?;
+    if !dead_letters_due(pending.last_sent_at, Utc::now(), interval) {
         return Ok(None);
     }
-    announce_pending(conn, subscription, pending).await
+    announce_pending(conn, subscription, pending.pending_dead_letters).await
 }
 
 /// Writes `dead_letter.added` with `pending` and starts the next interval.
@@ -214,12 +191,7 @@ async fn announce_pending(
     subscription: SubscriptionId,
     pending: i32,
 ) -> Result<Option<Written>, sqlx::Error> {
-    sqlx::query(
-        "UPDATE system_notices SET pending_dead_letters = 0, last_sent_at = now() WHERE subscription_id = $1",
-    )
-    .bind(subscription.uuid())
-    .execute(&mut *conn)
-    .await?;
+    store::system::reset_pending_dead_letters(&mut *conn, subscription.uuid()).await?;
     let count = u32::try_from(pending).unwrap_or_default();
     write(conn, subscription, &Notice::DeadLetters { count }).await
 }
@@ -245,18 +217,16 @@ pub async fn flush_loop(deps: Arc<Deps>, shutdown: CancellationToken) {
 async fn flush(deps: &Deps, pool: &PgPool, interval: Duration) -> Result<(), sqlx::Error> {
     loop {
         let mut tx = pool.begin().await?;
-        let due: Option<(Uuid, i32)> = sqlx::query_as(
-            "SELECT subscription_id, pending_dead_letters FROM system_notices \
-             WHERE pending_dead_letters > 0 AND last_sent_at <= now() - $1::interval \
-             LIMIT 1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(format!("{} milliseconds", interval.as_millis()))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((subscription, pending)) = due else {
+        let due = store::system::lock_due_dead_letters(&mut *tx, interval).await?;
+        let Some(due) = due else {
             return tx.commit().await;
         };
-        let written = announce_pending(&mut tx, subscription.into(), pending).await?;
+        let written = announce_pending(
+            &mut tx,
+            due.subscription_id.into(),
+            due.pending_dead_letters,
+        )
+        .await?;
         tx.commit().await?;
         publish_all(deps, written).await;
     }

@@ -7,13 +7,18 @@
 
 use std::time::Duration;
 
-use anika_shared::domain::{AttemptId, AttemptStatus, EventId, SubscriptionId};
+use anika_shared::{
+    domain::{AttemptId, AttemptStatus, EventId, SubscriptionId},
+    store::{
+        self,
+        attempts::{NewAttempt, NewSkip},
+    },
+};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::ack::{self, Ticket};
 
@@ -206,60 +211,33 @@ async fn insert(
     }
     let mut tx = pool.begin().await?;
     if !attempts.is_empty() {
-        let mut ids = Vec::with_capacity(attempts.len());
-        let mut subs = Vec::with_capacity(attempts.len());
-        let mut events = Vec::with_capacity(attempts.len());
-        let mut numbers = Vec::with_capacity(attempts.len());
-        let mut statuses = Vec::with_capacity(attempts.len());
-        let mut http = Vec::with_capacity(attempts.len());
-        let mut errors = Vec::with_capacity(attempts.len());
-        let mut durations = Vec::with_capacity(attempts.len());
-        let mut excerpts = Vec::with_capacity(attempts.len());
-        let mut ats = Vec::with_capacity(attempts.len());
-        for a in attempts {
-            ids.push(AttemptId::new().uuid());
-            subs.push(a.subscription.uuid());
-            events.push(a.event.uuid());
-            numbers.push(a.attempt as i32);
-            statuses.push(AttemptStatus::of(a.succeeded).as_str());
-            http.push(a.http_status.map(i32::from));
-            errors.push(a.error.clone());
-            durations.push(a.duration.as_millis().min(i32::MAX as u128) as i32);
-            excerpts.push(a.response_excerpt.clone());
-            ats.push(a.at);
-        }
-        sqlx::query(
-            "INSERT INTO attempts (id, subscription_id, event_id, attempt, status, http_status, error, \
-                                   duration_ms, response_excerpt, at) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int4[], $5::text[], $6::int4[], \
-                                  $7::text[], $8::int4[], $9::text[], $10::timestamptz[])",
-        )
-        .bind(ids)
-        .bind(subs)
-        .bind(events)
-        .bind(numbers)
-        .bind(statuses)
-        .bind(http)
-        .bind(errors)
-        .bind(durations)
-        .bind(excerpts)
-        .bind(ats)
-        .execute(&mut *tx)
-        .await?;
+        let rows: Vec<NewAttempt<'_>> = attempts
+            .iter()
+            .map(|a| NewAttempt {
+                id: AttemptId::new().uuid(),
+                subscription_id: a.subscription.uuid(),
+                event_id: a.event.uuid(),
+                attempt: a.attempt as i32,
+                status: AttemptStatus::of(a.succeeded),
+                http_status: a.http_status.map(i32::from),
+                error: a.error.as_deref(),
+                duration_ms: a.duration.as_millis().min(i32::MAX as u128) as i32,
+                response_excerpt: a.response_excerpt.as_deref(),
+                at: a.at,
+            })
+            .collect();
+        store::attempts::insert_attempts(&mut *tx, &rows).await?;
     }
     if !skips.is_empty() {
-        let subs: Vec<Uuid> = skips.iter().map(|s| s.subscription.uuid()).collect();
-        let events: Vec<Uuid> = skips.iter().map(|s| s.event.uuid()).collect();
-        let reasons: Vec<&str> = skips.iter().map(|s| s.reason.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO skips (subscription_id, event_id, reason) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[])",
-        )
-        .bind(subs)
-        .bind(events)
-        .bind(reasons)
-        .execute(&mut *tx)
-        .await?;
+        let rows: Vec<NewSkip<'_>> = skips
+            .iter()
+            .map(|s| NewSkip {
+                subscription_id: s.subscription.uuid(),
+                event_id: s.event.uuid(),
+                reason: &s.reason,
+            })
+            .collect();
+        store::attempts::insert_skips(&mut *tx, &rows).await?;
     }
     tx.commit().await
 }
