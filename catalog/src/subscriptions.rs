@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anika_shared::{
     Problem,
-    amqp::{self, Broker},
+    amqp::{self, Broker, SubscriptionQueues},
     audit::{self, Action, Actor, Changes, Target, url_without_credentials},
     auth::Principal,
     changes::Change,
@@ -372,7 +372,15 @@ async fn declare_and_commit(
     let channel = broker.channel().await?;
     let declared = broker
         .topology()
-        .declare_subscription(&channel, id, topic, ordered, true)
+        .declare_subscription(
+            &channel,
+            SubscriptionQueues {
+                id,
+                topic,
+                ordered,
+                receive_topic: true,
+            },
+        )
         .await;
     amqp::close_channel(&channel, "catalog change").await;
     declared?;

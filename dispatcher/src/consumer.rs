@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anika_shared::amqp::subscription_queue;
+use anika_shared::amqp::{SubscriptionQueues, subscription_queue};
 use futures::{StreamExt, stream::FuturesUnordered};
 use lapin::{
     Channel, Consumer,
@@ -157,10 +157,12 @@ async fn open(
     topology
         .declare_subscription(
             &channel,
-            sub.id,
-            config.topic,
-            config.ordered,
-            config.allowed,
+            SubscriptionQueues {
+                id: sub.id,
+                topic: config.topic,
+                ordered: config.ordered,
+                receive_topic: config.allowed,
+            },
         )
         .await?;
     if !config.allowed {

@@ -80,6 +80,20 @@ pub struct Topology {
     pub retry_schedule: RetrySchedule,
 }
 
+/// What a subscription's queues are declared with.
+#[derive(Clone, Copy, Debug)]
+pub struct SubscriptionQueues {
+    /// The subscription.
+    pub id: SubscriptionId,
+    /// Its topic (the routing key of its binding to the events exchange).
+    pub topic: TopicId,
+    /// One consumer at a time (`x-single-active-consumer`), for publish order.
+    pub ordered: bool,
+    /// False when the subscriber currently has no grant: the queue exists (replays may
+    /// target it) but gets nothing from the topic.
+    pub receive_topic: bool,
+}
+
 impl Topology {
     fn queue_args(&self) -> FieldTable {
         let mut args = FieldTable::default();
@@ -166,17 +180,17 @@ impl Topology {
     }
 
     /// Declares a subscription's queue and dead-letter queue and binds them.
-    ///
-    /// `receive_topic` is false when the subscriber currently has no grant: the
-    /// queue exists (replays may target it) but gets nothing from the topic.
     pub async fn declare_subscription(
         &self,
         channel: &Channel,
-        id: SubscriptionId,
-        topic: TopicId,
-        ordered: bool,
-        receive_topic: bool,
+        queues: SubscriptionQueues,
     ) -> Result<(), lapin::Error> {
+        let SubscriptionQueues {
+            id,
+            topic,
+            ordered,
+            receive_topic,
+        } = queues;
         let queue = subscription_queue(id);
         let mut args = self.queue_args();
         if ordered {
