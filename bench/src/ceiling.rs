@@ -18,7 +18,7 @@ use std::{
 use anika_shared::{
     config::QueueType,
     domain::{EventId, PartnerId, TopicId},
-    envelope::{self, Envelope},
+    envelope::{self, Envelope, EventHead},
 };
 use futures::{StreamExt, stream::FuturesUnordered};
 use lapin::{
@@ -41,12 +41,14 @@ pub fn sample_envelope(payload_bytes: usize) -> (Vec<u8>, BasicProperties) {
     let id = EventId::new();
     let topic = TopicId::new();
     let body = Envelope::encode(
-        id,
-        topic,
-        "bench.throughput",
-        PartnerId::new(),
-        None,
-        id.timestamp(),
+        &EventHead {
+            id,
+            topic_id: topic,
+            topic: "bench.throughput",
+            publisher: PartnerId::new(),
+            key: None,
+            received_at: id.timestamp(),
+        },
         &raw,
     );
     (body, envelope::properties(id, topic, 0))

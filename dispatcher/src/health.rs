@@ -11,7 +11,7 @@ use anika_shared::{
     amqp::subscription_queue,
     auth::Principal,
     domain::{EventId, SubscriptionId, SubscriptionStatus},
-    envelope::Envelope,
+    envelope::{Envelope, EventHead},
     extract::{Json, Path},
     store::{attempts, topics},
 };
@@ -213,12 +213,14 @@ async fn send_test(
     let data = RawValue::from_string(data.to_string()).expect("JSON text is raw JSON");
     let event_id = EventId::new();
     let envelope = Envelope::encode(
-        event_id,
-        config.topic,
-        &topic.name,
-        topic.owner_partner_id.into(),
-        None,
-        Utc::now(),
+        &EventHead {
+            id: event_id,
+            topic_id: config.topic,
+            topic: &topic.name,
+            publisher: topic.owner_partner_id.into(),
+            key: None,
+            received_at: Utc::now(),
+        },
         &data,
     );
     let (outcome, took) = state

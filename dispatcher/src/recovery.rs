@@ -21,7 +21,7 @@ use anika_shared::{
     audit::Changes,
     changes::Change,
     domain::{EventId, PartnerId, SubscriptionId, TopicId},
-    envelope::{Envelope, Meta, properties, with_attempts},
+    envelope::{Envelope, EventHead, Meta, properties, with_attempts},
     store::{attempts, events, subscriptions},
 };
 use chrono::{DateTime, Utc};
@@ -454,12 +454,14 @@ async fn stream_window(
         };
         let id = EventId::from(event.id);
         let body = Envelope::encode(
-            id,
-            topic,
-            &topic_name,
-            PartnerId::from(event.publisher_partner_id),
-            event.key.as_deref(),
-            id.timestamp(),
+            &EventHead {
+                id,
+                topic_id: topic,
+                topic: &topic_name,
+                publisher: PartnerId::from(event.publisher_partner_id),
+                key: event.key.as_deref(),
+                received_at: id.timestamp(),
+            },
             &event.data.0,
         );
         let confirm = channel

@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 use anika_shared::{
     amqp::EVENTS_EXCHANGE,
     domain::{EventId, PartnerId, SYSTEM_TOPIC, SubscriptionId, TopicId},
-    envelope::{self, Envelope, format_time},
+    envelope::{self, Envelope, EventHead, format_time},
     store::{self, events},
 };
 use chrono::{DateTime, Utc};
@@ -132,7 +132,17 @@ pub async fn write(
     };
     events::insert_event_with_outbox(conn, event).await?;
     let raw = RawValue::from_string(data).expect("serialised JSON is JSON");
-    let body = Envelope::encode(id, topic, SYSTEM_TOPIC, partner, Some(&key), at, &raw);
+    let body = Envelope::encode(
+        &EventHead {
+            id,
+            topic_id: topic,
+            topic: SYSTEM_TOPIC,
+            publisher: partner,
+            key: Some(&key),
+            received_at: at,
+        },
+        &raw,
+    );
     metrics::counter!(crate::meters::SYSTEM_NOTICES, "type" => notice.kind()).increment(1);
     Ok(Some(Written { id, topic, body }))
 }

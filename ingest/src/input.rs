@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use anika_shared::{
     FieldError, Problem,
     edge::BodyError,
-    envelope::Envelope,
+    envelope::{Envelope, EventHead},
     extract::{escape_pointer, require_json_content_type},
     storable::{find_nul, raw_has_nul},
 };
@@ -517,12 +517,14 @@ fn new_event(
         key,
     });
     let envelope = Envelope::encode(
-        id,
-        topic.id,
-        &topic.name,
-        publisher,
-        checked.key.as_deref(),
-        id.timestamp(),
+        &EventHead {
+            id,
+            topic_id: topic.id,
+            topic: &topic.name,
+            publisher,
+            key: checked.key.as_deref(),
+            received_at: id.timestamp(),
+        },
         checked.data,
     );
     NewEvent {

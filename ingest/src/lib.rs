@@ -44,6 +44,13 @@ pub use error::{Error, Result};
 #[error("ingest start-up: {0}")]
 pub struct StartError(String);
 
+/// Where the role's background work is spawned and what tells it to stop.
+#[derive(Clone, Copy)]
+pub(crate) struct Running<'a> {
+    tasks: &'a TaskTracker,
+    shutdown: &'a CancellationToken,
+}
+
 /// Everything an ingest handler needs.
 #[derive(Clone, Debug)]
 pub struct State(Arc<Inner>);
@@ -105,16 +112,16 @@ impl State {
             Arc::clone(&quotas),
             shutdown.clone(),
         ));
+        let running = Running { tasks, shutdown };
         let publish = publisher::start(
             &ctx.broker,
             pool,
             config.ingest.outbox_relay_after,
             &backlog,
-            tasks,
-            shutdown,
+            running,
         );
         let writers = writer::writers_for(config.database_pool);
-        let writer = writer::start(writers, pool, &publish, &backlog, tasks, shutdown);
+        let writer = writer::start(writers, pool, &publish, &backlog, running);
         drop(publish);
         tasks.spawn(
             relay::Relay {

@@ -35,7 +35,7 @@ use futures::{StreamExt, stream::FuturesUnordered};
 use lapin::{Channel, Confirmation, options::BasicPublishOptions};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{backlog::Backlog, meters as m};
@@ -110,9 +110,9 @@ pub(crate) fn start(
     pool: &PgPool,
     relay_after: Duration,
     backlog: &Arc<Backlog>,
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
+    running: crate::Running<'_>,
 ) -> PublishQueue {
+    let crate::Running { tasks, shutdown } = running;
     let (sender, receiver) = mpsc::channel(HAND_OVER_DEPTH);
     let queued = Arc::new(AtomicUsize::new(0));
     let (done, confirmed) = mpsc::channel(256);

@@ -22,7 +22,7 @@ use std::{sync::Arc, time::Duration};
 use anika_shared::{
     amqp::Broker,
     domain::{EventId, PartnerId, TopicId},
-    envelope::Envelope,
+    envelope::{Envelope, EventHead},
 };
 use chrono::{DateTime, Utc};
 use lapin::Channel;
@@ -191,12 +191,14 @@ impl Relay {
             let topic = TopicId::from(topic_id);
             let data = RawValue::from_string(data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
             let body = Envelope::encode(
-                id,
-                topic,
-                &topic_name,
-                PartnerId::from(publisher),
-                row.key.as_deref(),
-                row.received_at,
+                &EventHead {
+                    id,
+                    topic_id: topic,
+                    topic: &topic_name,
+                    publisher: PartnerId::from(publisher),
+                    key: row.key.as_deref(),
+                    received_at: row.received_at,
+                },
                 &data,
             );
             confirms.push((id, publish(channel, id, topic, &body).await?));

@@ -172,9 +172,9 @@ pub(crate) fn start(
     pool: &PgPool,
     publish: &PublishQueue,
     backlog: &Arc<Backlog>,
-    tasks: &tokio_util::task::TaskTracker,
-    shutdown: &CancellationToken,
+    running: crate::Running<'_>,
 ) -> Writer {
+    let crate::Running { tasks, shutdown } = running;
     let (queue, receiver) = mpsc::channel(QUEUE_DEPTH);
     let receiver = Arc::new(Mutex::new(receiver));
     for _ in 0..writers {

@@ -42,24 +42,33 @@ pub struct Envelope<'a> {
     pub data: &'a RawValue,
 }
 
+/// What an envelope says about its event besides the data: the event's head.
+#[derive(Clone, Copy, Debug)]
+pub struct EventHead<'a> {
+    /// The event id (UUIDv7).
+    pub id: EventId,
+    /// The topic id.
+    pub topic_id: TopicId,
+    /// The topic's name when the event was published.
+    pub topic: &'a str,
+    /// The partner that published it.
+    pub publisher: PartnerId,
+    /// The publisher's key, if any.
+    pub key: Option<&'a str>,
+    /// When anika accepted it.
+    pub received_at: DateTime<Utc>,
+}
+
 impl<'a> Envelope<'a> {
     /// Serialises the envelope of an event.
-    pub fn encode(
-        id: EventId,
-        topic_id: TopicId,
-        topic: &str,
-        publisher: PartnerId,
-        key: Option<&str>,
-        received_at: DateTime<Utc>,
-        data: &RawValue,
-    ) -> Vec<u8> {
+    pub fn encode(head: &EventHead<'_>, data: &RawValue) -> Vec<u8> {
         let envelope = Envelope {
-            id,
-            topic_id,
-            topic,
-            publisher_partner_id: publisher,
-            key,
-            received_at: format_time(received_at),
+            id: head.id,
+            topic_id: head.topic_id,
+            topic: head.topic,
+            publisher_partner_id: head.publisher,
+            key: head.key,
+            received_at: format_time(head.received_at),
             data,
         };
         serde_json::to_vec(&envelope).expect("an envelope always serialises")
@@ -131,12 +140,14 @@ mod tests {
         let data = RawValue::from_string(r#"{"price": 1.50, "car":"ü"}"#.to_owned()).unwrap();
         let id = EventId::new();
         let body = Envelope::encode(
-            id,
-            TopicId::new(),
-            "car.chosen",
-            PartnerId::new(),
-            Some("k1"),
-            id.timestamp(),
+            &EventHead {
+                id,
+                topic_id: TopicId::new(),
+                topic: "car.chosen",
+                publisher: PartnerId::new(),
+                key: Some("k1"),
+                received_at: id.timestamp(),
+            },
             &data,
         );
         let text = String::from_utf8(body.clone()).unwrap();

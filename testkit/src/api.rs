@@ -83,6 +83,10 @@ impl Answer {
     }
 }
 
+/// A body sent as it is: its `content-type` (none if `None`) and its bytes.
+#[derive(Debug)]
+pub struct RawBody<'a>(pub Option<&'a str>, pub Vec<u8>);
+
 impl Api {
     /// A client for the API at `addr`.
     pub fn new(addr: SocketAddr) -> Self {
@@ -117,8 +121,7 @@ impl Api {
         method: reqwest::Method,
         path: &str,
         token: Option<&str>,
-        content_type: Option<&str>,
-        body: Vec<u8>,
+        RawBody(content_type, body): RawBody<'_>,
     ) -> Answer {
         let mut request = self
             .http

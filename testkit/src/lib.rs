@@ -10,7 +10,7 @@ pub mod env;
 pub mod logs;
 pub mod receiver;
 
-pub use api::{Answer, Api, Partner};
+pub use api::{Answer, Api, Partner, RawBody};
 pub use env::{TEST_SECRET_KEYS, TestEnv, admin_database_url, amqp_base, rabbitmq_api};
 pub use logs::{LogCapture, secret_spellings};
 pub use receiver::{Received, Receiver, Reply};

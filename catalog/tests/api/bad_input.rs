@@ -17,8 +17,7 @@ async fn malformed_bodies_get_the_right_status_and_a_useful_detail() {
             Method::POST,
             "/v1/partners",
             token,
-            json_type,
-            b"{\"name\":".to_vec(),
+            anika_testkit::RawBody(json_type, b"{\"name\":".to_vec()),
         )
         .await;
     assert_eq!(broken.status, 400);
@@ -31,7 +30,12 @@ async fn malformed_bodies_get_the_right_status_and_a_useful_detail() {
 
     let empty = app
         .api
-        .send_raw(Method::POST, "/v1/partners", token, json_type, Vec::new())
+        .send_raw(
+            Method::POST,
+            "/v1/partners",
+            token,
+            anika_testkit::RawBody(json_type, Vec::new()),
+        )
         .await;
     assert_eq!(empty.status, 400);
 
@@ -41,8 +45,7 @@ async fn malformed_bodies_get_the_right_status_and_a_useful_detail() {
             Method::POST,
             "/v1/partners",
             token,
-            None,
-            b"{\"name\":\"x\"}".to_vec(),
+            anika_testkit::RawBody(None, b"{\"name\":\"x\"}".to_vec()),
         )
         .await;
     assert_eq!(no_type.status, 415);
@@ -53,8 +56,10 @@ async fn malformed_bodies_get_the_right_status_and_a_useful_detail() {
             Method::POST,
             "/v1/partners",
             token,
-            Some("application/x-www-form-urlencoded"),
-            b"name=x".to_vec(),
+            anika_testkit::RawBody(
+                Some("application/x-www-form-urlencoded"),
+                b"name=x".to_vec(),
+            ),
         )
         .await;
     assert_eq!(form.status, 415);
@@ -97,8 +102,10 @@ async fn malformed_bodies_get_the_right_status_and_a_useful_detail() {
             Method::POST,
             "/v1/partners",
             token,
-            json_type,
-            format!("{{\"name\":\"{}\"}}", "x".repeat(3 << 20)).into_bytes(),
+            anika_testkit::RawBody(
+                json_type,
+                format!("{{\"name\":\"{}\"}}", "x".repeat(3 << 20)).into_bytes(),
+            ),
         )
         .await;
     assert_eq!(huge.status, 413);
@@ -399,8 +406,7 @@ async fn a_nul_character_anywhere_is_a_422_with_its_pointer_not_a_500() {
                 method.clone(),
                 &path,
                 Some(token),
-                json_type,
-                body.as_bytes().to_vec(),
+                anika_testkit::RawBody(json_type, body.as_bytes().to_vec()),
             )
             .await;
         assert_eq!(
@@ -421,8 +427,7 @@ async fn a_nul_character_anywhere_is_a_422_with_its_pointer_not_a_500() {
             Method::PATCH,
             &partner,
             Some(&app.operator),
-            json_type,
-            br#"{"description":"C:\\u0000"}"#.to_vec(),
+            anika_testkit::RawBody(json_type, br#"{"description":"C:\\u0000"}"#.to_vec()),
         )
         .await
         .expect(200);

@@ -12,7 +12,7 @@ use anika_dispatcher::{Lookup, LookupFuture};
 use anika_shared::{
     Context,
     domain::{EventId, PartnerId, TopicId},
-    envelope::{Envelope, properties},
+    envelope::{Envelope, EventHead, properties},
 };
 use anika_testkit::{Api, Partner, Receiver, TestEnv};
 use lapin::options::BasicPublishOptions;
@@ -182,7 +182,17 @@ impl App {
         for data in datas {
             let id = EventId::new();
             let raw = RawValue::from_string(data.to_string()).expect("raw");
-            let body = Envelope::encode(id, topic_id, "t", partner, None, id.timestamp(), &raw);
+            let body = Envelope::encode(
+                &EventHead {
+                    id,
+                    topic_id,
+                    topic: "t",
+                    publisher: partner,
+                    key: None,
+                    received_at: id.timestamp(),
+                },
+                &raw,
+            );
             channel
                 .basic_publish(
                     "anika.events".into(),

@@ -185,7 +185,12 @@ async fn malformed_posts_get_the_documented_status_and_say_what_is_wrong() {
     for (what, content_type, body, status, says) in cases {
         let answer = app
             .api
-            .send_raw(Method::POST, &path, token, content_type, body)
+            .send_raw(
+                Method::POST,
+                &path,
+                token,
+                anika_testkit::RawBody(content_type, body),
+            )
             .await;
         assert_eq!(answer.status, status, "{what}: {}", answer.body);
         answer.assert_problem();
@@ -459,8 +464,7 @@ async fn malformed_batches_are_refused_whole() {
             Method::POST,
             &path,
             token,
-            json_type,
-            b"{\"events\": [".to_vec(),
+            anika_testkit::RawBody(json_type, b"{\"events\": [".to_vec()),
         )
         .await;
     assert_eq!(broken.status, 400);

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anika_shared::{
     amqp::ATTEMPT_HEADER,
     domain::{EventId, PartnerId, TopicId},
-    envelope::{Envelope, TOPIC_HEADER},
+    envelope::{Envelope, EventHead, TOPIC_HEADER},
 };
 use serde_json::{json, value::RawValue};
 
@@ -56,12 +56,14 @@ async fn an_accepted_event_is_in_the_log_and_in_every_bound_subscription_queue_b
     assert_eq!(publisher.to_string(), dealer.id);
 
     let expected = Envelope::encode(
-        id,
-        TopicId::parse(&topic).unwrap(),
-        "car.chosen",
-        PartnerId::parse(&dealer.id).unwrap(),
-        Some("customer-42"),
-        id.timestamp(),
+        &EventHead {
+            id,
+            topic_id: TopicId::parse(&topic).unwrap(),
+            topic: "car.chosen",
+            publisher: PartnerId::parse(&dealer.id).unwrap(),
+            key: Some("customer-42"),
+            received_at: id.timestamp(),
+        },
         &RawValue::from_string(data.to_owned()).unwrap(),
     );
     for queue in [&dealer_queue, &bank_queue] {
