@@ -7,6 +7,7 @@
 //! shape and deletes, in chunks, whatever outlived its retention.
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 use uuid::Uuid;
 
 // ---- Writing accepted events ----
@@ -254,6 +255,264 @@ pub async fn take_outbox_rows(
          FOR UPDATE OF o SKIP LOCKED"#,
         after_ms,
         limit,
+    )
+    .fetch_all(db)
+    .await
+}
+
+// ---- Search ----
+
+/// An event of the log, `data` as PostgreSQL prints the jsonb.
+#[derive(Debug, sqlx::FromRow)]
+pub struct EventRow {
+    /// The event.
+    pub id: Uuid,
+    /// Its topic.
+    pub topic_id: Uuid,
+    /// Who published it.
+    pub publisher_partner_id: Uuid,
+    /// Its key.
+    pub key: Option<String>,
+    /// Its `data`.
+    pub data: String,
+    /// When it was received.
+    pub received_at: DateTime<Utc>,
+}
+
+/// The filters and page of an event search; `None` means "any".
+#[derive(Clone, Copy, Debug)]
+pub struct EventSearch<'a> {
+    /// Only the topics this partner owns or is granted (`None`: every topic, an operator).
+    pub partner: Option<Uuid>,
+    /// Only this topic.
+    pub topic: Option<Uuid>,
+    /// Only events with this exact key.
+    pub key: Option<&'a str>,
+    /// Received at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Received before.
+    pub until: Option<DateTime<Utc>>,
+    /// Only events whose `data` contains this (`@>`).
+    pub contains: Option<&'a Value>,
+    /// Only events before this `(received_at, id)` (the page cursor).
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+    /// Rows to read.
+    pub limit: i64,
+}
+
+/// Numbered SQL parameters, bound later in the same order.
+struct Params {
+    next: usize,
+}
+
+impl Params {
+    fn next(&mut self) -> String {
+        self.next += 1;
+        format!("${}", self.next)
+    }
+}
+
+/// Searches the log, newest first: `(received_at, id)` descending.
+pub async fn search_events(
+    db: impl sqlx::PgExecutor<'_>,
+    search: EventSearch<'_>,
+) -> sqlx::Result<Vec<EventRow>> {
+    // The filters, applied to `e` inside whichever source of topics fits the caller.
+    let mut params = Params { next: 0 };
+    let partner_param = search.partner.map(|_| params.next());
+    let topic_param = search.topic.map(|_| params.next());
+    let mut filters = Vec::new();
+    if search.key.is_some() {
+        filters.push(format!("e.key = {}", params.next()));
+    }
+    if search.since.is_some() {
+        filters.push(format!("e.received_at >= {}", params.next()));
+    }
+    if search.until.is_some() {
+        filters.push(format!("e.received_at < {}", params.next()));
+    }
+    if search.contains.is_some() {
+        filters.push(format!("e.data @> {}::jsonb", params.next()));
+    }
+    if search.after.is_some() {
+        let (at, id) = (params.next(), params.next());
+        // The received_at bound on its own lets PostgreSQL skip whole partitions.
+        filters.push(format!(
+            "e.received_at <= {at} AND (e.received_at, e.id) < ({at}, {id})"
+        ));
+    }
+    let limit_param = params.next();
+    let filter = filters
+        .iter()
+        .map(|f| format!(" AND {f}"))
+        .collect::<String>();
+    const COLUMNS: &str =
+        "e.id, e.topic_id, e.publisher_partner_id, e.key, e.data::text AS data, e.received_at";
+
+    let sql = match (&partner_param, &topic_param) {
+        // Operator, every topic: newest first is id order, served by the primary key.
+        (None, None) => format!(
+            "SELECT {COLUMNS} FROM events e WHERE true{filter} ORDER BY e.id DESC LIMIT {limit_param}"
+        ),
+        (None, Some(topic)) => format!(
+            "SELECT {COLUMNS} FROM events e WHERE e.topic_id = {topic}{filter} \
+             ORDER BY e.received_at DESC, e.id DESC LIMIT {limit_param}"
+        ),
+        // A partner: its readable topics, each read newest first through the topic index, merged.
+        (Some(partner), topic) => {
+            let readable = match topic {
+                Some(topic) => format!(
+                    "SELECT {topic}::uuid AS id WHERE EXISTS (SELECT 1 FROM topics WHERE id = {topic} AND owner_partner_id = {partner}) \
+                     OR EXISTS (SELECT 1 FROM grants WHERE topic_id = {topic} AND partner_id = {partner})"
+                ),
+                None => format!(
+                    "SELECT id FROM topics WHERE owner_partner_id = {partner} \
+                     UNION SELECT topic_id FROM grants WHERE partner_id = {partner}"
+                ),
+            };
+            format!(
+                "SELECT e.* FROM ({readable}) AS readable CROSS JOIN LATERAL ( \
+                     SELECT {COLUMNS} FROM events e WHERE e.topic_id = readable.id{filter} \
+                     ORDER BY e.received_at DESC, e.id DESC LIMIT {limit_param}) AS e \
+                 ORDER BY e.received_at DESC, e.id DESC LIMIT {limit_param}"
+            )
+        }
+    };
+    // Not a macro: the source of topics and the filters vary with the search; every value is bound.
+    let mut q = sqlx::query_as::<_, EventRow>(sqlx::AssertSqlSafe(sql));
+    if let Some(partner) = search.partner {
+        q = q.bind(partner);
+    }
+    if let Some(topic) = search.topic {
+        q = q.bind(topic);
+    }
+    if let Some(key) = search.key {
+        q = q.bind(key);
+    }
+    if let Some(since) = search.since {
+        q = q.bind(since);
+    }
+    if let Some(until) = search.until {
+        q = q.bind(until);
+    }
+    if let Some(contains) = search.contains {
+        q = q.bind(sqlx::types::Json(contains));
+    }
+    if let Some((at, id)) = search.after {
+        q = q.bind(at).bind(id);
+    }
+    q.bind(search.limit).fetch_all(db).await
+}
+
+/// An event with what deciding its visibility needs.
+#[derive(Debug)]
+pub struct EventDetailRow {
+    /// The event.
+    pub id: Uuid,
+    /// Its topic.
+    pub topic_id: Uuid,
+    /// Who published it.
+    pub publisher_partner_id: Uuid,
+    /// Its key.
+    pub key: Option<String>,
+    /// Its `data`, as PostgreSQL prints the jsonb.
+    pub data: String,
+    /// When it was received.
+    pub received_at: DateTime<Utc>,
+    /// The topic's owner (`None`: the topic was deleted).
+    pub owner_partner_id: Option<Uuid>,
+    /// Whether the partner asked about holds a grant on the topic.
+    pub granted: bool,
+}
+
+impl EventDetailRow {
+    /// The event's own columns.
+    pub fn event(self) -> EventRow {
+        EventRow {
+            id: self.id,
+            topic_id: self.topic_id,
+            publisher_partner_id: self.publisher_partner_id,
+            key: self.key,
+            data: self.data,
+            received_at: self.received_at,
+        }
+    }
+}
+
+/// Reads one event (`received_at` is the id's timestamp: the lookup touches one
+/// partition), with its topic's owner and whether `partner` holds a grant on the topic.
+pub async fn get_event_detail(
+    db: impl sqlx::PgExecutor<'_>,
+    id: Uuid,
+    received_at: DateTime<Utc>,
+    partner: Option<Uuid>,
+) -> sqlx::Result<Option<EventDetailRow>> {
+    sqlx::query_as!(
+        EventDetailRow,
+        r#"SELECT e.id AS "id!", e.topic_id AS "topic_id!", e.publisher_partner_id AS "publisher_partner_id!",
+                e.key, e.data::text AS "data!", e.received_at AS "received_at!",
+                t.owner_partner_id AS "owner_partner_id?",
+                EXISTS (SELECT 1 FROM grants g WHERE g.topic_id = e.topic_id AND g.partner_id = $3) AS "granted!"
+         FROM events e LEFT JOIN topics t ON t.id = e.topic_id
+         WHERE e.id = $1 AND e.received_at = $2"#,
+        id,
+        received_at,
+        partner,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Where an event stands for one subscription.
+#[derive(Debug)]
+pub struct DeliveryRow {
+    /// The subscription.
+    pub subscription_id: Uuid,
+    /// `pending`, `succeeded`, `failed`, `dead` or `skipped`.
+    pub status: String,
+    /// Delivery attempts made.
+    pub attempts: i64,
+    /// When the latest attempt was made.
+    pub last_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// Each subscription's delivery state of an event, from what the dispatcher recorded.
+///
+/// A dead letter wins; otherwise the later of the latest attempt and the latest skip
+/// decides; with neither, the event is still pending for that subscription. Attempts
+/// older than `attempts_since` are not read (older partitions are skipped).
+/// `partner`: only its subscriptions.
+pub async fn list_event_deliveries(
+    db: impl sqlx::PgExecutor<'_>,
+    event: Uuid,
+    attempts_since: DateTime<Utc>,
+    topic: Uuid,
+    partner: Option<Uuid>,
+) -> sqlx::Result<Vec<DeliveryRow>> {
+    sqlx::query_as!(
+        DeliveryRow,
+        r#"SELECT s.id AS subscription_id,
+                CASE WHEN d.event_id IS NOT NULL THEN 'dead'
+                     WHEN a.last_at IS NOT NULL AND (k.skipped_at IS NULL OR a.last_at >= k.skipped_at) THEN a.last_status
+                     WHEN k.skipped_at IS NOT NULL THEN 'skipped'
+                     ELSE 'pending' END AS "status!",
+                greatest(coalesce(a.attempts, 0), coalesce(d.attempts, 0))::bigint AS "attempts!",
+                a.last_at AS "last_attempt_at?"
+         FROM subscriptions s
+         LEFT JOIN LATERAL (
+             SELECT count(*) AS attempts, max(at) AS last_at,
+                    (array_agg(status ORDER BY at DESC, attempt DESC))[1] AS last_status
+             FROM attempts WHERE event_id = $1 AND subscription_id = s.id AND at >= $2
+             HAVING count(*) > 0) a ON true
+         LEFT JOIN dead_letters d ON d.subscription_id = s.id AND d.event_id = $1
+         LEFT JOIN LATERAL (
+             SELECT max(at) AS skipped_at FROM skips WHERE event_id = $1 AND subscription_id = s.id) k ON true
+         WHERE s.topic_id = $3 AND ($4::uuid IS NULL OR s.partner_id = $4)
+         ORDER BY s.created_at, s.id"#,
+        event,
+        attempts_since,
+        topic,
+        partner,
     )
     .fetch_all(db)
     .await
