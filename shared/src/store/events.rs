@@ -517,3 +517,151 @@ pub async fn list_event_deliveries(
     .fetch_all(db)
     .await
 }
+
+// ---- Retention ----
+
+/// A table partitioned by day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Partitioned {
+    /// `events`, the log.
+    Events,
+    /// `attempts`, delivery attempts.
+    Attempts,
+    /// `audit_log`.
+    AuditLog,
+}
+
+impl Partitioned {
+    /// Every partitioned table.
+    pub const ALL: [Partitioned; 3] = [Self::Events, Self::Attempts, Self::AuditLog];
+
+    /// The table's name.
+    pub fn table(self) -> &'static str {
+        match self {
+            Self::Events => "events",
+            Self::Attempts => "attempts",
+            Self::AuditLog => "audit_log",
+        }
+    }
+}
+
+/// Makes sure `table` has its daily partitions from yesterday (UTC) for `days` days; cheap
+/// when they exist (the function takes its own advisory lock).
+pub async fn ensure_partitions(
+    db: impl sqlx::PgExecutor<'_>,
+    table: Partitioned,
+    days: i32,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "SELECT anika_ensure_partitions($1, (now() AT TIME ZONE 'UTC')::date - 1, $2)",
+        table.table(),
+        days,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Drops `table`'s daily partitions wholly older than `age_ms` milliseconds; how many.
+pub async fn drop_partitions_older_than(
+    db: impl sqlx::PgExecutor<'_>,
+    table: Partitioned,
+    age_ms: f64,
+) -> sqlx::Result<i32> {
+    sqlx::query_scalar!(
+        r#"SELECT anika_drop_partitions_before($1, now() - $2 * interval '1 millisecond') AS "dropped!""#,
+        table.table(),
+        age_ms,
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// Rows that age out in place, deleted a chunk at a time by [`delete_expired_chunk`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiring {
+    /// Events in `events_default` (the partition job was late), by `received_at`.
+    DefaultEvents,
+    /// Attempts in `attempts_default`, by `at`.
+    DefaultAttempts,
+    /// Audit entries in `audit_log_default`, by `at`.
+    DefaultAuditLog,
+    /// Skips, by `at`.
+    Skips,
+    /// Idempotency keys, by `created_at`.
+    IdempotencyKeys,
+    /// Refresh tokens, by `expires_at`.
+    RefreshTokens,
+}
+
+/// Deletes up to `limit` rows of `what` older than `age_ms` milliseconds; how many.
+pub async fn delete_expired_chunk(
+    db: impl sqlx::PgExecutor<'_>,
+    what: Expiring,
+    age_ms: f64,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    let done = match what {
+        Expiring::DefaultEvents => {
+            sqlx::query!(
+                "DELETE FROM events_default WHERE ctid = ANY(ARRAY(SELECT ctid FROM events_default \
+                 WHERE received_at < now() - $1 * interval '1 millisecond' LIMIT $2))",
+                age_ms,
+                limit,
+            )
+            .execute(db)
+            .await?
+        }
+        Expiring::DefaultAttempts => {
+            sqlx::query!(
+                "DELETE FROM attempts_default WHERE ctid = ANY(ARRAY(SELECT ctid FROM attempts_default \
+                 WHERE at < now() - $1 * interval '1 millisecond' LIMIT $2))",
+                age_ms,
+                limit,
+            )
+            .execute(db)
+            .await?
+        }
+        Expiring::DefaultAuditLog => {
+            sqlx::query!(
+                "DELETE FROM audit_log_default WHERE ctid = ANY(ARRAY(SELECT ctid FROM audit_log_default \
+                 WHERE at < now() - $1 * interval '1 millisecond' LIMIT $2))",
+                age_ms,
+                limit,
+            )
+            .execute(db)
+            .await?
+        }
+        Expiring::Skips => {
+            sqlx::query!(
+                "DELETE FROM skips WHERE ctid = ANY(ARRAY(SELECT ctid FROM skips \
+                 WHERE at < now() - $1 * interval '1 millisecond' LIMIT $2))",
+                age_ms,
+                limit,
+            )
+            .execute(db)
+            .await?
+        }
+        Expiring::IdempotencyKeys => {
+            sqlx::query!(
+                "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(SELECT ctid FROM idempotency_keys \
+                 WHERE created_at < now() - $1 * interval '1 millisecond' LIMIT $2))",
+                age_ms,
+                limit,
+            )
+            .execute(db)
+            .await?
+        }
+        Expiring::RefreshTokens => {
+            sqlx::query!(
+                "DELETE FROM refresh_tokens WHERE ctid = ANY(ARRAY(SELECT ctid FROM refresh_tokens \
+                 WHERE expires_at < now() - $1 * interval '1 millisecond' LIMIT $2))",
+                age_ms,
+                limit,
+            )
+            .execute(db)
+            .await?
+        }
+    };
+    Ok(done.rows_affected())
+}
