@@ -13,6 +13,7 @@ use anika_shared::{
     domain::{EventId, PartnerId, Role, SYSTEM_TOPIC, TopicId},
     envelope::format_time,
     extract::Path,
+    store,
 };
 use axum::{
     body::Body,
@@ -126,13 +127,8 @@ async fn postable(
         )
         .into()),
         (Some(partner), _) => {
-            let granted: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM grants WHERE topic_id = $1 AND partner_id = $2)",
-            )
-            .bind(id.uuid())
-            .bind(partner.uuid())
-            .fetch_one(&state.ctx.pool)
-            .await?;
+            let granted =
+                store::topics::grant_exists(&state.ctx.pool, id.uuid(), partner.uuid()).await?;
             if granted {
                 Err(Problem::forbidden(
                     "only the topic's owner publishes into it; you may read its events",

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use anika_shared::store::events::{self, Expiring, Partitioned};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -15,9 +16,6 @@ use tokio_util::sync::CancellationToken;
 const DELETE_CHUNK: i64 = 10_000;
 /// Days of partitions made ahead (counting from yesterday).
 const DAYS_AHEAD: i32 = 8;
-
-/// The tables partitioned by day.
-const PARTITIONED: [&str; 3] = ["events", "attempts", "audit_log"];
 
 /// How long each kind of record is kept.
 #[derive(Clone, Copy, Debug)]
@@ -30,8 +28,8 @@ pub(crate) struct Retention {
 
 impl Retention {
     /// The retention of one partitioned table.
-    fn of(self, table: &str) -> Duration {
-        if table == "audit_log" {
+    fn of(self, table: Partitioned) -> Duration {
+        if table == Partitioned::AuditLog {
             self.audit
         } else {
             self.events
@@ -41,12 +39,8 @@ impl Retention {
 
 /// Makes sure the daily partitions around today exist; cheap when they do.
 pub(crate) async fn ensure_partitions(pool: &PgPool) -> Result<(), sqlx::Error> {
-    for table in PARTITIONED {
-        sqlx::query("SELECT anika_ensure_partitions($1, (now() AT TIME ZONE 'UTC')::date - 1, $2)")
-            .bind(table)
-            .bind(DAYS_AHEAD)
-            .execute(pool)
-            .await?;
+    for table in Partitioned::ALL {
+        events::ensure_partitions(pool, table, DAYS_AHEAD).await?;
     }
     Ok(())
 }
@@ -64,50 +58,26 @@ pub(crate) async fn run_once(pool: &PgPool, retention: Retention) -> Result<Repo
     ensure_partitions(pool).await?;
     let retention_ms = retention.events.as_millis() as f64;
     let mut report = Report::default();
-    for table in PARTITIONED {
-        let dropped: i32 = sqlx::query_scalar(
-            "SELECT anika_drop_partitions_before($1, now() - $2 * interval '1 millisecond')",
-        )
-        .bind(table)
-        .bind(retention.of(table).as_millis() as f64)
-        .fetch_one(pool)
-        .await?;
+    for table in Partitioned::ALL {
+        let dropped =
+            events::drop_partitions_older_than(pool, table, retention.of(table).as_millis() as f64)
+                .await?;
         report.partitions_dropped += dropped;
     }
     // Rows that landed in a default partition (the job was late) age out in place.
+    report.rows_deleted += delete_chunked(pool, Expiring::DefaultEvents, retention_ms).await?;
+    report.rows_deleted += delete_chunked(pool, Expiring::DefaultAttempts, retention_ms).await?;
     report.rows_deleted += delete_chunked(
         pool,
-        "DELETE FROM events_default WHERE ctid = ANY(ARRAY(SELECT ctid FROM events_default \
-         WHERE received_at < now() - $1 * interval '1 millisecond' LIMIT $2))",
-        retention_ms,
-    )
-    .await?;
-    report.rows_deleted += delete_chunked(
-        pool,
-        "DELETE FROM attempts_default WHERE ctid = ANY(ARRAY(SELECT ctid FROM attempts_default \
-         WHERE at < now() - $1 * interval '1 millisecond' LIMIT $2))",
-        retention_ms,
-    )
-    .await?;
-    report.rows_deleted += delete_chunked(
-        pool,
-        "DELETE FROM audit_log_default WHERE ctid = ANY(ARRAY(SELECT ctid FROM audit_log_default \
-         WHERE at < now() - $1 * interval '1 millisecond' LIMIT $2))",
+        Expiring::DefaultAuditLog,
         retention.audit.as_millis() as f64,
     )
     .await?;
-    report.rows_deleted += delete_chunked(
-        pool,
-        "DELETE FROM skips WHERE ctid = ANY(ARRAY(SELECT ctid FROM skips \
-         WHERE at < now() - $1 * interval '1 millisecond' LIMIT $2))",
-        retention_ms,
-    )
-    .await?;
+    report.rows_deleted += delete_chunked(pool, Expiring::Skips, retention_ms).await?;
     // Idempotency keys promise 24 hours; after that a key may be used anew.
     report.rows_deleted += delete_chunked(
         pool,
-        "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(SELECT ctid FROM idempotency_keys \
-         WHERE created_at < now() - $1 * interval '1 millisecond' LIMIT $2))",
+        Expiring::IdempotencyKeys,
         Duration::from_secs(24 * 3600).as_millis() as f64,
     )
     .await?;
@@ -116,8 +86,7 @@ pub(crate) async fn run_once(pool: &PgPool, retention: Retention) -> Result<Repo
     // (and its whole login revoked), for as long as the token could have been used.
     report.rows_deleted += delete_chunked(
         pool,
-        "DELETE FROM refresh_tokens WHERE ctid = ANY(ARRAY(SELECT ctid FROM refresh_tokens \
-         WHERE expires_at < now() - $1 * interval '1 millisecond' LIMIT $2))",
+        Expiring::RefreshTokens,
         Duration::from_secs(24 * 3600).as_millis() as f64,
     )
     .await?;
@@ -127,16 +96,11 @@ pub(crate) async fn run_once(pool: &PgPool, retention: Retention) -> Result<Repo
     Ok(report)
 }
 
-/// Repeats a `DELETE … LIMIT $2` (with the age in ms as `$1`) until it deletes nothing more.
-async fn delete_chunked(pool: &PgPool, sql: &'static str, age_ms: f64) -> Result<u64, sqlx::Error> {
+/// Deletes the rows of `what` older than `age_ms` a chunk at a time until a chunk comes back short.
+async fn delete_chunked(pool: &PgPool, what: Expiring, age_ms: f64) -> Result<u64, sqlx::Error> {
     let mut total = 0;
     loop {
-        let deleted = sqlx::query(sql)
-            .bind(age_ms)
-            .bind(DELETE_CHUNK)
-            .execute(pool)
-            .await?
-            .rows_affected();
+        let deleted = events::delete_expired_chunk(pool, what, age_ms, DELETE_CHUNK).await?;
         total += deleted;
         if deleted < DELETE_CHUNK as u64 {
             return Ok(total);

@@ -29,6 +29,7 @@ use anika_shared::{
     amqp::{Broker, EVENTS_EXCHANGE},
     domain::{EventId, TopicId},
     envelope,
+    store::events,
 };
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{StreamExt, stream::FuturesUnordered};
@@ -428,15 +429,8 @@ async fn delete_confirmed(
                 Err(_) => break,
             }
         }
-        let result = sqlx::query(
-            "DELETE FROM outbox WHERE event_id IN \
-             (SELECT event_id FROM outbox WHERE event_id = ANY($1) FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(&ids)
-        .execute(&pool)
-        .await;
-        match result {
-            Ok(done) => backlog.removed(done.rows_affected()),
+        match events::delete_confirmed_outbox_rows(&pool, &ids).await {
+            Ok(deleted) => backlog.removed(deleted),
             // The events are published; their rows stay and the relay publishes them once more.
             Err(e) => {
                 tracing::warn!(error = %e, events = ids.len(), "cannot delete confirmed outbox rows");

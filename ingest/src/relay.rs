@@ -23,8 +23,8 @@ use anika_shared::{
     amqp::Broker,
     domain::{EventId, PartnerId, TopicId},
     envelope::{Envelope, EventHead},
+    store::events,
 };
-use chrono::{DateTime, Utc};
 use lapin::Channel;
 use serde_json::value::RawValue;
 use sqlx::PgPool;
@@ -58,17 +58,6 @@ enum RelayError {
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ did not confirm within {0:?}")]
     ConfirmTimeout(Duration),
-}
-
-#[derive(sqlx::FromRow)]
-struct Row {
-    event_id: Uuid,
-    topic_id: Option<Uuid>,
-    publisher_partner_id: Option<Uuid>,
-    key: Option<String>,
-    data: Option<String>,
-    received_at: DateTime<Utc>,
-    topic_name: Option<String>,
 }
 
 /// The relay loop, until `shutdown`.
@@ -117,11 +106,7 @@ impl Relay {
 
     async fn measure_backlog(&self) {
         let cap = COUNT_CAP.max(self.backlog.max().saturating_add(1));
-        let count: Result<i64, _> =
-            sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) o")
-                .bind(i64::try_from(cap).unwrap_or(i64::MAX))
-                .fetch_one(&self.pool)
-                .await;
+        let count = events::count_outbox(&self.pool, i64::try_from(cap).unwrap_or(i64::MAX)).await;
         match count {
             Ok(count) => self.backlog.measured(count.max(0) as u64),
             // The estimate stays as the writers and deleters keep it until the next count.
@@ -134,13 +119,9 @@ impl Relay {
     /// One batch: returns how many rows it took.
     async fn pass(&self, channel: &mut Option<Channel>) -> Result<usize, RelayError> {
         // Look before opening anything: most passes find nothing.
-        let any: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM outbox WHERE created_at < now() - $1 * interval '1 millisecond' LIMIT 1",
-        )
-        .bind(self.after.as_millis() as f64)
-        .fetch_optional(&self.pool)
-        .await?;
-        if any.is_none() {
+        let any =
+            events::outbox_has_rows_older_than(&self.pool, self.after.as_millis() as f64).await?;
+        if !any {
             return Ok(0);
         }
         let current = match channel.take() {
@@ -156,21 +137,7 @@ impl Relay {
 
     async fn republish(&self, channel: &Channel) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT o.event_id, e.topic_id, e.publisher_partner_id, e.key, e.data::text AS data, \
-                    o.received_at, t.name AS topic_name \
-             FROM outbox o \
-             LEFT JOIN events e ON e.id = o.event_id AND e.received_at = o.received_at \
-             LEFT JOIN topics t ON t.id = e.topic_id \
-             WHERE o.created_at < now() - $1 * interval '1 millisecond' \
-             ORDER BY o.created_at \
-             LIMIT $2 \
-             FOR UPDATE OF o SKIP LOCKED",
-        )
-        .bind(self.after.as_millis() as f64)
-        .bind(BATCH)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = events::take_outbox_rows(&mut *tx, self.after.as_millis() as f64, BATCH).await?;
         let taken = rows.len();
         let mut done: Vec<Uuid> = Vec::with_capacity(taken);
         let mut confirms = Vec::with_capacity(taken);
@@ -221,11 +188,7 @@ impl Relay {
                 republished += 1;
             }
         }
-        let deleted = sqlx::query("DELETE FROM outbox WHERE event_id = ANY($1)")
-            .bind(&done)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let deleted = events::delete_outbox_rows(&mut *tx, &done).await?;
         tx.commit().await?;
         self.backlog.removed(deleted);
         metrics::counter!(m::RELAY_REPUBLISHED).increment(republished);

@@ -15,6 +15,7 @@ use anika_shared::{
     envelope::format_time,
     extract::{Path, Query},
     page::{Limit, Page, decode_time_cursor},
+    store::events::{self, DeliveryRow, EventRow},
 };
 use axum::extract::State as AxumState;
 use chrono::{DateTime, Utc};
@@ -46,16 +47,6 @@ pub(crate) struct EventOut {
     received_at: String,
     #[serde(skip)]
     at: DateTime<Utc>,
-}
-
-#[derive(sqlx::FromRow)]
-struct EventRow {
-    id: Uuid,
-    topic_id: Uuid,
-    publisher_partner_id: Uuid,
-    key: Option<String>,
-    data: String,
-    received_at: DateTime<Utc>,
 }
 
 impl TryFrom<EventRow> for EventOut {
@@ -119,18 +110,6 @@ fn parse_contains(text: &str) -> Result<Value, Problem> {
     Ok(value)
 }
 
-/// Numbered SQL parameters, bound later in the same order.
-struct Params {
-    next: usize,
-}
-
-impl Params {
-    fn next(&mut self) -> String {
-        self.next += 1;
-        format!("${}", self.next)
-    }
-}
-
 /// Search the event log: topics you own or are granted, newest first.
 #[utoipa::path(
     get,
@@ -174,91 +153,20 @@ async fn list_events(
         .into());
     }
 
-    // The filters, applied to `e` inside whichever source of topics fits the caller.
-    let mut params = Params { next: 0 };
-    let partner = principal.partner();
-    let partner_param = partner.map(|_| params.next());
-    let topic_param = query.topic_id.map(|_| params.next());
-    let mut filters = Vec::new();
-    if query.key.is_some() {
-        filters.push(format!("e.key = {}", params.next()));
-    }
-    if since.is_some() {
-        filters.push(format!("e.received_at >= {}", params.next()));
-    }
-    if until.is_some() {
-        filters.push(format!("e.received_at < {}", params.next()));
-    }
-    if contains.is_some() {
-        filters.push(format!("e.data @> {}::jsonb", params.next()));
-    }
-    if after.is_some() {
-        let (at, id) = (params.next(), params.next());
-        // The received_at bound on its own lets PostgreSQL skip whole partitions.
-        filters.push(format!(
-            "e.received_at <= {at} AND (e.received_at, e.id) < ({at}, {id})"
-        ));
-    }
-    let limit_param = params.next();
-    let filter = filters
-        .iter()
-        .map(|f| format!(" AND {f}"))
-        .collect::<String>();
-    const COLUMNS: &str =
-        "e.id, e.topic_id, e.publisher_partner_id, e.key, e.data::text AS data, e.received_at";
-
-    let sql = match (&partner_param, &topic_param) {
-        // Operator, every topic: newest first is id order, served by the primary key.
-        (None, None) => format!(
-            "SELECT {COLUMNS} FROM events e WHERE true{filter} ORDER BY e.id DESC LIMIT {limit_param}"
-        ),
-        (None, Some(topic)) => format!(
-            "SELECT {COLUMNS} FROM events e WHERE e.topic_id = {topic}{filter} \
-             ORDER BY e.received_at DESC, e.id DESC LIMIT {limit_param}"
-        ),
-        // A partner: its readable topics, each read newest first through the topic index, merged.
-        (Some(partner), topic) => {
-            let readable = match topic {
-                Some(topic) => format!(
-                    "SELECT {topic}::uuid AS id WHERE EXISTS (SELECT 1 FROM topics WHERE id = {topic} AND owner_partner_id = {partner}) \
-                     OR EXISTS (SELECT 1 FROM grants WHERE topic_id = {topic} AND partner_id = {partner})"
-                ),
-                None => format!(
-                    "SELECT id FROM topics WHERE owner_partner_id = {partner} \
-                     UNION SELECT topic_id FROM grants WHERE partner_id = {partner}"
-                ),
-            };
-            format!(
-                "SELECT e.* FROM ({readable}) AS readable CROSS JOIN LATERAL ( \
-                     SELECT {COLUMNS} FROM events e WHERE e.topic_id = readable.id{filter} \
-                     ORDER BY e.received_at DESC, e.id DESC LIMIT {limit_param}) AS e \
-                 ORDER BY e.received_at DESC, e.id DESC LIMIT {limit_param}"
-            )
-        }
-    };
-    let mut q = sqlx::query_as::<_, EventRow>(sqlx::AssertSqlSafe(sql));
-    if let Some(partner) = partner {
-        q = q.bind(partner.uuid());
-    }
-    if let Some(topic) = query.topic_id {
-        q = q.bind(topic.uuid());
-    }
-    if let Some(key) = query.key {
-        q = q.bind(key);
-    }
-    if let Some(since) = since {
-        q = q.bind(since);
-    }
-    if let Some(until) = until {
-        q = q.bind(until);
-    }
-    if let Some(contains) = contains {
-        q = q.bind(sqlx::types::Json(contains));
-    }
-    if let Some((at, id)) = after {
-        q = q.bind(at).bind(id);
-    }
-    let rows = q.bind(limit.fetch()).fetch_all(&state.ctx.pool).await?;
+    let rows = events::search_events(
+        &state.ctx.pool,
+        events::EventSearch {
+            partner: principal.partner().map(PartnerId::uuid),
+            topic: query.topic_id.map(TopicId::uuid),
+            key: query.key.as_deref(),
+            since,
+            until,
+            contains: contains.as_ref(),
+            after,
+            limit: limit.fetch(),
+        },
+    )
+    .await?;
     let items = rows
         .into_iter()
         .map(EventOut::try_from)
@@ -269,7 +177,7 @@ async fn list_events(
 }
 
 /// Where an event stands for one subscription.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Delivery {
     #[schema(value_type = String, format = Uuid)]
     subscription_id: Uuid,
@@ -291,12 +199,15 @@ pub(crate) struct EventDetail {
     deliveries: Vec<Delivery>,
 }
 
-#[derive(sqlx::FromRow)]
-struct DetailRow {
-    #[sqlx(flatten)]
-    event: EventRow,
-    owner_partner_id: Option<Uuid>,
-    granted: bool,
+impl From<DeliveryRow> for Delivery {
+    fn from(row: DeliveryRow) -> Self {
+        Self {
+            subscription_id: row.subscription_id,
+            status: row.status,
+            attempts: row.attempts,
+            last_attempt_at: row.last_attempt_at,
+        }
+    }
 }
 
 /// Read one event you may see, with where its deliveries stand.
@@ -319,17 +230,12 @@ async fn get_event(
 ) -> Result<axum::Json<EventDetail>> {
     let partner = principal.partner();
     // received_at is the id's timestamp: the lookup touches one partition.
-    let row: Option<DetailRow> = sqlx::query_as(
-        "SELECT e.id, e.topic_id, e.publisher_partner_id, e.key, e.data::text AS data, e.received_at, \
-                t.owner_partner_id, \
-                EXISTS (SELECT 1 FROM grants g WHERE g.topic_id = e.topic_id AND g.partner_id = $3) AS granted \
-         FROM events e LEFT JOIN topics t ON t.id = e.topic_id \
-         WHERE e.id = $1 AND e.received_at = $2",
+    let row = events::get_event_detail(
+        &state.ctx.pool,
+        id.uuid(),
+        id.timestamp(),
+        partner.map(PartnerId::uuid),
     )
-    .bind(id.uuid())
-    .bind(id.timestamp())
-    .bind(partner.map(PartnerId::uuid))
-    .fetch_optional(&state.ctx.pool)
     .await?;
     let not_found = || Problem::not_found(format!("no event {id}"));
     let row = row.ok_or_else(not_found)?;
@@ -340,46 +246,26 @@ async fn get_event(
     if !visible {
         return Err(not_found().into());
     }
-    let event = EventOut::try_from(row.event)?;
+    let event = EventOut::try_from(row.event())?;
     let deliveries = deliveries(&state, &event, partner).await?;
     Ok(axum::Json(EventDetail { event, deliveries }))
 }
 
-/// Derives each subscription's delivery state from what the dispatcher recorded.
-///
-/// A dead letter wins; otherwise the later of the latest attempt and the latest
-/// skip decides; with neither, the event is still pending for that subscription.
+/// Derives each subscription's delivery state from what the dispatcher recorded
+/// (see [`events::list_event_deliveries`]).
 async fn deliveries(
     state: &State,
     event: &EventOut,
     partner: Option<PartnerId>,
 ) -> Result<Vec<Delivery>> {
-    let rows: Vec<Delivery> = sqlx::query_as(
-        "SELECT s.id AS subscription_id, \
-                CASE WHEN d.event_id IS NOT NULL THEN 'dead' \
-                     WHEN a.last_at IS NOT NULL AND (k.skipped_at IS NULL OR a.last_at >= k.skipped_at) THEN a.last_status \
-                     WHEN k.skipped_at IS NOT NULL THEN 'skipped' \
-                     ELSE 'pending' END AS status, \
-                greatest(coalesce(a.attempts, 0), coalesce(d.attempts, 0))::bigint AS attempts, \
-                a.last_at AS last_attempt_at \
-         FROM subscriptions s \
-         LEFT JOIN LATERAL ( \
-             SELECT count(*) AS attempts, max(at) AS last_at, \
-                    (array_agg(status ORDER BY at DESC, attempt DESC))[1] AS last_status \
-             FROM attempts WHERE event_id = $1 AND subscription_id = s.id AND at >= $2 \
-             HAVING count(*) > 0) a ON true \
-         LEFT JOIN dead_letters d ON d.subscription_id = s.id AND d.event_id = $1 \
-         LEFT JOIN LATERAL ( \
-             SELECT max(at) AS skipped_at FROM skips WHERE event_id = $1 AND subscription_id = s.id) k ON true \
-         WHERE s.topic_id = $3 AND ($4::uuid IS NULL OR s.partner_id = $4) \
-         ORDER BY s.created_at, s.id",
+    let rows = events::list_event_deliveries(
+        &state.ctx.pool,
+        event.id.uuid(),
+        // Attempts come after the event: older partitions are skipped. A minute of slack for clock skew.
+        event.at - chrono::Duration::minutes(1),
+        event.topic_id.uuid(),
+        partner.map(PartnerId::uuid),
     )
-    .bind(event.id.uuid())
-    // Attempts come after the event: older partitions are skipped. A minute of slack for clock skew.
-    .bind(event.at - chrono::Duration::minutes(1))
-    .bind(event.topic_id.uuid())
-    .bind(partner.map(PartnerId::uuid))
-    .fetch_all(&state.ctx.pool)
     .await?;
-    Ok(rows)
+    Ok(rows.into_iter().map(Delivery::from).collect())
 }

@@ -25,6 +25,7 @@ use std::{
 use anika_shared::{
     Problem,
     domain::{EventId, PartnerId, TopicId},
+    store::events,
 };
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -387,36 +388,6 @@ enum Outcome {
     Failed(Error),
 }
 
-/// Claims idempotency keys that are new or expired (older than 24 h); returns those it claimed.
-const CLAIM_KEYS: &str = "\
-    INSERT INTO idempotency_keys AS k (topic_id, key, event_id, received_at, request_hash) \
-    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[], $5::bytea[]) \
-    ON CONFLICT (topic_id, key) DO UPDATE \
-        SET event_id = EXCLUDED.event_id, received_at = EXCLUDED.received_at, \
-            request_hash = EXCLUDED.request_hash, created_at = now() \
-        WHERE k.created_at < now() - interval '24 hours' \
-    RETURNING topic_id, key";
-
-/// Reads the keys another request holds.
-const HELD_KEYS: &str = "\
-    SELECT k.topic_id, k.key, k.event_id, k.request_hash FROM idempotency_keys k \
-    JOIN UNNEST($1::uuid[], $2::text[]) AS w(topic_id, key) ON k.topic_id = w.topic_id AND k.key = w.key";
-
-/// Gives back keys claimed by a request that was refused after all.
-const RELEASE_KEYS: &str = "\
-    DELETE FROM idempotency_keys k USING UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS r(topic_id, key, event_id) \
-    WHERE k.topic_id = r.topic_id AND k.key = r.key AND k.event_id = r.event_id";
-
-/// The event rows and their outbox rows, in one statement (atomic on its own).
-const INSERT_EVENTS: &str = "\
-    WITH new_events AS ( \
-        INSERT INTO events (id, topic_id, publisher_partner_id, key, data, received_at) \
-        SELECT u.id, u.topic_id, u.publisher, u.key, u.data::jsonb, u.received_at \
-        FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[]) \
-            AS u(id, topic_id, publisher, key, data, received_at) \
-        RETURNING id, received_at) \
-    INSERT INTO outbox (event_id, received_at) SELECT id, received_at FROM new_events";
-
 /// Writes one group; on success every submission has an outcome, in order.
 async fn write_group(pool: &PgPool, group: &[Submission]) -> Result<Vec<Outcome>, sqlx::Error> {
     let keyed = group.iter().any(|s| s.idempotency_keys().next().is_some());
@@ -450,13 +421,10 @@ fn fresh(submission: &Submission) -> Vec<Accepted> {
     accepted
 }
 
-async fn insert_events<'e, E>(
-    executor: E,
+async fn insert_events(
+    executor: impl sqlx::PgExecutor<'_>,
     events: &[(&Submission, &NewEvent)],
-) -> Result<(), sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = Postgres>,
-{
+) -> Result<(), sqlx::Error> {
     if events.is_empty() {
         return Ok(());
     }
@@ -479,16 +447,18 @@ where
         data.push(event.data.as_str());
         times.push(event.id.timestamp());
     }
-    sqlx::query(INSERT_EVENTS)
-        .bind(ids)
-        .bind(topics)
-        .bind(publishers)
-        .bind(keys)
-        .bind(data)
-        .bind(times)
-        .execute(executor)
-        .await?;
-    Ok(())
+    events::insert_events(
+        executor,
+        events::EventColumns {
+            ids: &ids,
+            topic_ids: &topics,
+            publisher_partner_ids: &publishers,
+            keys: &keys,
+            data: &data,
+            received_at: &times,
+        },
+    )
+    .await
 }
 
 /// A group with idempotency keys, inside a transaction.
@@ -509,15 +479,19 @@ async fn write_keyed(
         .collect();
     keyed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
 
-    let claimed: Vec<(Uuid, String)> = sqlx::query_as(CLAIM_KEYS)
-        .bind(keyed.iter().map(|k| k.0.uuid()).collect::<Vec<_>>())
-        .bind(keyed.iter().map(|k| k.1).collect::<Vec<_>>())
-        .bind(keyed.iter().map(|k| k.2.id.uuid()).collect::<Vec<_>>())
-        .bind(keyed.iter().map(|k| k.2.id.timestamp()).collect::<Vec<_>>())
-        .bind(keyed.iter().map(|k| k.3.as_slice()).collect::<Vec<_>>())
-        .fetch_all(&mut **tx)
-        .await?;
-    let claimed: HashSet<(Uuid, String)> = claimed.into_iter().collect();
+    let claimed = events::claim_idempotency_keys(
+        &mut **tx,
+        events::KeyClaims {
+            topic_ids: &keyed.iter().map(|k| k.0.uuid()).collect::<Vec<_>>(),
+            keys: &keyed.iter().map(|k| k.1).collect::<Vec<_>>(),
+            event_ids: &keyed.iter().map(|k| k.2.id.uuid()).collect::<Vec<_>>(),
+            received_at: &keyed.iter().map(|k| k.2.id.timestamp()).collect::<Vec<_>>(),
+            request_hashes: &keyed.iter().map(|k| k.3.as_slice()).collect::<Vec<_>>(),
+        },
+    )
+    .await?;
+    let claimed: HashSet<(Uuid, String)> =
+        claimed.into_iter().map(|c| (c.topic_id, c.key)).collect();
 
     let held: Vec<&(TopicId, &str, &NewEvent, &[u8; 32])> = keyed
         .iter()
@@ -525,14 +499,15 @@ async fn write_keyed(
         .collect();
     let mut holders: HashMap<(Uuid, String), (Uuid, Vec<u8>)> = HashMap::new();
     if !held.is_empty() {
-        let rows: Vec<(Uuid, String, Uuid, Vec<u8>)> = sqlx::query_as(HELD_KEYS)
-            .bind(held.iter().map(|k| k.0.uuid()).collect::<Vec<_>>())
-            .bind(held.iter().map(|k| k.1).collect::<Vec<_>>())
-            .fetch_all(&mut **tx)
-            .await?;
+        let rows = events::held_idempotency_keys(
+            &mut **tx,
+            &held.iter().map(|k| k.0.uuid()).collect::<Vec<_>>(),
+            &held.iter().map(|k| k.1).collect::<Vec<_>>(),
+        )
+        .await?;
         holders = rows
             .into_iter()
-            .map(|(t, k, id, hash)| ((t, k), (id, hash)))
+            .map(|h| ((h.topic_id, h.key), (h.event_id, h.request_hash)))
             .collect();
     }
 
@@ -615,12 +590,13 @@ async fn write_keyed(
         }
     }
     if !release.is_empty() {
-        sqlx::query(RELEASE_KEYS)
-            .bind(release.iter().map(|r| r.0).collect::<Vec<_>>())
-            .bind(release.iter().map(|r| r.1).collect::<Vec<_>>())
-            .bind(release.iter().map(|r| r.2).collect::<Vec<_>>())
-            .execute(&mut **tx)
-            .await?;
+        events::release_idempotency_keys(
+            &mut **tx,
+            &release.iter().map(|r| r.0).collect::<Vec<_>>(),
+            &release.iter().map(|r| r.1).collect::<Vec<_>>(),
+            &release.iter().map(|r| r.2).collect::<Vec<_>>(),
+        )
+        .await?;
     }
     insert_events(&mut **tx, &to_insert).await?;
     Ok(outcomes)
