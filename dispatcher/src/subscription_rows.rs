@@ -136,16 +136,13 @@ pub enum Scope {
 pub async fn load(deps: &Deps, scope: &Scope) -> Result<Vec<SubConfig>, sqlx::Error> {
     let pool = &deps.pool;
     let read_at = Instant::now();
-    let rows: Vec<Row> = match scope {
-        Scope::All => store::subscriptions::list_subscription_configs(pool).await?,
-        Scope::Subscription(id) => store::subscriptions::get_subscription_config(pool, id.uuid())
-            .await?
-            .into_iter()
-            .collect(),
-        Scope::Topic(topic) => {
-            store::subscriptions::list_topic_subscription_configs(pool, topic.uuid()).await?
-        }
+    let (subscription, topic) = match scope {
+        Scope::All => (None, None),
+        Scope::Subscription(id) => (Some(id.uuid()), None),
+        Scope::Topic(topic) => (None, Some(topic.uuid())),
     };
+    let rows: Vec<Row> =
+        store::subscriptions::list_subscription_configs(pool, subscription, topic).await?;
     Ok(rows
         .into_iter()
         .filter_map(|r| into_config(r, deps, read_at))

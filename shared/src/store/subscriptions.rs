@@ -365,9 +365,11 @@ pub struct SubscriptionConfigRow {
     pub allowed: bool,
 }
 
-/// Every subscription, as the dispatcher reads it.
+/// The subscriptions the dispatcher reads at once: one, a topic's, or (both `None`) all.
 pub async fn list_subscription_configs(
     db: impl sqlx::PgExecutor<'_>,
+    subscription: Option<Uuid>,
+    topic: Option<Uuid>,
 ) -> sqlx::Result<Vec<SubscriptionConfigRow>> {
     sqlx::query_as!(
         SubscriptionConfigRow,
@@ -376,44 +378,9 @@ pub async fn list_subscription_configs(
                   s.previous_secret, s.previous_secret_expires_at, s.failing_since,
                   (t.owner_partner_id = s.partner_id OR EXISTS
                       (SELECT 1 FROM grants g WHERE g.topic_id = s.topic_id AND g.partner_id = s.partner_id)) AS "allowed!"
-           FROM subscriptions s JOIN topics t ON t.id = s.topic_id"#,
-    )
-    .fetch_all(db)
-    .await
-}
-
-/// One subscription, as the dispatcher reads it; `None` if it does not exist.
-pub async fn get_subscription_config(
-    db: impl sqlx::PgExecutor<'_>,
-    id: Uuid,
-) -> sqlx::Result<Option<SubscriptionConfigRow>> {
-    sqlx::query_as!(
-        SubscriptionConfigRow,
-        r#"SELECT s.id, s.partner_id, s.topic_id, s.url, s.filter::text AS "filter?", s.status,
-                  s.max_attempts, s.rate_limit_per_s, s.max_in_flight, s.ordered, s.secret,
-                  s.previous_secret, s.previous_secret_expires_at, s.failing_since,
-                  (t.owner_partner_id = s.partner_id OR EXISTS
-                      (SELECT 1 FROM grants g WHERE g.topic_id = s.topic_id AND g.partner_id = s.partner_id)) AS "allowed!"
-           FROM subscriptions s JOIN topics t ON t.id = s.topic_id WHERE s.id = $1"#,
-        id,
-    )
-    .fetch_optional(db)
-    .await
-}
-
-/// Every subscription to a topic, as the dispatcher reads it.
-pub async fn list_topic_subscription_configs(
-    db: impl sqlx::PgExecutor<'_>,
-    topic: Uuid,
-) -> sqlx::Result<Vec<SubscriptionConfigRow>> {
-    sqlx::query_as!(
-        SubscriptionConfigRow,
-        r#"SELECT s.id, s.partner_id, s.topic_id, s.url, s.filter::text AS "filter?", s.status,
-                  s.max_attempts, s.rate_limit_per_s, s.max_in_flight, s.ordered, s.secret,
-                  s.previous_secret, s.previous_secret_expires_at, s.failing_since,
-                  (t.owner_partner_id = s.partner_id OR EXISTS
-                      (SELECT 1 FROM grants g WHERE g.topic_id = s.topic_id AND g.partner_id = s.partner_id)) AS "allowed!"
-           FROM subscriptions s JOIN topics t ON t.id = s.topic_id WHERE s.topic_id = $1"#,
+           FROM subscriptions s JOIN topics t ON t.id = s.topic_id
+           WHERE ($1::uuid IS NULL OR s.id = $1) AND ($2::uuid IS NULL OR s.topic_id = $2)"#,
+        subscription,
         topic,
     )
     .fetch_all(db)
