@@ -28,3 +28,11 @@ pub async fn notify(
         .await?;
     Ok(())
 }
+
+/// Creates the database `name` (run on a connection to another database, such as `postgres`).
+pub async fn create_database(db: impl sqlx::PgExecutor<'_>, name: &str) -> sqlx::Result<()> {
+    // Runtime SQL: a database name is an identifier, which cannot be a bound parameter.
+    let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    sqlx::query(sqlx::AssertSqlSafe(create)).execute(db).await?;
+    Ok(())
+}
