@@ -15,9 +15,7 @@ use crate::cli::CliError;
 /// `anika migrate`.
 pub async fn migrate(config: &Config) -> Result<(), CliError> {
     let pool = db::connect_and_migrate(config.database_url.expose(), 2).await?;
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
-        .fetch_one(&pool)
-        .await?;
+    let applied = anika_shared::store::schema::count_applied_migrations(&pool).await?;
     println!(
         "database {} is at migration {applied}",
         redact_url(config.database_url.expose())

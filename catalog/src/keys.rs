@@ -10,6 +10,7 @@ use anika_shared::{
     auth::{Claims, new_jti},
     domain::{ApiKeyId, PartnerId, Role, random_bytes},
     secrets::{Column, KeyRing, Sealed, Slot},
+    store::keys,
 };
 use aws_lc_rs::{
     rand::SystemRandom,
@@ -47,13 +48,8 @@ pub fn hash_secret(secret: &str) -> Vec<u8> {
 /// Creates an Ed25519 signing key if none is active (several processes may race: an advisory lock settles it).
 pub async fn ensure_signing_key(pool: &PgPool, ring: &KeyRing) -> Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('anika_signing_keys'))")
-        .execute(&mut *tx)
-        .await?;
-    let active: Option<String> =
-        sqlx::query_scalar("SELECT kid FROM signing_keys WHERE retired_at IS NULL LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
+    keys::lock_signing_keys(&mut *tx).await?;
+    let active = keys::any_active_signing_kid(&mut *tx).await?;
     if active.is_none() {
         insert_signing_key(&mut tx, ring).await?;
     }
@@ -66,14 +62,8 @@ pub async fn ensure_signing_key(pool: &PgPool, ring: &KeyRing) -> Result<()> {
 /// `kid`s, never a key.
 pub async fn rotate_signing_key(pool: &PgPool, ring: &KeyRing, actor: &Actor) -> Result<String> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('anika_signing_keys'))")
-        .execute(&mut *tx)
-        .await?;
-    let retired: Vec<String> = sqlx::query_scalar(
-        "UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL RETURNING kid",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    keys::lock_signing_keys(&mut *tx).await?;
+    let retired = keys::retire_signing_keys(&mut *tx).await?;
     let kid = insert_signing_key(&mut tx, ring).await?;
     audit::record(
         &mut tx,
@@ -99,12 +89,7 @@ async fn insert_signing_key(conn: &mut PgConnection, ring: &KeyRing) -> Result<S
         pkcs8.as_ref(),
         Slot::new(Column::SigningKeyPrivateKey, &kid),
     )?;
-    sqlx::query("INSERT INTO signing_keys (kid, algorithm, private_key_sealed, public_key) VALUES ($1, 'EdDSA', $2, $3)")
-        .bind(&kid)
-        .bind(sealed.to_text())
-        .bind(pair.public_key().as_ref())
-        .execute(conn)
-        .await?;
+    keys::insert_signing_key(conn, &kid, &sealed.to_text(), pair.public_key().as_ref()).await?;
     tracing::info!(kid = %kid, "created a token signing key");
     Ok(kid)
 }
@@ -160,12 +145,12 @@ impl Signer {
     ) -> Result<String> {
         // Read the current key each time: another process may have rotated it in,
         // and tokens are issued rarely next to the requests that use them.
-        let (kid, sealed): (String, Option<String>) = sqlx::query_as(
-            "SELECT kid, private_key_sealed FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| Error::Keys("no active signing key".into()))?;
+        let keys::ActiveSigningKey {
+            kid,
+            private_key_sealed: sealed,
+        } = keys::get_active_signing_key(&self.pool)
+            .await?
+            .ok_or_else(|| Error::Keys("no active signing key".into()))?;
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: key_id.to_string(),

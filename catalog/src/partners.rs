@@ -9,6 +9,7 @@ use anika_shared::{
     extract::{Json, Path, Query},
     page::{Limit, Page, decode_time_cursor},
     patch::Patch,
+    store::partners::{self, PartnerRow},
 };
 use axum::{extract::State as AxumState, http::StatusCode};
 use chrono::{DateTime, Utc};
@@ -58,7 +59,7 @@ pub(crate) struct CreatePartner {
 }
 
 /// A partner company.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PartnerOut {
     #[schema(value_type = String, format = Uuid)]
     id: Uuid,
@@ -76,9 +77,18 @@ pub(crate) struct PartnerOut {
     created_at: DateTime<Utc>,
 }
 
-/// The columns of a [`PartnerOut`].
-const COLUMNS: &str =
-    "p.id, p.name, p.description, p.ingest_rate_per_s, p.ingest_burst, p.created_at";
+impl From<PartnerRow> for PartnerOut {
+    fn from(row: PartnerRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            description: row.description,
+            ingest_rate_per_s: row.ingest_rate_per_s,
+            ingest_burst: row.ingest_burst,
+            created_at: row.created_at,
+        }
+    }
+}
 
 /// Create a partner (operators only).
 #[utoipa::path(
@@ -103,20 +113,19 @@ async fn create_partner(
         return Err(Problem::forbidden("only operators create partners").into());
     }
     let mut tx = state.ctx.pool.begin().await?;
-    let partner: PartnerOut = sqlx::query_as(
-        "INSERT INTO partners (id, name, description) VALUES ($1, $2, $3) \
-         RETURNING id, name, description, ingest_rate_per_s, ingest_burst, created_at",
+    let partner: PartnerOut = partners::insert_partner(
+        &mut *tx,
+        PartnerId::new().uuid(),
+        body.name.as_str(),
+        body.description.as_ref().map(Description::as_str),
     )
-    .bind(PartnerId::new().uuid())
-    .bind(body.name.as_str())
-    .bind(body.description.as_ref().map(Description::as_str))
-    .fetch_one(&mut *tx)
     .await
     .map_err(|e| {
         conflict_on_unique(e, || {
             format!("a partner named `{}` already exists", body.name.as_str())
         })
-    })?;
+    })?
+    .into();
     let changes = Changes::new()
         .created("name", &partner.name)
         .created("description", &partner.description);
@@ -147,12 +156,6 @@ pub(crate) struct ListQuery {
     #[param(value_type = Option<String>)]
     name: Option<DisplayName>,
 }
-
-/// The partners a caller may see: all for operators; otherwise itself and the
-/// partners on either side of a grant with it.
-const VISIBLE: &str = "($1::uuid IS NULL OR p.id = $1 \
-     OR p.id IN (SELECT t.owner_partner_id FROM grants g JOIN topics t ON t.id = g.topic_id WHERE g.partner_id = $1) \
-     OR p.id IN (SELECT g.partner_id FROM grants g JOIN topics t ON t.id = g.topic_id WHERE t.owner_partner_id = $1))";
 
 fn redact(mut partner: PartnerOut, principal: &Principal) -> PartnerOut {
     if !principal.sees_partner(partner.id.into()) {
@@ -187,21 +190,21 @@ async fn list_partners(
     // partner it shares nothing with yet, and learns no more than that the name exists
     // (the answer is redacted below). Publishers grant nothing, so they look up as they list.
     let lookup = query.name.is_some() && principal.role() != Role::Publisher;
-    let sql = format!(
-        "SELECT {COLUMNS} FROM partners p WHERE ($6 OR {VISIBLE}) \
-         AND ($5::text IS NULL OR p.name = $5) \
-         AND ($2::timestamptz IS NULL OR (p.created_at, p.id) > ($2, $3)) ORDER BY p.created_at, p.id LIMIT $4"
-    );
-    let rows: Vec<PartnerOut> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(principal.partner().map(PartnerId::uuid))
-        .bind(after.map(|a| a.0))
-        .bind(after.map(|a| a.1))
-        .bind(limit.fetch())
-        .bind(query.name.as_ref().map(DisplayName::as_str))
-        .bind(lookup)
-        .fetch_all(&state.ctx.pool)
-        .await?;
-    let rows = rows.into_iter().map(|p| redact(p, &principal)).collect();
+    let rows = partners::list_partners(
+        &state.ctx.pool,
+        partners::PartnerPage {
+            viewer: principal.partner().map(PartnerId::uuid),
+            after,
+            limit: limit.fetch(),
+            name: query.name.as_ref().map(DisplayName::as_str),
+            lookup,
+        },
+    )
+    .await?;
+    let rows = rows
+        .into_iter()
+        .map(|p| redact(p.into(), &principal))
+        .collect();
     Ok(axum::Json(Page::from_rows(rows, limit, |p| {
         (p.created_at, p.id)
     })))
@@ -224,14 +227,14 @@ async fn get_partner(
     principal: Principal,
     Path(id): Path<PartnerId>,
 ) -> Result<axum::Json<PartnerOut>> {
-    let sql = format!("SELECT {COLUMNS} FROM partners p WHERE p.id = $2 AND {VISIBLE}");
-    let partner: Option<PartnerOut> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(principal.partner().map(PartnerId::uuid))
-        .bind(id.uuid())
-        .fetch_optional(&state.ctx.pool)
-        .await?;
+    let partner = partners::get_visible_partner(
+        &state.ctx.pool,
+        principal.partner().map(PartnerId::uuid),
+        id.uuid(),
+    )
+    .await?;
     let partner = partner.ok_or_else(|| Problem::not_found(format!("no partner {id}")))?;
-    Ok(axum::Json(redact(partner, &principal)))
+    Ok(axum::Json(redact(partner.into(), &principal)))
 }
 
 /// Changes to a partner; absent fields stay, `null` clears.
@@ -288,13 +291,10 @@ async fn update_partner(
         return Err(Problem::invalid_field("/name", "a partner always has a name").into());
     }
     let mut tx = state.ctx.pool.begin().await?;
-    let current: Option<PartnerOut> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM partners p WHERE p.id = $1 FOR UPDATE"
-    )))
-    .bind(id.uuid())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let current = current.ok_or_else(|| Problem::not_found(format!("no partner {id}")))?;
+    let current = partners::get_partner_for_update(&mut *tx, id.uuid()).await?;
+    let current: PartnerOut = current
+        .ok_or_else(|| Problem::not_found(format!("no partner {id}")))?
+        .into();
     let name = match body.name {
         Patch::Value(name) => name.as_str().to_owned(),
         _ => current.name.clone(),
@@ -308,18 +308,19 @@ async fn update_partner(
         .map(|q| q.0)
         .apply(current.ingest_rate_per_s);
     let burst = body.ingest_burst.map(|q| q.0).apply(current.ingest_burst);
-    let updated: PartnerOut = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE partners p SET name = $2, description = $3, ingest_rate_per_s = $4, ingest_burst = $5 \
-         WHERE p.id = $1 RETURNING {COLUMNS}"
-    )))
-    .bind(id.uuid())
-    .bind(&name)
-    .bind(description)
-    .bind(rate)
-    .bind(burst)
-    .fetch_one(&mut *tx)
+    let updated: PartnerOut = partners::update_partner(
+        &mut *tx,
+        id.uuid(),
+        partners::PartnerUpdate {
+            name: &name,
+            description: description.as_deref(),
+            ingest_rate_per_s: rate,
+            ingest_burst: burst,
+        },
+    )
     .await
-    .map_err(|e| conflict_on_unique(e, || format!("a partner named `{name}` already exists")))?;
+    .map_err(|e| conflict_on_unique(e, || format!("a partner named `{name}` already exists")))?
+    .into();
     let changes = Changes::new()
         .diff("name", &current.name, &updated.name)
         .diff("description", &current.description, &updated.description)

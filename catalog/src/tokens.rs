@@ -7,6 +7,7 @@ use anika_shared::{
     domain::{ApiKeyId, DisplayName, PartnerId, Role},
     extract::{Json, Path, Query},
     page::{Limit, Page, decode_time_cursor},
+    store::{keys, schema},
 };
 use axum::{
     extract::State as AxumState,
@@ -38,15 +39,7 @@ pub(crate) fn routes() -> OpenApiRouter<State> {
 
 /// Ensures an operator key with exactly this value exists and is active (idempotent).
 pub(crate) async fn ensure_operator_key(pool: &PgPool, key: &str) -> Result<()> {
-    let revived: Option<bool> = sqlx::query_scalar(
-        "INSERT INTO api_keys (id, partner_id, role, name, key_hash) VALUES ($1, NULL, 'operator', 'bootstrap', $2) \
-         ON CONFLICT (key_hash) DO UPDATE SET revoked_at = NULL \
-         RETURNING (xmax <> 0)",
-    )
-    .bind(Uuid::now_v7())
-    .bind(hash_secret(key))
-    .fetch_optional(pool)
-    .await?;
+    let revived = keys::ensure_operator_key(pool, Uuid::now_v7(), &hash_secret(key)).await?;
     if revived == Some(false) {
         tracing::info!("created the bootstrap operator API key");
     }
@@ -71,15 +64,16 @@ pub async fn create_api_key(
     let id = ApiKeyId::new();
     let key = new_api_key();
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO api_keys (id, partner_id, role, name, key_hash) VALUES ($1, $2, $3, $4, $5)",
+    keys::insert_api_key(
+        &mut *tx,
+        keys::NewApiKey {
+            id: id.uuid(),
+            partner_id: partner.map(PartnerId::uuid),
+            role: role.as_str(),
+            name,
+            key_hash: &hash_secret(&key),
+        },
     )
-    .bind(id.uuid())
-    .bind(partner.map(PartnerId::uuid))
-    .bind(role.as_str())
-    .bind(name)
-    .bind(hash_secret(&key))
-    .execute(&mut *tx)
     .await
     .map_err(|e| match &e {
         sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
@@ -133,13 +127,6 @@ pub(crate) struct TokenResponse {
     refresh_token: String,
 }
 
-#[derive(sqlx::FromRow)]
-struct KeyRow {
-    id: Uuid,
-    role: String,
-    partner_id: Option<Uuid>,
-}
-
 /// Exchange an API key or a refresh token for an access token.
 #[utoipa::path(
     post,
@@ -160,42 +147,17 @@ async fn token(
     let mut tx = pool.begin().await?;
     let (key, family) = match request {
         TokenRequest::ApiKey { api_key } => {
-            let key: Option<KeyRow> =
-                sqlx::query_as("SELECT id, role, partner_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
-                    .bind(hash_secret(&api_key))
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let key = keys::find_active_api_key(&mut *tx, &hash_secret(&api_key)).await?;
             let key = key.ok_or_else(|| Problem::unauthorized("unknown or revoked API key"))?;
             (key, Uuid::now_v7())
         }
         TokenRequest::RefreshToken { refresh_token } => {
-            #[derive(sqlx::FromRow)]
-            struct Refresh {
-                family_id: Uuid,
-                spent: bool,
-                expired: bool,
-                id: Uuid,
-                role: String,
-                partner_id: Option<Uuid>,
-                key_revoked: bool,
-            }
-            let row: Option<Refresh> = sqlx::query_as(
-                "SELECT r.family_id, (r.used_at IS NOT NULL OR r.revoked_at IS NOT NULL) AS spent, \
-                        r.expires_at <= now() AS expired, k.id, k.role, k.partner_id, \
-                        k.revoked_at IS NOT NULL AS key_revoked \
-                 FROM refresh_tokens r JOIN api_keys k ON k.id = r.api_key_id \
-                 WHERE r.token_hash = $1 FOR UPDATE OF r",
-            )
-            .bind(hash_secret(&refresh_token))
-            .fetch_optional(&mut *tx)
-            .await?;
+            let row =
+                keys::get_refresh_token_for_update(&mut *tx, &hash_secret(&refresh_token)).await?;
             let row = row.ok_or_else(|| Problem::unauthorized("unknown refresh token"))?;
             if row.spent {
                 // A spent token coming back means it leaked: end the whole login.
-                sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL")
-                    .bind(row.family_id)
-                    .execute(&mut *tx)
-                    .await?;
+                keys::revoke_refresh_family(&mut *tx, row.family_id).await?;
                 tx.commit().await?;
                 tracing::warn!(family = %row.family_id, "a spent refresh token was reused; its login is revoked");
                 return Err(Problem::unauthorized(
@@ -209,12 +171,9 @@ async fn token(
                 )
                 .into());
             }
-            sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1")
-                .bind(hash_secret(&refresh_token))
-                .execute(&mut *tx)
-                .await?;
+            keys::spend_refresh_token(&mut *tx, &hash_secret(&refresh_token)).await?;
             (
-                KeyRow {
+                keys::ApiKeyPrincipal {
                     id: row.id,
                     role: row.role,
                     partner_id: row.partner_id,
@@ -230,13 +189,14 @@ async fn token(
     let refresh = new_refresh_token();
     let refresh_ttl = chrono::Duration::from_std(state.ctx.config.catalog.refresh_token_ttl)
         .unwrap_or(chrono::Duration::days(30));
-    sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, api_key_id, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(hash_secret(&refresh))
-        .bind(family)
-        .bind(key.id)
-        .bind(Utc::now() + refresh_ttl)
-        .execute(&mut *tx)
-        .await?;
+    keys::insert_refresh_token(
+        &mut *tx,
+        &hash_secret(&refresh),
+        family,
+        key.id,
+        Utc::now() + refresh_ttl,
+    )
+    .await?;
     let access = state
         .signer
         .issue(key.id.into(), key.partner_id.map(PartnerId::from), role)
@@ -280,18 +240,13 @@ pub(crate) struct Jwks {
     responses((status = 200, description = "The key set", body = Jwks))
 )]
 async fn jwks(AxumState(state): AxumState<State>) -> Result<impl IntoResponse> {
-    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-        "SELECT kid, public_key FROM signing_keys \
-         WHERE retired_at IS NULL OR retired_at > now() - interval '1 day' ORDER BY created_at DESC",
-    )
-    .fetch_all(&state.ctx.pool)
-    .await?;
+    let rows = keys::list_verifying_keys(&state.ctx.pool).await?;
     let keys = rows
         .into_iter()
-        .map(|(kid, public)| Jwk {
+        .map(|keys::VerifyingKey { kid, public_key }| Jwk {
             kty: "OKP",
             crv: "Ed25519",
-            x: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public),
+            x: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public_key),
             kid,
             alg: "EdDSA",
             use_: "sig",
@@ -408,15 +363,6 @@ pub(crate) struct KeyQuery {
     partner_id: Option<PartnerId>,
 }
 
-#[derive(sqlx::FromRow)]
-struct KeyListRow {
-    id: Uuid,
-    role: String,
-    name: String,
-    partner_id: Option<Uuid>,
-    created_at: DateTime<Utc>,
-}
-
 /// List active API keys (your partner's; operators: all).
 #[utoipa::path(
     get,
@@ -442,17 +388,12 @@ async fn list_keys(
         .map(decode_time_cursor)
         .transpose()?;
     let partner = principal.partner().or(query.partner_id);
-    let rows: Vec<KeyListRow> = sqlx::query_as(
-        "SELECT id, role, name, partner_id, created_at FROM api_keys \
-         WHERE revoked_at IS NULL AND ($1::uuid IS NULL OR partner_id = $1) \
-           AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3)) \
-         ORDER BY created_at, id LIMIT $4",
+    let rows = keys::list_api_keys(
+        &state.ctx.pool,
+        partner.map(PartnerId::uuid),
+        after,
+        limit.fetch(),
     )
-    .bind(partner.map(PartnerId::uuid))
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1))
-    .bind(limit.fetch())
-    .fetch_all(&state.ctx.pool)
     .await?;
     let items = rows
         .into_iter()
@@ -490,23 +431,11 @@ async fn revoke_key(
 ) -> Result<StatusCode> {
     require_admin(&principal)?;
     let mut tx = state.ctx.pool.begin().await?;
-    /// The revoked key: its partner, when it was revoked before this call (if it was), and now.
-    #[derive(sqlx::FromRow)]
-    struct Revoked {
-        partner_id: Option<Uuid>,
-        was: Option<DateTime<Utc>>,
-        revoked_at: DateTime<Utc>,
-    }
-    // `was` is the row before this statement: a repeated revoke changes nothing.
-    let revoked: Option<Revoked> = sqlx::query_as(
-        "UPDATE api_keys k SET revoked_at = coalesce(k.revoked_at, now()) \
-         FROM (SELECT id, revoked_at AS was FROM api_keys WHERE id = $1 FOR UPDATE) old \
-         WHERE k.id = old.id AND ($2::uuid IS NULL OR k.partner_id = $2) \
-         RETURNING k.partner_id, old.was, k.revoked_at",
+    let revoked = keys::revoke_api_key(
+        &mut *tx,
+        id.uuid(),
+        principal.partner().map(PartnerId::uuid),
     )
-    .bind(id.uuid())
-    .bind(principal.partner().map(PartnerId::uuid))
-    .fetch_optional(&mut *tx)
     .await?;
     let Some(revoked) = revoked else {
         return Err(Problem::not_found(format!("no API key {id}")).into());
@@ -521,18 +450,9 @@ async fn revoke_key(
         )
         .await?;
     }
-    sqlx::query(
-        "UPDATE refresh_tokens SET revoked_at = now() WHERE api_key_id = $1 AND revoked_at IS NULL",
-    )
-    .bind(id.uuid())
-    .execute(&mut *tx)
-    .await?;
+    keys::revoke_api_key_refresh_tokens(&mut *tx, id.uuid()).await?;
     // Every process's verifier hears of it when this commits, before the answer.
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(anika_shared::auth::REVOCATIONS)
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
+    schema::notify(&mut *tx, anika_shared::auth::REVOCATIONS, &id.to_string()).await?;
     tx.commit().await?;
     // Its access tokens stop here at once, and in other processes with the announcement.
     state.ctx.verifier.revoked(id);

@@ -163,12 +163,9 @@ impl Quotas {
             previous
         };
         let epoch = self.epoch.load(Ordering::Acquire);
-        let row: Option<(Option<i32>, Option<i32>)> =
-            sqlx::query_as("SELECT ingest_rate_per_s, ingest_burst FROM partners WHERE id = $1")
-                .bind(partner.uuid())
-                .fetch_optional(pool)
-                .await
-                .map_err(Error::Db)?;
+        let row = anika_shared::store::partners::get_ingest_quota(pool, partner.uuid())
+            .await
+            .map_err(Error::Db)?;
         let limit = row.and_then(|(rate, burst)| Limit::from_columns(rate, burst));
         let bucket = match &previous {
             Some(previous) if previous.limit == limit => previous.bucket.clone(),

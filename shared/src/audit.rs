@@ -7,15 +7,15 @@
 //! An entry names the changed fields with their old and new values, never a
 //! secret: [`Changes`] drops any field whose name is a secret's.
 //!
-//! The reading side ([`list`]) is here too, so the SQL of this table is in one
-//! place: `GET /v1/audit-log` (catalog) and `anika audit` (CLI) both use it.
+//! The reading side ([`list`]) is here too: `GET /v1/audit-log` (catalog) and
+//! `anika audit` (CLI) both use it. The table's SQL is in [`crate::store::audit`].
 
 use std::{fmt, str::FromStr};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sqlx::{PgConnection, PgPool, types::Json as SqlJson};
+use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -23,6 +23,7 @@ use crate::{
     auth::Principal,
     domain::{ApiKeyId, PartnerId, Role, SubscriptionId, TopicId},
     problem::Problem,
+    store::audit as store,
 };
 
 /// What was done: `<resource>.<verb>`.
@@ -453,24 +454,22 @@ pub async fn record(
         .map(|ts| ts.to_unix())
         .and_then(|(secs, nanos)| DateTime::from_timestamp(secs as i64, nanos))
         .unwrap_or_else(Utc::now);
-    sqlx::query(
-        "INSERT INTO audit_log (id, at, actor_api_key_id, actor_partner_id, actor_role, action, \
-                                target_type, target_id, target_partner_id, changes) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    store::insert_audit_entry(
+        conn,
+        store::NewAuditEntry {
+            id,
+            at,
+            actor_api_key_id: actor.api_key_id.map(ApiKeyId::uuid),
+            actor_partner_id: actor.partner_id.map(PartnerId::uuid),
+            actor_role: actor.role.as_str(),
+            action: action.as_str(),
+            target_type: target.kind.as_str(),
+            target_id: &target.id,
+            target_partner_id: target.partner.map(PartnerId::uuid),
+            changes: changes.into_json(),
+        },
     )
-    .bind(id)
-    .bind(at)
-    .bind(actor.api_key_id.map(ApiKeyId::uuid))
-    .bind(actor.partner_id.map(PartnerId::uuid))
-    .bind(actor.role.as_str())
-    .bind(action.as_str())
-    .bind(target.kind.as_str())
-    .bind(&target.id)
-    .bind(target.partner.map(PartnerId::uuid))
-    .bind(SqlJson(changes.into_json()))
-    .execute(conn)
-    .await?;
-    Ok(())
+    .await
 }
 
 /// [`record`] in a transaction of its own: for replays and purges, whose entry is
@@ -561,36 +560,22 @@ pub struct Entry {
     pub changes: Value,
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: Uuid,
-    at: DateTime<Utc>,
-    actor_api_key_id: Option<Uuid>,
-    actor_partner_id: Option<Uuid>,
-    /// Typed on read: a role that is none of the known ones is an error (logged and counted).
-    actor_role: ActorRole,
-    action: String,
-    target_type: String,
-    target_id: String,
-    changes: SqlJson<Value>,
-}
-
-impl Row {
-    fn into_entry(self) -> Entry {
+impl From<store::AuditRow> for Entry {
+    fn from(row: store::AuditRow) -> Self {
         Entry {
-            id: self.id,
-            at: self.at,
+            id: row.id,
+            at: row.at,
             actor: Actor {
-                api_key_id: self.actor_api_key_id.map(ApiKeyId::from),
-                partner_id: self.actor_partner_id.map(PartnerId::from),
-                role: self.actor_role,
+                api_key_id: row.actor_api_key_id.map(ApiKeyId::from),
+                partner_id: row.actor_partner_id.map(PartnerId::from),
+                role: row.actor_role,
             },
-            action: self.action,
+            action: row.action,
             target: TargetOut {
-                kind: self.target_type,
-                id: self.target_id,
+                kind: row.target_type,
+                id: row.target_id,
             },
-            changes: self.changes.0,
+            changes: row.changes.0,
         }
     }
 }
@@ -604,31 +589,21 @@ pub async fn list(
     before: Option<(DateTime<Utc>, Uuid)>,
     fetch: i64,
 ) -> Result<Vec<Entry>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, at, actor_api_key_id, actor_partner_id, actor_role, action, target_type, \
-                target_id, changes \
-         FROM audit_log \
-         WHERE ($1::uuid IS NULL OR target_partner_id = $1) \
-           AND ($2::text IS NULL OR action = $2) \
-           AND ($3::text IS NULL OR target_type = $3) \
-           AND ($4::text IS NULL OR target_id = $4) \
-           AND ($5::timestamptz IS NULL OR at >= $5) \
-           AND ($6::timestamptz IS NULL OR at < $6) \
-           AND ($7::timestamptz IS NULL OR (at, id) < ($7, $8)) \
-         ORDER BY at DESC, id DESC LIMIT $9",
+    let rows = store::list_audit_entries(
+        pool,
+        store::AuditQuery {
+            target_partner_id: visibility.partner().map(PartnerId::uuid),
+            action: filter.action.map(Action::as_str),
+            target_type: filter.target_type.map(TargetType::as_str),
+            target_id: filter.target_id.as_ref().map(TargetId::as_str),
+            since: filter.since,
+            until: filter.until,
+            before,
+            limit: fetch,
+        },
     )
-    .bind(visibility.partner().map(PartnerId::uuid))
-    .bind(filter.action.map(Action::as_str))
-    .bind(filter.target_type.map(TargetType::as_str))
-    .bind(filter.target_id.as_ref().map(TargetId::as_str))
-    .bind(filter.since)
-    .bind(filter.until)
-    .bind(before.map(|b| b.0))
-    .bind(before.map(|b| b.1))
-    .bind(fetch)
-    .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(Row::into_entry).collect())
+    Ok(rows.into_iter().map(Entry::from).collect())
 }
 
 #[cfg(test)]

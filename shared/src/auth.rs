@@ -283,16 +283,12 @@ impl Verifier {
 
     /// Loads every key that may still verify tokens (retired ones until their tokens expired).
     pub async fn reload(&self) -> Result<(), AuthError> {
-        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-            "SELECT kid, public_key FROM signing_keys \
-             WHERE retired_at IS NULL OR retired_at > now() - interval '1 day'",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(AuthError::Keys)?;
+        let rows = crate::store::keys::list_verifying_keys(&self.pool)
+            .await
+            .map_err(AuthError::Keys)?;
         let keys = rows
             .into_iter()
-            .map(|(kid, public)| (kid, Arc::new(DecodingKey::from_ed_der(&public))))
+            .map(|key| (key.kid, Arc::new(DecodingKey::from_ed_der(&key.public_key))))
             .collect();
         *self.keys.write().expect("keys lock") = keys;
         Ok(())
@@ -381,11 +377,7 @@ impl Verifier {
     async fn reload_revoked(&self, required: bool) -> Result<(), AuthError> {
         let started = Instant::now();
         // Revoked keys are few (people revoke keys, not programs), so all of them are read.
-        let read = sqlx::query_scalar::<_, uuid::Uuid>(
-            "SELECT id FROM api_keys WHERE revoked_at IS NOT NULL",
-        )
-        .fetch_all(&self.pool)
-        .await;
+        let read = crate::store::keys::list_revoked_api_key_ids(&self.pool).await;
         match read {
             Ok(ids) => {
                 let mut revoked = self.revoked.write().expect("revoked lock");

@@ -49,12 +49,7 @@ impl Change {
     /// Sends the change inside the caller's transaction.
     pub async fn notify(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         let payload = serde_json::to_string(&self).expect("changes serialise");
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(payload)
-            .execute(conn)
-            .await?;
-        Ok(())
+        crate::store::schema::notify(conn, CHANNEL, &payload).await
     }
 
     /// Parses a notification payload; `None` for one this version does not know.

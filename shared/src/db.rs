@@ -122,12 +122,8 @@ async fn ensure_database(options: &PgConnectOptions) -> Result<(), sqlx::Error> 
             let name = options.get_database().unwrap_or("anika").to_owned();
             let mut admin =
                 PgConnection::connect_with(&options.clone().database("postgres")).await?;
-            let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-            match sqlx::query(sqlx::AssertSqlSafe(create))
-                .execute(&mut admin)
-                .await
-            {
-                Ok(_) => tracing::info!(database = %name, "created the database"),
+            match crate::store::schema::create_database(&mut admin, &name).await {
+                Ok(()) => tracing::info!(database = %name, "created the database"),
                 // Another process created it between our two connections.
                 Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
                 Err(e) => return Err(e),

@@ -115,7 +115,7 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(readiness): State<Readiness>) -> Response {
     let pool = readiness.pool.clone();
     let (postgres, rabbitmq, nodes) = tokio::join!(
-        timed(async move { sqlx::query("SELECT 1").execute(&pool).await.map(|_| ()) }),
+        timed(async move { crate::store::schema::ping(&pool).await }),
         timed(readiness.broker.ping()),
         readiness.broker.probe_nodes(),
     );

@@ -3,16 +3,17 @@
 //! previous webhook secrets whose overlap ended.
 //!
 //! The catalog writes single secrets as it creates and rotates them, and the dispatcher
-//! reads them; the SQL that sweeps every sealed column lives here, in one place.
+//! reads them; the sweeps over every sealed column are here, their SQL in
+//! [`crate::store::secrets`].
 
 use std::collections::BTreeMap;
 
 use sqlx::{PgConnection, PgPool};
 
-use crate::secrets::{Column, KeyRing, MainKeyId, Sealed, SecretError, Slot};
-
-/// Serialises the sweeps below across processes (start-up sealing of two processes at once).
-const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('anika_secret_rows'))";
+use crate::{
+    secrets::{Column, KeyRing, MainKeyId, Sealed, SecretError, Slot},
+    store::secrets as store,
+};
 
 /// Rows re-wrapped per transaction: small, so that rotation never holds many row locks.
 const REWRAP_BATCH: i64 = 50;
@@ -83,18 +84,13 @@ pub async fn prepare(pool: &PgPool, ring: &KeyRing) -> Result<(), RowsError> {
 /// nothing left to do; the row locks keep a concurrent rotation from being overwritten.
 pub async fn seal_plain_rows(pool: &PgPool, ring: &KeyRing) -> Result<u64, RowsError> {
     // Cheap when there is nothing to do, which is every start-up but the first after the upgrade.
-    let any: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM signing_keys WHERE private_key IS NOT NULL) \
-             OR EXISTS (SELECT 1 FROM subscriptions WHERE secret NOT LIKE 'anika-sealed:%' \
-                                                    OR previous_secret NOT LIKE 'anika-sealed:%')",
-    )
-    .fetch_one(pool)
-    .await?;
+    let any = store::any_plain_secrets(pool).await?;
     if !any {
         return Ok(0);
     }
     let mut tx = pool.begin().await?;
-    sqlx::query(LOCK).execute(&mut *tx).await?;
+    // Serialises the sweeps across processes (start-up sealing of two processes at once).
+    store::lock_secret_rows(&mut *tx).await?;
     let mut count = seal_plain_signing_keys(&mut tx, ring).await?;
     count += seal_plain_webhook_secrets(&mut tx, ring).await?;
     tx.commit().await?;
@@ -105,26 +101,20 @@ async fn seal_plain_signing_keys(
     conn: &mut PgConnection,
     ring: &KeyRing,
 ) -> Result<u64, RowsError> {
-    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-        "SELECT kid, private_key FROM signing_keys WHERE private_key IS NOT NULL FOR UPDATE",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = store::list_plain_signing_keys_for_update(&mut *conn).await?;
     let count = rows.len() as u64;
-    for (kid, plain) in rows {
+    for store::PlainSigningKey {
+        kid,
+        private_key: plain,
+    } in rows
+    {
         let plain = zeroize::Zeroizing::new(plain);
         let slot = Slot::new(Column::SigningKeyPrivateKey, &kid);
         let sealed = ring.seal(&plain, slot).map_err(|source| RowsError::Seal {
             slot: slot.to_string(),
             source,
         })?;
-        sqlx::query(
-            "UPDATE signing_keys SET private_key_sealed = $2, private_key = NULL WHERE kid = $1",
-        )
-        .bind(&kid)
-        .bind(sealed.to_text())
-        .execute(&mut *conn)
-        .await?;
+        store::seal_signing_key(&mut *conn, &kid, &sealed.to_text()).await?;
     }
     Ok(count)
 }
@@ -133,14 +123,14 @@ async fn seal_plain_webhook_secrets(
     conn: &mut PgConnection,
     ring: &KeyRing,
 ) -> Result<u64, RowsError> {
-    let rows: Vec<(uuid::Uuid, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, secret, previous_secret FROM subscriptions \
-         WHERE secret NOT LIKE 'anika-sealed:%' OR previous_secret NOT LIKE 'anika-sealed:%' FOR UPDATE",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = store::list_plain_webhook_secrets_for_update(&mut *conn).await?;
     let mut count = 0;
-    for (id, secret, previous) in rows {
+    for store::WebhookSecrets {
+        id,
+        secret,
+        previous_secret: previous,
+    } in rows
+    {
         let row = id.to_string();
         let (secret, previous) = (
             zeroize::Zeroizing::new(secret),
@@ -165,12 +155,7 @@ async fn seal_plain_webhook_secrets(
             .transpose()?;
         count += u64::from(new_secret != *secret)
             + u64::from(new_previous.as_deref() != previous.as_deref().map(String::as_str));
-        sqlx::query("UPDATE subscriptions SET secret = $2, previous_secret = $3 WHERE id = $1")
-            .bind(id)
-            .bind(new_secret)
-            .bind(new_previous)
-            .execute(&mut *conn)
-            .await?;
+        store::set_webhook_secrets(&mut *conn, id, &new_secret, new_previous.as_deref()).await?;
     }
     Ok(count)
 }
@@ -178,15 +163,7 @@ async fn seal_plain_webhook_secrets(
 /// Every sealed value's main key id, with how many values use it (read from the clear-text
 /// label, without opening anything). Labels that are not a valid id count under no key.
 pub async fn key_ids_in_use(pool: &PgPool) -> Result<BTreeMap<MainKeyId, u64>, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT split_part(v, ':', 3), count(*) FROM ( \
-             SELECT private_key_sealed AS v FROM signing_keys \
-             UNION ALL SELECT secret FROM subscriptions \
-             UNION ALL SELECT previous_secret FROM subscriptions \
-         ) s WHERE v LIKE 'anika-sealed:%' GROUP BY 1",
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows = store::count_sealed_by_key_id(pool).await?;
     Ok(rows
         .into_iter()
         .filter_map(|(id, n)| Some((MainKeyId::parse(&id).ok()?, n as u64)))
@@ -239,12 +216,13 @@ impl CheckReport {
 /// Opens every stored secret with `ring` (and forgets the plain text at once).
 pub async fn check(pool: &PgPool, ring: &KeyRing) -> Result<CheckReport, sqlx::Error> {
     let mut report = CheckReport::default();
-    let keys: Vec<(String, Option<String>, bool)> = sqlx::query_as(
-        "SELECT kid, private_key_sealed, private_key IS NOT NULL FROM signing_keys ORDER BY kid",
-    )
-    .fetch_all(pool)
-    .await?;
-    for (kid, sealed, plain) in keys {
+    let keys = store::list_signing_key_secrets(pool).await?;
+    for store::SigningKeySecret {
+        kid,
+        private_key_sealed: sealed,
+        plain,
+    } in keys
+    {
         match sealed {
             Some(text) if !plain => {
                 report.record(&text, Slot::new(Column::SigningKeyPrivateKey, &kid), ring)
@@ -254,16 +232,16 @@ pub async fn check(pool: &PgPool, ring: &KeyRing) -> Result<CheckReport, sqlx::E
     }
     let mut after = uuid::Uuid::nil();
     loop {
-        let rows: Vec<(uuid::Uuid, String, Option<String>)> = sqlx::query_as(
-            "SELECT id, secret, previous_secret FROM subscriptions WHERE id > $1 ORDER BY id LIMIT 1000",
-        )
-        .bind(after)
-        .fetch_all(pool)
-        .await?;
-        let Some(last) = rows.last().map(|r| r.0) else {
+        let rows = store::list_webhook_secrets_after(pool, after, 1000).await?;
+        let Some(last) = rows.last().map(|r| r.id) else {
             break;
         };
-        for (id, secret, previous) in rows {
+        for store::WebhookSecrets {
+            id,
+            secret,
+            previous_secret: previous,
+        } in rows
+        {
             let row = id.to_string();
             report.record(&secret, Slot::new(Column::SubscriptionSecret, &row), ring);
             if let Some(previous) = previous {
@@ -324,25 +302,19 @@ pub async fn rewrap_all(pool: &PgPool, ring: &KeyRing) -> Result<RewrapReport, s
     let mut after = String::new();
     loop {
         let mut tx = pool.begin().await?;
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT kid, private_key_sealed FROM signing_keys \
-             WHERE kid > $1 AND private_key_sealed IS NOT NULL ORDER BY kid LIMIT $2 FOR UPDATE",
-        )
-        .bind(&after)
-        .bind(REWRAP_BATCH)
-        .fetch_all(&mut *tx)
-        .await?;
-        let Some(last) = rows.last().map(|r| r.0.clone()) else {
+        let rows = store::list_sealed_signing_keys_after_for_update(&mut *tx, &after, REWRAP_BATCH)
+            .await?;
+        let Some(last) = rows.last().map(|r| r.kid.clone()) else {
             break;
         };
-        for (kid, text) in rows {
+        for store::SealedSigningKey {
+            kid,
+            private_key_sealed: text,
+        } in rows
+        {
             let slot = Slot::new(Column::SigningKeyPrivateKey, &kid);
             if let Some(new) = rewrap_value(ring, &text, slot, &mut report) {
-                sqlx::query("UPDATE signing_keys SET private_key_sealed = $2 WHERE kid = $1")
-                    .bind(&kid)
-                    .bind(new)
-                    .execute(&mut *tx)
-                    .await?;
+                store::set_signing_key_sealed(&mut *tx, &kid, &new).await?;
             }
         }
         tx.commit().await?;
@@ -351,17 +323,17 @@ pub async fn rewrap_all(pool: &PgPool, ring: &KeyRing) -> Result<RewrapReport, s
     let mut after = uuid::Uuid::nil();
     loop {
         let mut tx = pool.begin().await?;
-        let rows: Vec<(uuid::Uuid, String, Option<String>)> = sqlx::query_as(
-            "SELECT id, secret, previous_secret FROM subscriptions WHERE id > $1 ORDER BY id LIMIT $2 FOR UPDATE",
-        )
-        .bind(after)
-        .bind(REWRAP_BATCH)
-        .fetch_all(&mut *tx)
-        .await?;
-        let Some(last) = rows.last().map(|r| r.0) else {
+        let rows =
+            store::list_webhook_secrets_after_for_update(&mut *tx, after, REWRAP_BATCH).await?;
+        let Some(last) = rows.last().map(|r| r.id) else {
             break;
         };
-        for (id, secret, previous) in rows {
+        for store::WebhookSecrets {
+            id,
+            secret,
+            previous_secret: previous,
+        } in rows
+        {
             let row = id.to_string();
             let new_secret = rewrap_value(
                 ring,
@@ -378,14 +350,12 @@ pub async fn rewrap_all(pool: &PgPool, ring: &KeyRing) -> Result<RewrapReport, s
                 )
             });
             if new_secret.is_some() || new_previous.is_some() {
-                sqlx::query(
-                    "UPDATE subscriptions SET secret = coalesce($2, secret), \
-                     previous_secret = coalesce($3, previous_secret) WHERE id = $1",
+                store::replace_webhook_secrets(
+                    &mut *tx,
+                    id,
+                    new_secret.as_deref(),
+                    new_previous.as_deref(),
                 )
-                .bind(id)
-                .bind(new_secret)
-                .bind(new_previous)
-                .execute(&mut *tx)
                 .await?;
             }
         }
@@ -403,13 +373,7 @@ pub async fn rewrap_all(pool: &PgPool, ring: &KeyRing) -> Result<RewrapReport, s
 
 /// Erases previous webhook secrets (and their expiry) whose 24 h overlap has ended; returns how many.
 pub async fn erase_expired_previous_secrets(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE subscriptions SET previous_secret = NULL, previous_secret_expires_at = NULL \
-         WHERE previous_secret_expires_at <= now() OR (previous_secret IS NOT NULL AND previous_secret_expires_at IS NULL)",
-    )
-    .execute(pool)
-    .await?
-    .rows_affected())
+    store::erase_expired_previous_secrets(pool).await
 }
 
 #[cfg(test)]
