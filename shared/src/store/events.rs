@@ -666,8 +666,6 @@ pub async fn delete_expired_chunk(
     Ok(done.rows_affected())
 }
 
-// ---- moved by helper 4 ----
-
 /// One event to write with its outbox row (the relay publishes it if its writer cannot).
 #[derive(Clone, Copy, Debug)]
 pub struct EventWithOutbox<'a> {

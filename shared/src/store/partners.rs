@@ -164,8 +164,6 @@ pub async fn get_ingest_quota(
     Ok(row.map(|r| (r.ingest_rate_per_s, r.ingest_burst)))
 }
 
-// ---- moved by helper 1 ----
-
 /// Whether a partner with this id exists.
 pub async fn partner_exists(db: impl sqlx::PgExecutor<'_>, id: uuid::Uuid) -> sqlx::Result<bool> {
     let found = sqlx::query_scalar!(r#"SELECT 1 AS "one!" FROM partners WHERE id = $1"#, id)

@@ -307,8 +307,6 @@ pub async fn delete_grant(
     Ok(deleted > 0)
 }
 
-// ---- moved by helper 4 ----
-
 /// A topic's name and owner.
 #[derive(Debug)]
 pub struct TopicNameRow {
@@ -331,8 +329,6 @@ pub async fn get_topic_name(
     .fetch_one(db)
     .await
 }
-
-// ---- moved by helper 3 ----
 
 /// Whether `partner` holds a grant on the topic.
 pub async fn grant_exists(
