@@ -519,14 +519,19 @@ async fn operators_and_partners_run_the_whole_delivery_story_in_the_browser() {
     // The operator's overview updates by itself (htmx polling under the strict CSP).
     b.sign_in(OPERATOR_KEY).await;
     b.open("/console").await;
+    // Read in one script: the polling swaps the element out, so a found element can go
+    // stale before its text is asked for.
     let accepted = || async {
         b.client
-            .find(fantoccini::Locator::Id("accepted"))
+            .execute(
+                "const e = document.getElementById('accepted'); return e ? e.textContent.trim() : ''",
+                vec![],
+            )
             .await
-            .expect("the accepted counter")
-            .text()
-            .await
-            .expect("text")
+            .expect("read the accepted counter")
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     };
     let before: u64 = accepted().await.parse().expect("a count");
     assert!(before >= 2, "the events so far are counted: {before}");
