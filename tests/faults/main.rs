@@ -15,7 +15,7 @@ use std::{
 
 use anika_testkit::{Receiver, Reply, TestEnv, admin_database_url};
 use serde_json::json;
-use support::{Anika, Poster, World, await_deliveries};
+use support::{Anika, Poster, World, await_deliveries, await_draining};
 
 /// One fault test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -90,7 +90,7 @@ async fn a_process_killed_with_sigkill_while_events_pour_in_loses_none_it_accept
 #[tokio::test]
 async fn rabbitmq_dropping_every_connection_twice_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let (env, anika, receiver, _world, _api, poster) = running(json!({})).await;
+    let (env, anika, receiver, world, _api, poster) = running(json!({})).await;
     for round in 1..=2 {
         posting_for(&poster, round * 100).await;
         let closed = env.close_connections().await;
@@ -99,8 +99,30 @@ async fn rabbitmq_dropping_every_connection_twice_loses_nothing() {
     let done = poster.accepted_count();
     posting_for(&poster, done + 100).await;
     let (accepted, refused) = poster.stop().await;
-    let (missing, duplicates) =
-        await_deliveries(&receiver, &accepted, Duration::from_secs(60)).await;
+    // Thousands may be accepted on a busy machine; a backlog that still drains is late.
+    let (missing, duplicates) = await_draining(
+        &receiver,
+        &accepted,
+        Duration::from_secs(60),
+        Duration::from_secs(300),
+    )
+    .await;
+    if !missing.is_empty() {
+        // Where the missing ones are: still in the outbox, queued, or gone.
+        let pool = anika_shared::db::connect(&env.database_url, 1)
+            .await
+            .unwrap();
+        let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let queue = format!("anika.sub.{}", world.subscriptions[0]);
+        eprintln!(
+            "{} missing; outbox {outbox}; queue (ready, unacked) {:?}",
+            missing.len(),
+            env.queue_counts(&queue).await
+        );
+    }
     report(
         "RabbitMQ connections closed",
         &accepted,
