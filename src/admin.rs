@@ -1,4 +1,4 @@
-//! Administrative commands that talk to PostgreSQL directly.
+//! Administrative commands (`anika migrate`, `api-keys create`, `signing-keys rotate`) run against PostgreSQL through `shared::store`.
 
 #![allow(clippy::print_stdout)] // printing is what these commands are for
 

@@ -128,9 +128,7 @@ async fn consume(
     }
     drop(in_flight);
     deps.writer.flushed().await;
-    if let Err(e) = channel.close(200, "consumer stopped".into()).await {
-        tracing::debug!(subscription = %sub.id, error = %e, "closing the consumer's channel failed; the broker drops it");
-    }
+    anika_shared::amqp::close_channel(&channel, "consumer stopped").await;
     Ok(ended)
 }
 

@@ -194,9 +194,7 @@ async fn queue_gauges(
         }
         metrics::gauge!(meters::QUEUED_SUM).set(queued as f64);
         metrics::gauge!(meters::DEAD_LETTERS_SUM).set(dead as f64);
-        if let Err(e) = channel.close(200, "gauges read".into()).await {
-            tracing::debug!(error = %e, "closing the gauge channel failed; the broker drops it");
-        }
+        anika_shared::amqp::close_channel(&channel, "gauges read").await;
     }
 }
 

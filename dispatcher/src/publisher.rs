@@ -38,10 +38,8 @@ impl Publisher {
     ///
     /// Left to its drop, lapin would close it after the connection is gone and log an error.
     pub async fn close(&self) {
-        if let Some(channel) = self.channel.lock().await.take()
-            && let Err(e) = channel.close(200, "dispatcher stopping".into()).await
-        {
-            tracing::debug!(error = %e, "closing the publisher's channel failed; the broker drops it");
+        if let Some(channel) = self.channel.lock().await.take() {
+            anika_shared::amqp::close_channel(&channel, "dispatcher stopping").await;
         }
     }
 

@@ -198,8 +198,8 @@ pub async fn replay_dead_letters(
     };
     let outcome = move_dead_letters(pool, channels, subscription, limit, progress).await;
     // Closing the channel returns whatever was fetched and not acknowledged to the queue.
-    close(get).await;
-    close(publish).await;
+    anika_shared::amqp::close_channel(&get, "replay").await;
+    anika_shared::amqp::close_channel(&publish, "replay").await;
     let outcome = outcome?;
     if outcome.replayed > 0 {
         announce(pool, subscription).await;
@@ -352,7 +352,7 @@ pub async fn purge_dead_letters(
         )
         .await?;
     attempts::delete_dead_letters(pool, subscription.uuid()).await?;
-    close(channel).await;
+    anika_shared::amqp::close_channel(&channel, "replay").await;
     Ok(u64::from(purged))
 }
 
@@ -488,7 +488,7 @@ async fn stream_window(
     drop(rows);
     settle(&mut pending, 0, &mut outcome).await?;
     progress(outcome.enqueued);
-    close(channel).await;
+    anika_shared::amqp::close_channel(&channel, "replay").await;
     if outcome.refused > 0 {
         tracing::warn!(subscription = %subscription, enqueued = outcome.enqueued, refused = outcome.refused,
             "the broker refused replayed events; the replay stopped");
@@ -545,11 +545,5 @@ async fn ensure_subscription(
         Ok(())
     } else {
         Err(RecoveryError::NoSubscription(subscription))
-    }
-}
-
-async fn close(channel: Channel) {
-    if let Err(e) = channel.close(200, "done".into()).await {
-        tracing::debug!(error = %e, "closing a replay channel failed; the broker drops it");
     }
 }

@@ -229,9 +229,7 @@ impl Publisher {
             backoff = self::backoff();
             match self.publish_on(&channel).await {
                 End::Finished => {
-                    if let Err(e) = channel.close(200, "ingest stopping".into()).await {
-                        tracing::debug!(error = %e, "closing the publisher's channel failed; the broker drops it");
-                    }
+                    anika_shared::amqp::close_channel(&channel, "ingest publisher stopping").await;
                     break;
                 }
                 End::Broken(e) => {

@@ -96,10 +96,8 @@ impl Relay {
                 () = self.shutdown.cancelled() => break,
             }
         }
-        if let Some(channel) = channel
-            && let Err(e) = channel.close(200, "ingest stopping".into()).await
-        {
-            tracing::debug!(error = %e, "closing the relay's channel failed; the broker drops it");
+        if let Some(channel) = channel {
+            anika_shared::amqp::close_channel(&channel, "ingest relay stopping").await;
         }
         tracing::debug!("outbox relay stopped");
     }

@@ -489,9 +489,7 @@ impl Broker {
         let conn = Arc::new(Connection::connect_uri(uri.clone(), properties).await?);
         let channel = conn.create_channel().await?;
         self.topology.declare_static(&channel).await?;
-        if let Err(e) = channel.close(200, "topology declared".into()).await {
-            tracing::debug!(error = %e, "closing the topology channel failed");
-        }
+        close_channel(&channel, "topology declared").await;
         tracing::info!(connection = %self.name, vhost = %uri.vhost, node = %node_label(uri), "connected to RabbitMQ");
         Ok(conn)
     }
@@ -540,10 +538,8 @@ impl Broker {
         let channel = self.channel().await.ok()?;
         let count = message_count(&channel, queue).await.ok();
         // A failed passive declare already closed the channel.
-        if count.is_some()
-            && let Err(e) = channel.close(200, "queue counted".into()).await
-        {
-            tracing::debug!(error = %e, "closing a channel failed; the broker drops it");
+        if count.is_some() {
+            close_channel(&channel, "queue counted").await;
         }
         count
     }
@@ -551,9 +547,7 @@ impl Broker {
     /// Whether RabbitMQ answers right now (for `/readyz`).
     pub async fn ping(&self) -> Result<(), BrokerError> {
         let channel = self.channel().await?;
-        if let Err(e) = channel.close(200, "ping".into()).await {
-            tracing::debug!(error = %e, "closing the ping channel failed; the broker drops it");
-        }
+        close_channel(&channel, "ping").await;
         Ok(())
     }
 

@@ -1,5 +1,5 @@
 //! Creating and removing what one run owns on the shared services — a PostgreSQL database,
-//! a RabbitMQ vhost — for the tests' [`TestEnv`](crate::TestEnv) and for the bench alike.
+//! a RabbitMQ vhost — for the tests' `TestEnv` and for the bench alike.
 //!
 //! These return errors instead of panicking: the bench reports them, and the tests decide
 //! which ones are fatal.
