@@ -7,7 +7,7 @@ use anika_shared::{
     Context,
     config::{Config, redact_url},
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{CliError, ServeRole};
@@ -36,15 +36,29 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-async fn bind(config: &Config) -> Result<TcpListener, CliError> {
-    TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {} (ANIKA_LISTEN): {e}", config.listen).into())
+/// Connections the kernel holds before they are accepted (capped by `net.core.somaxconn`).
+/// Tokio's default of 1,024 overflows when thousands of clients connect at once, and a
+/// client whose SYN was dropped retries only after a second.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(config: &Config) -> Result<TcpListener, CliError> {
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if config.listen.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restart may bind while old connections linger.
+        socket.set_reuseaddr(true)?;
+        socket.bind(config.listen)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|e| format!("cannot listen on {} (ANIKA_LISTEN): {e}", config.listen).into())
 }
 
 /// `anika up`: all roles in one process.
 pub async fn up(config: Config) -> Result<(), CliError> {
-    let listener = bind(&config).await?;
+    let listener = bind(&config)?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let app = App::builder(Roles::ALL, "anika up")
@@ -56,7 +70,7 @@ pub async fn up(config: Config) -> Result<(), CliError> {
 
 /// `anika serve <role>`: one role alone.
 pub async fn serve(config: Config, role: ServeRole) -> Result<(), CliError> {
-    let listener = bind(&config).await?;
+    let listener = bind(&config)?;
     let name = format!("anika {role:?}").to_lowercase();
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
