@@ -8,7 +8,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -42,6 +42,9 @@ pub struct Load {
     pub failures: BTreeMap<String, u64>,
     /// How long the phase sent requests.
     pub elapsed: Duration,
+    /// How late the bench's own runtime woke a probe task every 5 ms during an open-loop
+    /// phase: the time the client itself added to each request (it shares the cores).
+    pub client_lag: Vec<Duration>,
 }
 
 impl Load {
@@ -250,6 +253,8 @@ pub async fn open_loop(poster: &Poster, rate: u32, duration: Duration) -> Load {
         }
         part
     });
+    let probing = Arc::new(AtomicBool::new(true));
+    let probe = tokio::spawn(probe_lag(Arc::clone(&probing)));
     let started = Instant::now();
     let start = tokio::time::Instant::now();
     for seq in 0..total {
@@ -277,7 +282,21 @@ pub async fn open_loop(poster: &Poster, rate: u32, duration: Duration) -> Load {
     if let Ok(part) = collector.await {
         load.merge(part);
     }
+    probing.store(false, Ordering::Relaxed);
+    load.client_lag = probe.await.unwrap_or_default();
     load
+}
+
+/// Every 5 ms, how late the runtime woke this task, while `on`.
+async fn probe_lag(on: Arc<AtomicBool>) -> Vec<Duration> {
+    const EVERY: Duration = Duration::from_millis(5);
+    let mut lateness = Vec::new();
+    while on.load(Ordering::Relaxed) {
+        let asleep = tokio::time::Instant::now();
+        tokio::time::sleep(EVERY).await;
+        lateness.push(asleep.elapsed().saturating_sub(EVERY));
+    }
+    lateness
 }
 
 /// How long a closed loop runs.

@@ -118,6 +118,41 @@ struct Matched {
     last_arrival: Option<Instant>,
 }
 
+/// The upper bound (ms) of the bucket holding `quantile` of what `metric` recorded between
+/// two snapshots of [`Bench::server_histograms`].
+fn bucket_quantile(
+    before: &HashMap<(String, String), f64>,
+    after: &HashMap<(String, String), f64>,
+    metric: &str,
+    quantile: f64,
+) -> Option<f64> {
+    let mut bounds: Vec<(f64, f64)> = after
+        .iter()
+        .filter(|((name, _), _)| name == metric)
+        .filter_map(|((name, le), count)| {
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let earlier = before
+                .get(&(name.clone(), le.clone()))
+                .copied()
+                .unwrap_or(0.0);
+            Some((bound, count - earlier))
+        })
+        .collect();
+    bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = bounds.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    bounds
+        .iter()
+        .find(|(_, count)| *count >= quantile * total)
+        .map(|(bound, _)| bound * 1000.0)
+}
+
 fn ingest_latencies(accepted: &[Sent]) -> Vec<Duration> {
     accepted.iter().map(|s| s.acked - s.sent).collect()
 }
@@ -506,7 +541,9 @@ impl Bench<'_> {
             total,
             move || counter.load(Ordering::Relaxed),
         );
+        let server_before = self.server_histograms().await;
         let load = load::open_loop(&poster, offered, self.args.overload_duration).await;
+        let server_after = self.server_histograms().await;
         phase.finish(&format!(
             "{} accepted, {} refused",
             load.accepted.len(),
@@ -537,6 +574,19 @@ impl Bench<'_> {
                         (refused, bad + n)
                     }
                 });
+        if let Some(p) = Percentiles::of(load.client_lag.clone()) {
+            run.add(scenario, "client_lag_p99_ms", p.p99);
+        }
+        for (metric, name) in [
+            ("anika_ingest_latency_seconds", "server_ingest"),
+            ("anika_ingest_group_commit_seconds", "server_commit"),
+        ] {
+            for (quantile, label) in [(0.5, "p50"), (0.99, "p99")] {
+                if let Some(ms) = bucket_quantile(&server_before, &server_after, metric, quantile) {
+                    run.add(scenario, &format!("{name}_{label}_ms_at_most"), ms);
+                }
+            }
+        }
         run.add(scenario, "refused", refused as f64);
         run.add(scenario, "bad_refusals", bad as f64);
         if load.failed() > 0 {
@@ -545,8 +595,71 @@ impl Bench<'_> {
                 load.failures
             ));
         }
+        if let Some(counts) = self.server_refusals().await {
+            run.notes.push(format!(
+                "{scenario}: the server's refusals at the edge so far, by reason: {counts}"
+            ));
+        }
         run.checks.push(matched.check);
         fixture.delete(&self.api).await
+    }
+
+    /// The server's histogram buckets from `/metrics`: (metric, upper bound) -> count, summed
+    /// over label sets; empty when it cannot be read.
+    async fn server_histograms(&self) -> HashMap<(String, String), f64> {
+        let Ok(response) = self
+            .api
+            .http
+            .get(format!("{}/metrics", self.target.base))
+            .send()
+            .await
+        else {
+            return HashMap::new();
+        };
+        let text = response.text().await.unwrap_or_default();
+        let mut buckets = HashMap::new();
+        for line in text.lines() {
+            let Some((name, rest)) = line.split_once("_bucket{") else {
+                continue;
+            };
+            let Some((labels, count)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let Some(le) = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("le=\"").and_then(|v| v.strip_suffix('"')))
+            else {
+                continue;
+            };
+            if let Ok(count) = count.trim().parse::<f64>() {
+                *buckets.entry((name.to_owned(), le.to_owned())).or_default() += count;
+            }
+        }
+        buckets
+    }
+
+    /// The server's own count of requests its edge refused, by reason, from `/metrics`
+    /// (which edge bound did the shedding); `None` when it cannot be read.
+    async fn server_refusals(&self) -> Option<String> {
+        let text = self
+            .api
+            .http
+            .get(format!("{}/metrics", self.target.base))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let counts: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("anika_http_requests_refused_total"))
+            .collect();
+        Some(if counts.is_empty() {
+            "none".to_owned()
+        } else {
+            counts.join(", ")
+        })
     }
 
     /// The raw ceilings: RabbitMQ confirmed publishes, PostgreSQL inserts, the receiver.
