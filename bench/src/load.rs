@@ -283,7 +283,10 @@ pub async fn open_loop(poster: &Poster, rate: u32, duration: Duration) -> Load {
         load.merge(part);
     }
     probing.store(false, Ordering::Relaxed);
-    load.client_lag = probe.await.unwrap_or_default();
+    load.client_lag = probe.await.unwrap_or_else(|e| {
+        eprintln!("the client's lag probe failed: {e}");
+        Vec::new()
+    });
     load
 }
 
