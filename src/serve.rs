@@ -42,18 +42,21 @@ fn cancel_on_signal(token: CancellationToken) {
 const LISTEN_BACKLOG: u32 = 4096;
 
 fn bind(config: &Config) -> Result<TcpListener, CliError> {
-    let listen = || -> std::io::Result<TcpListener> {
-        let socket = if config.listen.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        // As `TcpListener::bind` does: a restart may bind while old connections linger.
-        socket.set_reuseaddr(true)?;
-        socket.bind(config.listen)?;
-        socket.listen(LISTEN_BACKLOG)
+    listen(config.listen)
+        .map_err(|e| format!("cannot listen on {} (ANIKA_LISTEN): {e}", config.listen).into())
+}
+
+/// A listener on `addr` with a queue of [`LISTEN_BACKLOG`] connections.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
     };
-    listen().map_err(|e| format!("cannot listen on {} (ANIKA_LISTEN): {e}", config.listen).into())
+    // As `TcpListener::bind` does: a restart may bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// `anika up`: all roles in one process.
@@ -137,4 +140,42 @@ fn banner(ctx: &Context, addr: std::net::SocketAddr) {
         println!("  anika api-keys create --role operator");
     }
     println!("stop with Ctrl-C (in-flight deliveries finish first)");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_listener_queues_thousands_of_connections_before_any_is_accepted() {
+        let listener = listen("127.0.0.1:0".parse().expect("an address")).expect("a listener");
+        let addr = listener.local_addr().expect("its address");
+        // More than tokio's default backlog of 1,024: beyond a full queue the kernel drops
+        // the SYN, and the client's retry comes only after a second.
+        let connecting: Vec<_> = (0..2000)
+            .map(|_| {
+                tokio::spawn(async move {
+                    tokio::time::timeout(
+                        Duration::from_millis(900),
+                        tokio::net::TcpStream::connect(addr),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut connected = Vec::new();
+        for task in connecting {
+            if let Ok(Ok(stream)) = task.await.expect("the connect task does not panic") {
+                connected.push(stream);
+            }
+        }
+        assert_eq!(
+            connected.len(),
+            2000,
+            "connections completed while none was accepted (net.core.somaxconn caps the backlog)"
+        );
+        drop(listener);
+    }
 }
