@@ -118,8 +118,42 @@ struct Matched {
     last_arrival: Option<Instant>,
 }
 
+/// The histogram buckets of a `/metrics` text: (metric, upper bound) -> count, summed over
+/// label sets.
+fn buckets(metrics: &str) -> HashMap<(String, String), f64> {
+    let mut buckets = HashMap::new();
+    for line in metrics.lines() {
+        let Some((name, rest)) = line.split_once("_bucket{") else {
+            continue;
+        };
+        let Some((labels, count)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let le = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("le=\"").and_then(|v| v.strip_suffix('"')));
+        if let (Some(le), Ok(count)) = (le, count.trim().parse::<f64>()) {
+            *buckets.entry((name.to_owned(), le.to_owned())).or_default() += count;
+        }
+    }
+    buckets
+}
+
+/// The edge's refusal counters of a `/metrics` text (which bound did the shedding).
+fn edge_refusals(metrics: &str) -> String {
+    let counts: Vec<&str> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("anika_http_requests_refused_total"))
+        .collect();
+    if counts.is_empty() {
+        "none".to_owned()
+    } else {
+        counts.join(", ")
+    }
+}
+
 /// The upper bound (ms) of the bucket holding `quantile` of what `metric` recorded between
-/// two snapshots of [`Bench::server_histograms`].
+/// two [`buckets`] snapshots.
 fn bucket_quantile(
     before: &HashMap<(String, String), f64>,
     after: &HashMap<(String, String), f64>,
@@ -541,9 +575,9 @@ impl Bench<'_> {
             total,
             move || counter.load(Ordering::Relaxed),
         );
-        let server_before = self.server_histograms().await;
+        let server_before = self.server_metrics().await.unwrap_or_default();
         let load = load::open_loop(&poster, offered, self.args.overload_duration).await;
-        let server_after = self.server_histograms().await;
+        let server_after = self.server_metrics().await.unwrap_or_default();
         phase.finish(&format!(
             "{} accepted, {} refused",
             load.accepted.len(),
@@ -577,12 +611,13 @@ impl Bench<'_> {
         if let Some(p) = Percentiles::of(load.client_lag.clone()) {
             run.add(scenario, "client_lag_p99_ms", p.p99);
         }
+        let (before, after) = (buckets(&server_before), buckets(&server_after));
         for (metric, name) in [
             ("anika_ingest_latency_seconds", "server_ingest"),
             ("anika_ingest_group_commit_seconds", "server_commit"),
         ] {
             for (quantile, label) in [(0.5, "p50"), (0.99, "p99")] {
-                if let Some(ms) = bucket_quantile(&server_before, &server_after, metric, quantile) {
+                if let Some(ms) = bucket_quantile(&before, &after, metric, quantile) {
                     run.add(scenario, &format!("{name}_{label}_ms_at_most"), ms);
                 }
             }
@@ -595,73 +630,26 @@ impl Bench<'_> {
                 load.failures
             ));
         }
-        if let Some(counts) = self.server_refusals().await {
-            run.notes.push(format!(
-                "{scenario}: the server's refusals at the edge so far, by reason: {counts}"
-            ));
-        }
+        run.notes.push(format!(
+            "{scenario}: the server's refusals at the edge so far, by reason: {}",
+            edge_refusals(&server_after)
+        ));
         run.checks.push(matched.check);
         fixture.delete(&self.api).await
     }
 
-    /// The server's histogram buckets from `/metrics`: (metric, upper bound) -> count, summed
-    /// over label sets; empty when it cannot be read.
-    async fn server_histograms(&self) -> HashMap<(String, String), f64> {
-        let Ok(response) = self
-            .api
-            .http
-            .get(format!("{}/metrics", self.target.base))
-            .send()
-            .await
-        else {
-            return HashMap::new();
-        };
-        let text = response.text().await.unwrap_or_default();
-        let mut buckets = HashMap::new();
-        for line in text.lines() {
-            let Some((name, rest)) = line.split_once("_bucket{") else {
-                continue;
-            };
-            let Some((labels, count)) = rest.rsplit_once("} ") else {
-                continue;
-            };
-            let Some(le) = labels
-                .split(',')
-                .find_map(|l| l.strip_prefix("le=\"").and_then(|v| v.strip_suffix('"')))
-            else {
-                continue;
-            };
-            if let Ok(count) = count.trim().parse::<f64>() {
-                *buckets.entry((name.to_owned(), le.to_owned())).or_default() += count;
+    /// The server's `/metrics` text; `None` (and a line on stderr) when it cannot be read.
+    async fn server_metrics(&self) -> Option<String> {
+        let url = format!("{}/metrics", self.target.base);
+        let text = async { self.api.http.get(&url).send().await?.text().await };
+        match text.await {
+            Ok(text) => Some(text),
+            Err(e) => {
+                eprintln!("cannot read {url}: {e}");
+                None
             }
         }
-        buckets
     }
-
-    /// The server's own count of requests its edge refused, by reason, from `/metrics`
-    /// (which edge bound did the shedding); `None` when it cannot be read.
-    async fn server_refusals(&self) -> Option<String> {
-        let text = self
-            .api
-            .http
-            .get(format!("{}/metrics", self.target.base))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        let counts: Vec<&str> = text
-            .lines()
-            .filter_map(|line| line.strip_prefix("anika_http_requests_refused_total"))
-            .collect();
-        Some(if counts.is_empty() {
-            "none".to_owned()
-        } else {
-            counts.join(", ")
-        })
-    }
-
     /// The raw ceilings: RabbitMQ confirmed publishes, PostgreSQL inserts, the receiver.
     pub async fn ceiling(&mut self, run: &mut Run) -> Result<(), CliError> {
         let scenario = "ceiling";
