@@ -16,6 +16,10 @@ pub(crate) const CONFIRM_SECONDS: &str = "anika_publish_confirm_seconds";
 pub(crate) const LEFT_TO_RELAY: &str = "anika_outbox_left_to_relay_total";
 /// Duration of one group commit.
 pub(crate) const COMMIT_SECONDS: &str = "anika_ingest_group_commit_seconds";
+/// From a request queued for a writer to the writer taking it into a group.
+pub(crate) const WRITER_WAIT_SECONDS: &str = "anika_ingest_writer_wait_seconds";
+/// From a writer answering a request to its handler running again (the runtime's queue).
+pub(crate) const ANSWER_DELAY_SECONDS: &str = "anika_ingest_answer_delay_seconds";
 /// Events per group commit.
 pub(crate) const GROUP_EVENTS: &str = "anika_ingest_group_events";
 
@@ -57,6 +61,16 @@ pub(crate) fn describe() {
         COMMIT_SECONDS,
         Unit::Seconds,
         "Duration of one group commit"
+    );
+    describe_histogram!(
+        WRITER_WAIT_SECONDS,
+        Unit::Seconds,
+        "Request queued for a writer to taken into a group commit"
+    );
+    describe_histogram!(
+        ANSWER_DELAY_SECONDS,
+        Unit::Seconds,
+        "Writer answered to the request's handler running again"
     );
     describe_histogram!(GROUP_EVENTS, Unit::Count, "Events written per group commit");
 }

@@ -19,7 +19,7 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anika_shared::{
@@ -107,7 +107,10 @@ pub(crate) struct Submission {
     topic: TopicId,
     publisher: PartnerId,
     items: Vec<Item>,
-    reply: oneshot::Sender<Result<Vec<Accepted>, Error>>,
+    /// When the handler queued it, for the writer-wait histogram.
+    queued_at: Instant,
+    /// The answer, and when the writer sent it (the handler measures how long it took to resume).
+    reply: oneshot::Sender<(Result<Vec<Accepted>, Error>, Instant)>,
 }
 
 impl Submission {
@@ -132,6 +135,8 @@ impl Submission {
 #[derive(Clone, Debug)]
 pub(crate) struct Writer {
     queue: mpsc::Sender<Submission>,
+    /// [`m::ANSWER_DELAY_SECONDS`], looked up once.
+    answer_delay: metrics::Histogram,
 }
 
 impl Writer {
@@ -151,13 +156,16 @@ impl Writer {
                 topic,
                 publisher,
                 items,
+                queued_at: Instant::now(),
                 reply,
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => Error::Busy,
                 mpsc::error::TrySendError::Closed(_) => Error::WriterGone,
             })?;
-        answer.await.map_err(|_| Error::WriterGone)?
+        let (answer, sent_at) = answer.await.map_err(|_| Error::WriterGone)?;
+        self.answer_delay.record(sent_at.elapsed().as_secs_f64());
+        answer
     }
 }
 
@@ -189,7 +197,10 @@ pub(crate) fn start(
         };
         tasks.spawn(task.run());
     }
-    Writer { queue }
+    Writer {
+        queue,
+        answer_delay: metrics::histogram!(m::ANSWER_DELAY_SECONDS),
+    }
 }
 
 struct WriterTask {
@@ -278,7 +289,11 @@ impl WriterTask {
             self.carry.push_front(group.remove(i));
         }
 
-        let started = std::time::Instant::now();
+        let started = Instant::now();
+        let waited = metrics::histogram!(m::WRITER_WAIT_SECONDS);
+        for submission in &group {
+            waited.record(started.duration_since(submission.queued_at).as_secs_f64());
+        }
         let outcomes = match write_group(&self.pool, &group).await {
             Ok(outcomes) => outcomes,
             Err(e) if is_retryable(&e) => {
@@ -316,7 +331,7 @@ impl WriterTask {
                 Outcome::Failed(error) => Err(error),
             };
             // The client may have gone; its events are committed and will be published all the same.
-            if submission.reply.send(answer).is_err() {
+            if submission.reply.send((answer, Instant::now())).is_err() {
                 tracing::debug!("a client left before its answer; its events are committed");
             }
         }
