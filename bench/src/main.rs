@@ -123,6 +123,10 @@ pub struct BenchArgs {
     /// How long the overload scenario offers twice the measured capacity.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub overload_duration: Duration,
+    /// Offer the overload with the subscription paused (resumed for the delivery check), so
+    /// that the server's deliveries do not compete with its ingest for the cores.
+    #[arg(long)]
+    pub overload_paused: bool,
     /// How long each ceiling is measured.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub ceiling_duration: Duration,

@@ -575,9 +575,17 @@ impl Bench<'_> {
             total,
             move || counter.load(Ordering::Relaxed),
         );
+        // Ingest alone: without the deliveries of the same process competing for the cores.
+        let paused = self.args.overload_paused;
+        if paused {
+            fixture.set_active(&self.api, false).await?;
+        }
         let server_before = self.server_metrics().await.unwrap_or_default();
         let load = load::open_loop(&poster, offered, self.args.overload_duration).await;
         let server_after = self.server_metrics().await.unwrap_or_default();
+        if paused {
+            fixture.set_active(&self.api, true).await?;
+        }
         phase.finish(&format!(
             "{} accepted, {} refused",
             load.accepted.len(),
@@ -615,6 +623,8 @@ impl Bench<'_> {
         for (metric, name) in [
             ("anika_ingest_latency_seconds", "server_ingest"),
             ("anika_ingest_group_commit_seconds", "server_commit"),
+            ("anika_ingest_writer_wait_seconds", "server_writer_wait"),
+            ("anika_ingest_answer_delay_seconds", "server_answer_delay"),
         ] {
             for (quantile, label) in [(0.5, "p50"), (0.99, "p99")] {
                 if let Some(ms) = bucket_quantile(&before, &after, metric, quantile) {
