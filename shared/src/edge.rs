@@ -11,10 +11,15 @@
 //! requests sharing the cores, each waits for all the others. So the edge also
 //! sheds load the way CoDel drops packets: when even the fastest request of
 //! the last [`SHED_INTERVAL`] took longer than [`SHED_TARGET`], a queue has
-//! formed that does not drain by itself, and new requests beyond
-//! [`SHED_FLOOR`] in flight get a 503 with `Retry-After` at once, until the
-//! fastest are fast again. Below the floor nothing is ever shed, so a few slow
-//! requests (a subscription's RabbitMQ round trips) never trigger it.
+//! formed that does not drain by itself. Then the number of requests admitted
+//! at once is lowered to three quarters of those in flight (never below
+//! [`SHED_FLOOR`]), interval after interval, and new requests past it get a
+//! 503 with `Retry-After` at once; while the fastest are fast it grows back
+//! by an eighth per interval. By Little's law the requests in flight are the
+//! queue: bounding them to what the process serves within the target bounds
+//! the latency of what is accepted, whatever the capacity of the machine.
+//! A burst that drains within an interval is never shed, nor are
+//! [`SHED_FLOOR`] requests in flight (a subscription's RabbitMQ round trips).
 //!
 //! The caps apply to `/v1` routes only: `/healthz`, `/readyz` and `/metrics`
 //! must still answer when the API is saturated, or an orchestrator would kill
@@ -91,10 +96,10 @@ impl BodyError {
 pub const SHED_TARGET: Duration = Duration::from_millis(25);
 /// The interval over which the fastest request is taken.
 pub const SHED_INTERVAL: Duration = Duration::from_millis(100);
-/// Requests in flight that are never shed: a burst of a few hundred requests is not an
-/// overload (the closed-loop benchmarks run 64 clients, a test posts 200 at once), and at
-/// ~5,000 events/s on 2 cores 256 in flight are ~50 ms of queue.
-pub const SHED_FLOOR: usize = 256;
+/// Requests in flight that are never shed: the closed-loop benchmarks run 64 clients. At
+/// ~3,000–7,000 events/s on 2 cores, 64 in flight are 10–20 ms of queue; the former floor
+/// of 256 held 40–80 ms of queue at every moment of an overload, and its p99 several times that.
+pub const SHED_FLOOR: usize = 64;
 
 /// The process-wide bounds, shared by every request.
 #[derive(Clone, Debug)]
@@ -107,7 +112,8 @@ pub struct EdgeLimits {
     queue: Arc<QueueWatch>,
 }
 
-/// CoDel's test for a standing queue, over request durations (see the module docs).
+/// CoDel's test for a standing queue, over request durations, and the admission limit it
+/// steers (see the module docs).
 #[derive(Debug)]
 struct QueueWatch {
     epoch: std::time::Instant,
@@ -115,17 +121,23 @@ struct QueueWatch {
     interval_start: AtomicU64,
     /// The fastest request of the current interval, in microseconds.
     fastest: AtomicU64,
-    /// Whether the last complete interval showed a standing queue.
+    /// Whether the last complete interval showed a standing queue (for the log).
     standing: AtomicBool,
+    /// Requests admitted at once, at most (never below [`SHED_FLOOR`]).
+    limit: AtomicUsize,
+    /// What the limit grows back to: the cap on requests in flight.
+    max: usize,
 }
 
 impl QueueWatch {
-    fn new() -> Self {
+    fn new(max: usize) -> Self {
         Self {
             epoch: std::time::Instant::now(),
             interval_start: AtomicU64::new(0),
             fastest: AtomicU64::new(u64::MAX),
             standing: AtomicBool::new(false),
+            limit: AtomicUsize::new(max.max(SHED_FLOOR)),
+            max: max.max(SHED_FLOOR),
         }
     }
 
@@ -133,8 +145,8 @@ impl QueueWatch {
         self.epoch.elapsed().as_micros() as u64
     }
 
-    /// A request took `took`; closes the interval when it is over.
-    fn finished(&self, took: Duration) {
+    /// A request took `took` with `in_flight` requests in flight; closes the interval when it is over.
+    fn finished(&self, took: Duration, in_flight: usize) {
         self.fastest
             .fetch_min(took.as_micros() as u64, Ordering::AcqRel);
         let now = self.now_us();
@@ -147,23 +159,40 @@ impl QueueWatch {
         {
             let fastest = self.fastest.swap(u64::MAX, Ordering::AcqRel);
             let standing = fastest != u64::MAX && fastest > SHED_TARGET.as_micros() as u64;
+            let limit = self.limit.load(Ordering::Acquire);
+            self.limit
+                .store(next_limit(limit, in_flight, standing, self.max), Ordering::Release);
             if standing != self.standing.swap(standing, Ordering::AcqRel) {
                 tracing::info!(
                     fastest_ms = fastest as f64 / 1000.0,
+                    in_flight,
                     "{}",
                     if standing {
-                        "requests queue up: shedding new ones beyond the floor"
+                        "requests queue up: admitting fewer at once"
                     } else {
-                        "the request queue drained: no longer shedding"
+                        "the request queue drained: admitting more again"
                     }
                 );
             }
         }
     }
 
-    fn standing(&self) -> bool {
-        self.standing.load(Ordering::Acquire)
+    /// Whether one more request may start with `in_flight` in flight.
+    fn admits(&self, in_flight: usize) -> bool {
+        in_flight < self.limit.load(Ordering::Acquire)
     }
+}
+
+/// The admission limit after an interval: while a queue stands, three quarters of what is in
+/// flight (or of the limit, if lower); once it drained, an eighth more; within
+/// [`SHED_FLOOR`]..=`max`.
+fn next_limit(limit: usize, in_flight: usize, standing: bool, max: usize) -> usize {
+    let next = if standing {
+        in_flight.min(limit) * 3 / 4
+    } else {
+        limit + (limit / 8).max(1)
+    };
+    next.clamp(SHED_FLOOR, max)
 }
 
 impl EdgeLimits {
@@ -175,7 +204,7 @@ impl EdgeLimits {
             max_requests: config.max_requests_in_flight,
             body_bytes: Arc::new(AtomicUsize::new(0)),
             max_body_bytes: config.max_body_bytes_in_flight,
-            queue: Arc::new(QueueWatch::new()),
+            queue: Arc::new(QueueWatch::new(config.max_requests_in_flight)),
         }
     }
 }
@@ -300,7 +329,7 @@ pub async fn enforce(State(limits): State<EdgeLimits>, request: Request, next: N
         return next.run(request).await;
     }
     let in_flight = limits.max_requests - limits.requests.available_permits();
-    if in_flight >= SHED_FLOOR && limits.queue.standing() {
+    if !limits.queue.admits(in_flight) {
         metrics::counter!(crate::meters::HTTP_REQUESTS_REFUSED, "reason" => "queue").increment(1);
         return Problem::overloaded(
             "the server is past its capacity: requests queue up; nothing was done, retry shortly",
@@ -338,7 +367,8 @@ pub async fn enforce(State(limits): State<EdgeLimits>, request: Request, next: N
     });
     let started = std::time::Instant::now();
     let mut response = next.run(Request::from_parts(parts, body)).await;
-    limits.queue.finished(started.elapsed());
+    let in_flight = limits.max_requests - limits.requests.available_permits();
+    limits.queue.finished(started.elapsed(), in_flight);
     if reservation.failed.load(Ordering::Acquire) {
         // The rest of the body is still on the wire: the connection cannot carry another request.
         response
@@ -354,16 +384,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_queue_stands_only_while_even_the_fastest_request_is_slow() {
-        let watch = QueueWatch::new();
-        watch.finished(Duration::from_millis(80));
-        assert!(!watch.standing(), "judged only once an interval is over");
+    fn a_standing_queue_lowers_the_limit_and_a_drained_one_raises_it() {
+        let watch = QueueWatch::new(4096);
+        watch.finished(Duration::from_millis(80), 1000);
+        assert!(watch.admits(4000), "judged only once an interval is over");
         std::thread::sleep(SHED_INTERVAL);
-        watch.finished(Duration::from_millis(60));
-        assert!(watch.standing(), "every request of the interval was slow");
-        watch.finished(Duration::from_millis(1));
+        watch.finished(Duration::from_millis(60), 1000);
+        assert!(watch.standing.load(Ordering::Acquire), "every request of the interval was slow");
+        assert!(watch.admits(749) && !watch.admits(750), "three quarters of the 1,000 in flight");
+        watch.finished(Duration::from_millis(1), 700);
         std::thread::sleep(SHED_INTERVAL);
-        watch.finished(Duration::from_millis(90));
-        assert!(!watch.standing(), "one fast request: the queue drains");
+        watch.finished(Duration::from_millis(90), 700);
+        assert!(!watch.standing.load(Ordering::Acquire), "one fast request: the queue drains");
+        assert!(watch.admits(842) && !watch.admits(843), "750 and an eighth");
+    }
+
+    #[test]
+    fn the_limit_stays_between_the_floor_and_the_cap() {
+        assert_eq!(next_limit(100, 10, true, 4096), SHED_FLOOR, "never below the floor");
+        assert_eq!(next_limit(4096, 4096, false, 4096), 4096, "never past the cap");
+        assert_eq!(next_limit(400, 2000, true, 4096), 300, "from the limit when more are in flight");
+        assert_eq!(next_limit(SHED_FLOOR, 0, false, 4096), SHED_FLOOR + 8);
     }
 }
