@@ -74,6 +74,30 @@ impl<P: Copy + Eq + Hash> Ledger<P> {
         account.waiting.push_back(waiter);
     }
 
+    /// Takes a slot for `partner` at once if nobody waits and the rules allow it: what
+    /// [`Ledger::enqueue`] and [`Ledger::grant`] would decide, without a waiter to track.
+    pub fn take_now(&mut self, partner: P) -> bool {
+        if !self.turn.is_empty() {
+            // Others wait: they come first, in turn.
+            return false;
+        }
+        let free = self.total - self.held;
+        if free == 0 {
+            return false;
+        }
+        let held = self.accounts.get(&partner).map_or(0, |a| a.held);
+        let active = self.accounts.len() + usize::from(!self.accounts.contains_key(&partner));
+        let share = self.total.div_ceil(active);
+        let newcomer_share = self.total.div_ceil(active + 1);
+        let allowed = (held < share && (free > self.reserve || held < newcomer_share))
+            || free > self.reserve;
+        if allowed {
+            self.accounts.entry(partner).or_default().held += 1;
+            self.held += 1;
+        }
+        allowed
+    }
+
     /// Withdraws a waiter; false if it is not waiting (it was granted a slot already).
     pub fn cancel(&mut self, partner: P, waiter: WaiterId) -> bool {
         let Some(account) = self.accounts.get_mut(&partner) else {
@@ -254,6 +278,13 @@ impl FairSlots {
         let (waker, woken) = oneshot::channel();
         let id = {
             let mut state = self.lock();
+            // Nobody waits (the usual case): no waiter, no waker, no wake-up.
+            if state.ledger.take_now(partner) {
+                return Slot {
+                    slots: self,
+                    partner,
+                };
+            }
             let id = state.next;
             state.next += 1;
             state.wakers.insert(id, waker);
@@ -304,6 +335,40 @@ mod tests {
 
     fn count(granted: &[(char, u64)], partner: char) -> usize {
         granted.iter().filter(|(p, _)| *p == partner).count()
+    }
+
+    proptest::proptest! {
+        /// Whatever the partners hold while nobody waits, taking at once decides exactly as
+        /// enqueueing and granting.
+        #[test]
+        fn taking_at_once_decides_as_enqueueing_and_granting(
+            total in 1usize..80,
+            holdings in proptest::collection::vec(0usize..80, 0..4),
+            partner in 0u8..5,
+        ) {
+            let mut ledger = Ledger::new(total);
+            for (i, wanted) in holdings.into_iter().enumerate() {
+                let held = wanted.min(total - ledger.held);
+                if held > 0 {
+                    let who = char::from(b'a' + i as u8);
+                    ledger.accounts.insert(who, Account { held, waiting: VecDeque::new() });
+                    ledger.held += held;
+                }
+            }
+            let mut waited = Ledger {
+                total: ledger.total,
+                reserve: ledger.reserve,
+                held: ledger.held,
+                accounts: ledger.accounts.iter().map(|(p, a)| (*p, Account { held: a.held, waiting: VecDeque::new() })).collect(),
+                turn: VecDeque::new(),
+            };
+            let partner = char::from(b'a' + partner);
+            waited.enqueue(partner, u64::MAX);
+            let granted = waited.grant().contains(&(partner, u64::MAX));
+            proptest::prop_assert_eq!(ledger.take_now(partner), granted);
+            proptest::prop_assert_eq!(ledger.held_by(partner), waited.held_by(partner));
+            proptest::prop_assert_eq!(ledger.held, waited.held);
+        }
     }
 
     #[test]
