@@ -89,8 +89,8 @@ impl<P: Copy + Eq + Hash> Ledger<P> {
         let active = self.accounts.len() + usize::from(!self.accounts.contains_key(&partner));
         let share = self.total.div_ceil(active);
         let newcomer_share = self.total.div_ceil(active + 1);
-        let allowed = (held < share && (free > self.reserve || held < newcomer_share))
-            || free > self.reserve;
+        let allowed =
+            (held < share && (free > self.reserve || held < newcomer_share)) || free > self.reserve;
         if allowed {
             self.accounts.entry(partner).or_default().held += 1;
             self.held += 1;

@@ -160,8 +160,10 @@ impl QueueWatch {
             let fastest = self.fastest.swap(u64::MAX, Ordering::AcqRel);
             let standing = fastest != u64::MAX && fastest > SHED_TARGET.as_micros() as u64;
             let limit = self.limit.load(Ordering::Acquire);
-            self.limit
-                .store(next_limit(limit, in_flight, standing, self.max), Ordering::Release);
+            self.limit.store(
+                next_limit(limit, in_flight, standing, self.max),
+                Ordering::Release,
+            );
             if standing != self.standing.swap(standing, Ordering::AcqRel) {
                 tracing::info!(
                     fastest_ms = fastest as f64 / 1000.0,
@@ -390,20 +392,41 @@ mod tests {
         assert!(watch.admits(4000), "judged only once an interval is over");
         std::thread::sleep(SHED_INTERVAL);
         watch.finished(Duration::from_millis(60), 1000);
-        assert!(watch.standing.load(Ordering::Acquire), "every request of the interval was slow");
-        assert!(watch.admits(749) && !watch.admits(750), "three quarters of the 1,000 in flight");
+        assert!(
+            watch.standing.load(Ordering::Acquire),
+            "every request of the interval was slow"
+        );
+        assert!(
+            watch.admits(749) && !watch.admits(750),
+            "three quarters of the 1,000 in flight"
+        );
         watch.finished(Duration::from_millis(1), 700);
         std::thread::sleep(SHED_INTERVAL);
         watch.finished(Duration::from_millis(90), 700);
-        assert!(!watch.standing.load(Ordering::Acquire), "one fast request: the queue drains");
+        assert!(
+            !watch.standing.load(Ordering::Acquire),
+            "one fast request: the queue drains"
+        );
         assert!(watch.admits(842) && !watch.admits(843), "750 and an eighth");
     }
 
     #[test]
     fn the_limit_stays_between_the_floor_and_the_cap() {
-        assert_eq!(next_limit(100, 10, true, 4096), SHED_FLOOR, "never below the floor");
-        assert_eq!(next_limit(4096, 4096, false, 4096), 4096, "never past the cap");
-        assert_eq!(next_limit(400, 2000, true, 4096), 300, "from the limit when more are in flight");
+        assert_eq!(
+            next_limit(100, 10, true, 4096),
+            SHED_FLOOR,
+            "never below the floor"
+        );
+        assert_eq!(
+            next_limit(4096, 4096, false, 4096),
+            4096,
+            "never past the cap"
+        );
+        assert_eq!(
+            next_limit(400, 2000, true, 4096),
+            300,
+            "from the limit when more are in flight"
+        );
         assert_eq!(next_limit(SHED_FLOOR, 0, false, 4096), SHED_FLOOR + 8);
     }
 }
