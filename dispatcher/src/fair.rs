@@ -89,8 +89,10 @@ impl<P: Copy + Eq + Hash> Ledger<P> {
         let active = self.accounts.len() + usize::from(!self.accounts.contains_key(&partner));
         let share = self.total.div_ceil(active);
         let newcomer_share = self.total.div_ceil(active + 1);
-        let allowed =
-            (held < share && (free > self.reserve || held < newcomer_share)) || free > self.reserve;
+        // `grant`'s rules with this partner alone in turn: below its share it may take the
+        // reserve only while under a newcomer's share (never more than its share), and anyone
+        // may take a slot beyond the reserve (work-conserving).
+        let allowed = free > self.reserve || held < newcomer_share.min(share);
         if allowed {
             self.accounts.entry(partner).or_default().held += 1;
             self.held += 1;
