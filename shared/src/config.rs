@@ -212,6 +212,9 @@ pub struct Config {
     pub max_requests_in_flight: usize,
     /// `ANIKA_MAX_BODY_BYTES_IN_FLIGHT`: request body bytes held at once; more get a 503.
     pub max_body_bytes_in_flight: usize,
+    /// `ANIKA_SHED_TARGET`: a queue stands when even the fastest `/v1` request of an interval
+    /// took longer (see [`crate::edge`]); zero turns load shedding off.
+    pub shed_target: Duration,
     /// `ANIKA_SECRET_KEYS`: the main keys that seal signing keys and webhook secrets at rest
     /// (`id:base64key,…`; the first seals, all open). Unset, the roles refuse to start
     /// (see [`crate::context::StartError::NoSecretKeys`]); tools that touch no secret run without.
@@ -441,6 +444,13 @@ pub const SETTINGS: &[Setting] = &[
         unset: "",
         roles: "every role",
         about: "request body bytes held at once per process (at least `ANIKA_MAX_BATCH_BYTES`); more get 503",
+    },
+    Setting {
+        key: "shed_target",
+        default: Some("25ms"),
+        unset: "",
+        roles: "every role",
+        about: "load shedding: when even the fastest `/v1` request of 100 ms took longer than this, fewer are admitted at once and the rest get 503 with `Retry-After`; `0s` turns it off",
     },
     Setting {
         key: "queue_type",
@@ -783,6 +793,7 @@ impl Config {
             request_read_timeout: raw.duration("request_read_timeout")?,
             max_requests_in_flight: raw.setting("max_requests_in_flight")?,
             max_body_bytes_in_flight: raw.setting("max_body_bytes_in_flight")?,
+            shed_target: raw.duration("shed_target")?,
             secret_keys: raw
                 .take("secret_keys")
                 .filter(|k| !k.trim().is_empty())

@@ -10,7 +10,7 @@
 //! A cap on requests in flight bounds memory, not latency: with thousands of
 //! requests sharing the cores, each waits for all the others. So the edge also
 //! sheds load the way CoDel drops packets: when even the fastest request of
-//! the last [`SHED_INTERVAL`] took longer than [`SHED_TARGET`], a queue has
+//! the last [`SHED_INTERVAL`] took longer than `ANIKA_SHED_TARGET` (25 ms), a queue has
 //! formed that does not drain by itself. Then the number of requests admitted
 //! at once is lowered to three quarters of those in flight (never below
 //! [`SHED_FLOOR`]), interval after interval, and new requests past it get a
@@ -20,6 +20,8 @@
 //! the latency of what is accepted, whatever the capacity of the machine.
 //! A burst that drains within an interval is never shed, nor are
 //! [`SHED_FLOOR`] requests in flight (a subscription's RabbitMQ round trips).
+//! `ANIKA_SHED_TARGET=0s` turns shedding off (the test kit does: on a machine
+//! shared by parallel tests, latency measures the machine, not the server).
 //!
 //! The caps apply to `/v1` routes only: `/healthz`, `/readyz` and `/metrics`
 //! must still answer when the API is saturated, or an orchestrator would kill
@@ -92,8 +94,6 @@ impl BodyError {
     }
 }
 
-/// A standing queue is declared when the fastest request of an interval took longer than this.
-pub const SHED_TARGET: Duration = Duration::from_millis(25);
 /// The interval over which the fastest request is taken.
 pub const SHED_INTERVAL: Duration = Duration::from_millis(100);
 /// Requests in flight that are never shed: the closed-loop benchmarks run 64 clients. At
@@ -127,10 +127,12 @@ struct QueueWatch {
     limit: AtomicUsize,
     /// What the limit grows back to: the cap on requests in flight.
     max: usize,
+    /// A queue stands when the fastest request of an interval took longer (µs); 0: never.
+    target_us: u64,
 }
 
 impl QueueWatch {
-    fn new(max: usize) -> Self {
+    fn new(max: usize, target: Duration) -> Self {
         Self {
             epoch: std::time::Instant::now(),
             interval_start: AtomicU64::new(0),
@@ -138,6 +140,7 @@ impl QueueWatch {
             standing: AtomicBool::new(false),
             limit: AtomicUsize::new(max.max(SHED_FLOOR)),
             max: max.max(SHED_FLOOR),
+            target_us: target.as_micros() as u64,
         }
     }
 
@@ -147,6 +150,9 @@ impl QueueWatch {
 
     /// A request took `took` with `in_flight` requests in flight; closes the interval when it is over.
     fn finished(&self, took: Duration, in_flight: usize) {
+        if self.target_us == 0 {
+            return; // shedding is off: the limit stays at the cap
+        }
         self.fastest
             .fetch_min(took.as_micros() as u64, Ordering::AcqRel);
         let now = self.now_us();
@@ -158,7 +164,7 @@ impl QueueWatch {
                 .is_ok()
         {
             let fastest = self.fastest.swap(u64::MAX, Ordering::AcqRel);
-            let standing = fastest != u64::MAX && fastest > SHED_TARGET.as_micros() as u64;
+            let standing = fastest != u64::MAX && fastest > self.target_us;
             let limit = self.limit.load(Ordering::Acquire);
             self.limit.store(
                 next_limit(limit, in_flight, standing, self.max),
@@ -206,7 +212,10 @@ impl EdgeLimits {
             max_requests: config.max_requests_in_flight,
             body_bytes: Arc::new(AtomicUsize::new(0)),
             max_body_bytes: config.max_body_bytes_in_flight,
-            queue: Arc::new(QueueWatch::new(config.max_requests_in_flight)),
+            queue: Arc::new(QueueWatch::new(
+                config.max_requests_in_flight,
+                config.shed_target,
+            )),
         }
     }
 }
@@ -387,7 +396,7 @@ mod tests {
 
     #[test]
     fn a_standing_queue_lowers_the_limit_and_a_drained_one_raises_it() {
-        let watch = QueueWatch::new(4096);
+        let watch = QueueWatch::new(4096, Duration::from_millis(25));
         watch.finished(Duration::from_millis(80), 1000);
         assert!(watch.admits(4000), "judged only once an interval is over");
         std::thread::sleep(SHED_INTERVAL);
@@ -408,6 +417,16 @@ mod tests {
             "one fast request: the queue drains"
         );
         assert!(watch.admits(842) && !watch.admits(843), "750 and an eighth");
+    }
+
+    #[test]
+    fn a_zero_target_never_sheds() {
+        let watch = QueueWatch::new(4096, Duration::ZERO);
+        watch.finished(Duration::from_millis(80), 1000);
+        std::thread::sleep(SHED_INTERVAL);
+        watch.finished(Duration::from_millis(60), 1000);
+        assert!(!watch.standing.load(Ordering::Acquire));
+        assert!(watch.admits(4095), "the limit stays at the cap");
     }
 
     #[test]

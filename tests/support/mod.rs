@@ -46,6 +46,8 @@ pub fn child_env(env: &TestEnv, extra: &[(&str, &str)]) -> Vec<(String, String)>
         ("ANIKA_LOG_FORMAT", "json"),
         ("ANIKA_CONFIG", "/nonexistent/anika.toml"),
         ("ANIKA_SECRET_KEYS", anika_testkit::TEST_SECRET_KEYS),
+        // As in the test kit's configuration: parallel tests make latency the machine's.
+        ("ANIKA_SHED_TARGET", "0s"),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

@@ -363,6 +363,72 @@ async fn past_the_in_flight_caps_requests_get_a_503_with_retry_after_and_service
 }
 
 #[tokio::test]
+async fn while_a_queue_stands_the_edge_admits_fewer_at_once_and_refuses_the_rest_with_a_503() {
+    // A target no request meets: every interval shows a standing queue.
+    let app = App::spawn_with(&[("shed_target", "1us"), ("request_read_timeout", "30s")]).await;
+    let dealer = app.partner("dealer").await;
+    let topic = app.topic(&dealer.admin, "t", None).await;
+    let path = format!("/v1/topics/{topic}/events");
+    // One at a time over several intervals: a standing queue lowers the limit to the floor,
+    // and one request in flight is far below it.
+    let mut accepted = 0;
+    let started = std::time::Instant::now();
+    while started.elapsed() < 3 * anika_shared::edge::SHED_INTERVAL {
+        app.post_event(&dealer.publisher, &topic, json!({"data": accepted}), None)
+            .await
+            .expect(202);
+        accepted += 1;
+    }
+    // The floor's worth of requests in flight: their bodies never come, so no interval closes.
+    let mut stuck = Vec::new();
+    for _ in 0..anika_shared::edge::SHED_FLOOR {
+        stuck.push(open_post(&app, &dealer.publisher, &path, 100).await);
+    }
+    let mut refused = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while refused.is_none() && std::time::Instant::now() < deadline {
+        let answer = app
+            .post_event(&dealer.publisher, &topic, json!({"data": "probe"}), None)
+            .await;
+        match answer.status {
+            // Until every held request has been read, one more still fits.
+            202 => accepted += 1,
+            503 => refused = Some(answer),
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    let answer = refused.expect("past the admission limit a request is refused");
+    answer.assert_problem();
+    assert!(retry_after(&answer) >= 1);
+    assert!(
+        answer.detail().contains("queue up"),
+        "the admission limit, not the cap of 4,096: {}",
+        answer.detail()
+    );
+    app.api
+        .send(Method::GET, "/healthz", None, None)
+        .await
+        .expect(200);
+    drop(stuck);
+    let served = eventually(Duration::from_secs(5), || async {
+        app.post_event(&dealer.publisher, &topic, json!({"data": "after"}), None)
+            .await
+            .status
+            == 202
+    })
+    .await;
+    assert!(
+        served,
+        "once the held requests end, requests are admitted again"
+    );
+    assert_eq!(
+        app.events_in_log(&topic).await,
+        accepted + 1,
+        "a refusal writes nothing"
+    );
+}
+
+#[tokio::test]
 async fn past_the_body_bytes_in_flight_a_request_gets_a_503_before_its_body_is_held() {
     let app = App::spawn_with(&[
         ("request_read_timeout", "30s"),
