@@ -131,19 +131,23 @@ fn plan<A>(tags: &mut BTreeSet<u64>, mut acks: Vec<(u64, A)>, requeues: Vec<(u64
 
 /// `Some(multiple)` acks; `None` requeues.
 async fn send(acker: Acker, ack: Option<bool>) {
-    let result = match ack {
-        Some(multiple) => acker.ack(BasicAckOptions { multiple }).await,
-        // requeue: the message goes back to the head of its queue for a later delivery.
-        None => {
-            acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
+    let settling = async {
+        match ack {
+            Some(multiple) => acker.ack(BasicAckOptions { multiple }).await,
+            // requeue: the message goes back to the head of its queue for a later delivery.
+            None => {
+                acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
         }
     };
-    if let Err(e) = result {
+    // Bounded: the writer settles every consumer's messages, so one stuck on a dead
+    // connection would stall them all.
+    if let Err(e) = anika_shared::amqp::bounded("basic.ack", settling).await {
         // The channel died after the outcome was recorded: the broker redelivers
         // the message and the subscriber sees a duplicate with the same webhook-id.
         tracing::debug!(error = %e, "could not settle a message; it will be redelivered");

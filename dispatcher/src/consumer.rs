@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anika_shared::amqp::{SubscriptionQueues, subscription_queue};
+use anika_shared::amqp::{SubscriptionQueues, bounded, subscription_queue};
 use futures::{StreamExt, stream::FuturesUnordered};
 use lapin::{
     Channel, Consumer,
@@ -59,6 +59,9 @@ enum Ended {
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
+/// How often a consumer checks that its channel is still open.
+const LIVENESS_CHECK: Duration = Duration::from_secs(2);
+
 /// A consumer on a subscription's queue, and what it was started with.
 struct Opened {
     channel: Channel,
@@ -85,6 +88,10 @@ async fn consume(
     // The deliveries in progress, driven by this task: a task per message cost a fifth
     // of the consumer's CPU in scheduling, and one subscription needs well under a core.
     let mut in_flight = FuturesUnordered::new();
+    // A consumer whose channel died must end even if lapin never ends its stream: this
+    // check does not rely on the stream to notice.
+    let mut liveness = tokio::time::interval(LIVENESS_CHECK);
+    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ended = loop {
         tokio::select! {
             // Stop first: an ordered consumer that requeued its head at shutdown must not
@@ -92,6 +99,10 @@ async fn consume(
             biased;
             () = stop.cancelled() => break Ended::Stopped,
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            _ = liveness.tick() => if !channel.status().connected() {
+                tracing::warn!(subscription = %sub.id, "the consumer's channel is closed; reconnecting");
+                break Ended::Interrupted;
+            },
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let ticket = unsettled.track(delivery.delivery_tag, delivery.acker.clone());
@@ -113,9 +124,11 @@ async fn consume(
     // Stop taking new messages, let the ones in flight finish within the grace period,
     // wait until their outcomes are written and acked, then close: whatever is left
     // unacknowledged goes back to the queue.
-    if let Err(e) = channel
-        .basic_cancel(tag, BasicCancelOptions::default())
-        .await
+    if let Err(e) = anika_shared::amqp::bounded(
+        "basic.cancel",
+        channel.basic_cancel(tag, BasicCancelOptions::default()),
+    )
+    .await
     {
         tracing::debug!(subscription = %sub.id, error = %e, "cannot cancel the consumer; closing its channel ends it");
     }
@@ -149,11 +162,14 @@ async fn open(
     let Some(config) = subscription_rows::refresh(sub, deps, Instant::now()).await? else {
         return Ok(Err(Ended::Gone));
     };
-    let channel = conn.create_channel().await?;
+    let channel = bounded("channel.open", conn.create_channel()).await?;
     // Repair drift (a queue deleted by hand, a binding lost): declaring is idempotent.
     let topology = deps.broker.topology();
-    topology
-        .declare_subscription(
+    // Every step bounded: a node that is starting or stopping may leave a request
+    // unanswered, and this consumer must then reconnect rather than wait forever.
+    bounded(
+        "the subscription's declares",
+        topology.declare_subscription(
             &channel,
             SubscriptionQueues {
                 id: sub.id,
@@ -161,12 +177,15 @@ async fn open(
                 ordered: config.ordered,
                 receive_topic: config.allowed,
             },
+        ),
+    )
+    .await?;
+    if !config.allowed {
+        bounded(
+            "queue.unbind",
+            topology.unbind_from_topic(&channel, sub.id, config.topic),
         )
         .await?;
-    if !config.allowed {
-        topology
-            .unbind_from_topic(&channel, sub.id, config.topic)
-            .await?;
     }
     let prefetch = if config.ordered {
         deps.config.dispatcher.prefetch.min(50)
@@ -175,18 +194,22 @@ async fn open(
     };
     // prefetch bounds the unacknowledged messages this consumer holds; of those, at most
     // max_in_flight are on the wire at once (the rest wait their turn here, not in the queue).
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let consumer = channel
-        .basic_consume(
+    bounded(
+        "basic.qos",
+        channel.basic_qos(prefetch, BasicQosOptions::default()),
+    )
+    .await?;
+    let consumer = bounded(
+        "basic.consume",
+        channel.basic_consume(
             subscription_queue(sub.id).into(),
             "".into(),
             // no_ack false: manual acks, so a crash returns every unsettled message to the queue.
             BasicConsumeOptions::default(),
             FieldTable::default(),
-        )
-        .await?;
+        ),
+    )
+    .await?;
     Ok(Ok(Opened {
         channel,
         consumer,

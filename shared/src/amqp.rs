@@ -40,6 +40,43 @@ pub const ATTEMPT_HEADER: &str = "x-anika-attempts";
 /// Header carrying the last error of a dead-lettered message.
 pub const LAST_ERROR_HEADER: &str = "x-anika-last-error";
 
+/// The longest one exchange with RabbitMQ may take: a (re)connect with its handshake and
+/// declares, opening a channel, a consumer's set-up or cancel, a publish's confirm.
+///
+/// lapin bounds only the TCP connect (`connection_timeout`) and otherwise waits as long as
+/// it takes for an answer, which a node that is stopping or starting may never send. A
+/// reconnect stuck there holds [`Broker`]'s connection lock, so every consumer of the
+/// process waits behind it: in a rolling restart of the cluster a dispatcher was seen with
+/// no consumer left and thousands of messages ready. Past this, the exchange counts as
+/// failed and the caller's own retry takes over.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs one exchange with RabbitMQ, failing it with [`BrokerError::TimedOut`] after
+/// [`EXCHANGE_TIMEOUT`].
+pub async fn bounded<T, E>(
+    what: &'static str,
+    exchange: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, BrokerError>
+where
+    BrokerError: From<E>,
+{
+    within(EXCHANGE_TIMEOUT, what, exchange).await
+}
+
+async fn within<T, E>(
+    limit: Duration,
+    what: &'static str,
+    exchange: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, BrokerError>
+where
+    BrokerError: From<E>,
+{
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(result) => result.map_err(BrokerError::from),
+        Err(_) => Err(BrokerError::TimedOut { what, limit }),
+    }
+}
+
 /// The messages ready in `queue`, by a passive declare: it only reads the count and never
 /// creates a queue. A missing queue is an error that closes `channel`.
 pub async fn message_count(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
@@ -312,6 +349,8 @@ pub struct Broker {
     current: Mutex<Option<Link>>,
     /// The node the next connection attempt starts with.
     next: std::sync::atomic::AtomicUsize,
+    /// How long opening a connection (handshake and static declares) may take.
+    open_timeout: Duration,
 }
 
 /// The live connection and the node it goes to.
@@ -341,6 +380,14 @@ pub enum BrokerError {
     /// A publish was not confirmed by the broker.
     #[error("RabbitMQ did not confirm the publish ({0})")]
     NotConfirmed(&'static str),
+    /// RabbitMQ did not answer within the time one exchange may take.
+    #[error("RabbitMQ did not answer {what} within {limit:?}")]
+    TimedOut {
+        /// The exchange that got no answer.
+        what: &'static str,
+        /// How long it waited.
+        limit: Duration,
+    },
 }
 
 /// One node of `ANIKA_AMQP_URL` as it may be shown: `host:port`, no credentials.
@@ -396,6 +443,7 @@ impl Broker {
             topology,
             current: Mutex::new(None),
             next: std::sync::atomic::AtomicUsize::new(first),
+            open_timeout: EXCHANGE_TIMEOUT,
         }))
     }
 
@@ -481,15 +529,21 @@ impl Broker {
         Err(last_error.expect("at least one node is configured"))
     }
 
-    /// Connects to one node and declares the static topology there (idempotent).
+    /// Connects to one node and declares the static topology there (idempotent), within
+    /// the broker's open timeout: a node that accepts TCP but never finishes the handshake
+    /// (stopping, booting) must not hold the connection lock forever.
     async fn open(&self, node: usize) -> Result<Arc<Connection>, BrokerError> {
         let uri = &self.nodes[node];
-        let properties =
-            ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        let conn = Arc::new(Connection::connect_uri(uri.clone(), properties).await?);
-        let channel = conn.create_channel().await?;
-        self.topology.declare_static(&channel).await?;
-        close_channel(&channel, "topology declared").await;
+        let opening = async {
+            let properties =
+                ConnectionProperties::default().with_connection_name(self.name.as_str().into());
+            let conn = Arc::new(Connection::connect_uri(uri.clone(), properties).await?);
+            let channel = conn.create_channel().await?;
+            self.topology.declare_static(&channel).await?;
+            close_channel(&channel, "topology declared").await;
+            Ok::<_, lapin::Error>(conn)
+        };
+        let conn = within(self.open_timeout, "the connection handshake", opening).await?;
         tracing::info!(connection = %self.name, vhost = %uri.vhost, node = %node_label(uri), "connected to RabbitMQ");
         Ok(conn)
     }
@@ -520,15 +574,17 @@ impl Broker {
     /// A fresh channel on the live connection.
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
         let conn = self.connection().await?;
-        Ok(conn.create_channel().await?)
+        bounded("channel.open", conn.create_channel()).await
     }
 
     /// A fresh channel in publisher-confirm mode.
     pub async fn confirm_channel(&self) -> Result<Channel, BrokerError> {
         let channel = self.channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        bounded(
+            "confirm.select",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
         Ok(channel)
     }
 
@@ -536,7 +592,9 @@ impl Broker {
     /// does not exist or RabbitMQ cannot be asked.
     pub async fn message_count(&self, queue: &str) -> Option<u32> {
         let channel = self.channel().await.ok()?;
-        let count = message_count(&channel, queue).await.ok();
+        let count = bounded("a passive queue.declare", message_count(&channel, queue))
+            .await
+            .ok();
         // A failed passive declare already closed the channel.
         if count.is_some() {
             close_channel(&channel, "queue counted").await;
@@ -592,14 +650,60 @@ pub fn header_str(properties: &lapin::BasicProperties, name: &str) -> Option<Str
 /// harmless: the work's outcome was already confirmed, and the broker drops a channel
 /// whose connection goes away.
 pub async fn close_channel(channel: &Channel, what: &str) {
-    if let Err(e) = channel.close(200, what.into()).await {
+    if let Err(e) = bounded("channel.close", channel.close(200, what.into())).await {
         tracing::debug!(error = %e, channel = what, "closing a channel failed; the broker drops it");
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{BrokerError, parse_nodes};
+    use std::{
+        sync::Arc,
+        time::{Duration, Instant},
+    };
+
+    use super::{Broker, BrokerError, Topology, parse_nodes};
+    use crate::config::QueueType;
+
+    #[tokio::test]
+    async fn a_node_that_accepts_tcp_but_never_answers_fails_the_connect_within_its_timeout() {
+        // A listener that accepts and holds each connection without a byte of AMQP, like a
+        // node half up or half down; lapin alone would wait for Connection.Start forever.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let topology = Topology {
+            queue_type: QueueType::Classic,
+            retry_schedule: "1s".parse().unwrap(),
+        };
+        let mut broker = Broker::new(
+            &format!("amqp://u:p@127.0.0.1:{port}/%2f"),
+            "test",
+            topology,
+        )
+        .unwrap();
+        Arc::get_mut(&mut broker).unwrap().open_timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(10), broker.connection())
+            .await
+            .expect("the connect gave up on its own");
+        assert!(
+            matches!(answer, Err(BrokerError::TimedOut { .. })),
+            "{answer:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The lock is free again: the next caller tries anew rather than waiting behind it.
+        let again = tokio::time::timeout(Duration::from_secs(10), broker.connection())
+            .await
+            .expect("a second connect gave up on its own too");
+        assert!(matches!(again, Err(BrokerError::TimedOut { .. })));
+        holder.abort();
+    }
 
     #[test]
     fn a_cluster_is_a_comma_separated_list_of_its_nodes() {

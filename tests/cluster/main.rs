@@ -251,6 +251,7 @@ async fn lost_none(what: &str, on: &OnCluster, poster: Poster) {
             queue["messages_unacknowledged"],
             queue["consumers"]
         );
+        on.anika.show_warnings();
     }
     eprintln!(
         "{what}: {} accepted, {refused} refused or failed while disturbed, {} lost, {duplicates} duplicates",

@@ -18,6 +18,9 @@ use tokio::{
 
 pub use anika_testkit::OPERATOR_KEY;
 
+/// How many of a child's last WARN lines are kept for a failing test to show.
+const KEPT_WARNINGS: usize = 200;
+
 /// A running `anika` process.
 pub struct Anika {
     child: Child,
@@ -27,6 +30,8 @@ pub struct Anika {
     pub pid: u32,
     /// The lines it logged at ERROR (or panics), in order.
     errors: Arc<Mutex<Vec<String>>>,
+    /// The last lines it logged at WARN, shown when a test fails to say what it went through.
+    warnings: Arc<Mutex<std::collections::VecDeque<String>>>,
     /// Reads its stderr until the process closes it.
     logs: tokio::task::JoinHandle<()>,
 }
@@ -100,14 +105,22 @@ impl Anika {
         let stderr = child.stderr.take().expect("stderr");
         // Keep the logs flowing (a full pipe would block the child); show them on failure.
         let errors = Arc::new(Mutex::new(Vec::new()));
+        let warnings = Arc::new(Mutex::new(std::collections::VecDeque::new()));
         let logs = tokio::spawn({
             let errors = Arc::clone(&errors);
+            let warnings = Arc::clone(&warnings);
             async move {
                 let mut lines = BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if line.contains("\"ERROR\"") || line.contains("panicked") {
                         eprintln!("[anika {pid}] {line}");
                         errors.lock().unwrap().push(line);
+                    } else if line.contains("\"WARN\"") {
+                        let mut warnings = warnings.lock().unwrap();
+                        if warnings.len() == KEPT_WARNINGS {
+                            warnings.pop_front();
+                        }
+                        warnings.push_back(line);
                     }
                 }
             }
@@ -133,7 +146,15 @@ impl Anika {
             api: Api::new(addr),
             pid,
             errors,
+            warnings,
             logs,
+        }
+    }
+
+    /// Prints the last lines it logged at WARN (for a failing test's output).
+    pub fn show_warnings(&self) {
+        for line in self.warnings.lock().unwrap().iter() {
+            eprintln!("[anika {} warn] {line}", self.pid);
         }
     }
 
