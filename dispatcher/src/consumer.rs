@@ -165,11 +165,11 @@ async fn open(
     let channel = bounded("channel.open", conn.create_channel()).await?;
     // Repair drift (a queue deleted by hand, a binding lost): declaring is idempotent.
     let topology = deps.broker.topology();
-    // Every step bounded: a node that is starting or stopping may leave a request
-    // unanswered, and this consumer must then reconnect rather than wait forever.
-    bounded(
-        "the subscription's declares",
-        topology.declare_subscription(
+    // Every step bounded (the topology's calls bound themselves): a node that is starting
+    // or stopping may leave a request unanswered, and this consumer must then reconnect
+    // rather than wait forever.
+    topology
+        .declare_subscription(
             &channel,
             SubscriptionQueues {
                 id: sub.id,
@@ -177,15 +177,12 @@ async fn open(
                 ordered: config.ordered,
                 receive_topic: config.allowed,
             },
-        ),
-    )
-    .await?;
-    if !config.allowed {
-        bounded(
-            "queue.unbind",
-            topology.unbind_from_topic(&channel, sub.id, config.topic),
         )
         .await?;
+    if !config.allowed {
+        topology
+            .unbind_from_topic(&channel, sub.id, config.topic)
+            .await?;
     }
     let prefetch = if config.ordered {
         deps.config.dispatcher.prefetch.min(50)

@@ -221,6 +221,18 @@ impl Topology {
         &self,
         channel: &Channel,
         queues: SubscriptionQueues,
+    ) -> Result<(), BrokerError> {
+        bounded(
+            "the subscription's declares",
+            self.declare_subscription_now(channel, queues),
+        )
+        .await
+    }
+
+    async fn declare_subscription_now(
+        &self,
+        channel: &Channel,
+        queues: SubscriptionQueues,
     ) -> Result<(), lapin::Error> {
         let SubscriptionQueues {
             id,
@@ -270,14 +282,10 @@ impl Topology {
         channel: &Channel,
         id: SubscriptionId,
         topic: TopicId,
-    ) -> Result<(), lapin::Error> {
-        bind(
-            channel,
-            &subscription_queue(id),
-            EVENTS_EXCHANGE,
-            &topic.to_string(),
-        )
-        .await
+    ) -> Result<(), BrokerError> {
+        let queue = subscription_queue(id);
+        let key = topic.to_string();
+        bounded("queue.bind", bind(channel, &queue, EVENTS_EXCHANGE, &key)).await
     }
 
     /// Unbinds a subscription's queue from its topic: nothing more is routed to it.
@@ -286,15 +294,17 @@ impl Topology {
         channel: &Channel,
         id: SubscriptionId,
         topic: TopicId,
-    ) -> Result<(), lapin::Error> {
-        channel
-            .queue_unbind(
+    ) -> Result<(), BrokerError> {
+        bounded(
+            "queue.unbind",
+            channel.queue_unbind(
                 subscription_queue(id).into(),
                 EVENTS_EXCHANGE.into(),
                 topic.to_string().into(),
                 FieldTable::default(),
-            )
-            .await
+            ),
+        )
+        .await
     }
 
     /// Deletes a subscription's queue and dead-letter queue with whatever they hold.
@@ -302,12 +312,14 @@ impl Topology {
         &self,
         channel: &Channel,
         id: SubscriptionId,
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<(), BrokerError> {
         for queue in [subscription_queue(id), dead_letter_queue(id)] {
-            channel
+            bounded(
+                "queue.delete",
                 // default options: delete even if consumed or non-empty; the subscription is gone.
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                .await?;
+                channel.queue_delete(queue.into(), QueueDeleteOptions::default()),
+            )
+            .await?;
         }
         Ok(())
     }

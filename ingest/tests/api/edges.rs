@@ -26,6 +26,14 @@ fn retry_after(answer: &Answer) -> u64 {
         .expect("Retry-After in whole seconds")
 }
 
+/// A refusal for overload: a problem document, `Retry-After` of a second or more, and a
+/// detail that names what ran out (`why`).
+fn assert_overloaded(answer: &Answer, why: &str) {
+    answer.assert_problem();
+    assert!(retry_after(answer) >= 1);
+    assert!(answer.detail().contains(why), "{}", answer.detail());
+}
+
 #[tokio::test]
 async fn a_partner_over_its_ingest_quota_gets_a_429_with_rate_limit_headers_and_nothing_is_written()
 {
@@ -189,13 +197,7 @@ async fn past_the_bounded_backlog_posts_get_a_503_and_every_accepted_event_is_pu
         match answer.status {
             202 => accepted.push(answer.body["id"].as_str().unwrap().to_owned()),
             503 => {
-                answer.assert_problem();
-                assert!(retry_after(&answer) >= 1);
-                assert!(
-                    answer.detail().contains("ANIKA_MAX_BACKLOG"),
-                    "{}",
-                    answer.detail()
-                );
+                assert_overloaded(&answer, "ANIKA_MAX_BACKLOG");
                 refused += 1;
             }
             other => panic!("unexpected {other}: {}", answer.body),
@@ -337,13 +339,7 @@ async fn past_the_in_flight_caps_requests_get_a_503_with_retry_after_and_service
         .post_event(&dealer.publisher, &topic, json!({"data": 1}), None)
         .await;
     assert_eq!(answer.status, 503, "{}", answer.body);
-    answer.assert_problem();
-    assert!(retry_after(&answer) >= 1);
-    assert!(
-        answer.detail().contains("ANIKA_MAX_REQUESTS_IN_FLIGHT"),
-        "{}",
-        answer.detail()
-    );
+    assert_overloaded(&answer, "ANIKA_MAX_REQUESTS_IN_FLIGHT");
     let topics = app.api.get("/v1/topics", &dealer.admin).await;
     assert_eq!(topics.status, 503, "every /v1 route shares the cap");
     app.api
@@ -398,13 +394,8 @@ async fn while_a_queue_stands_the_edge_admits_fewer_at_once_and_refuses_the_rest
         }
     }
     let answer = refused.expect("past the admission limit a request is refused");
-    answer.assert_problem();
-    assert!(retry_after(&answer) >= 1);
-    assert!(
-        answer.detail().contains("queue up"),
-        "the admission limit, not the cap of 4,096: {}",
-        answer.detail()
-    );
+    // "queue up": the admission limit refused it, not the cap of 4,096.
+    assert_overloaded(&answer, "queue up");
     app.api
         .send(Method::GET, "/healthz", None, None)
         .await
@@ -458,13 +449,7 @@ async fn past_the_body_bytes_in_flight_a_request_gets_a_503_before_its_body_is_h
         )
         .await;
     assert_eq!(answer.status, 503, "{}", answer.body);
-    answer.assert_problem();
-    assert!(retry_after(&answer) >= 1);
-    assert!(
-        answer.detail().contains("ANIKA_MAX_BODY_BYTES_IN_FLIGHT"),
-        "{}",
-        answer.detail()
-    );
+    assert_overloaded(&answer, "ANIKA_MAX_BODY_BYTES_IN_FLIGHT");
     // The held request completes normally, and gives its bytes back.
     stuck
         .write_all(&body.as_bytes()[body.len() - 1..])
