@@ -26,6 +26,23 @@ fn retry_after(answer: &Answer) -> u64 {
         .expect("Retry-After in whole seconds")
 }
 
+/// While requests are refused for overload the service endpoints still answer; once the
+/// `held` requests end, a post is admitted again within 5 s.
+async fn admitted_again_after<T>(app: &App, held: T, token: &str, topic: &str) -> bool {
+    app.api
+        .send(Method::GET, "/healthz", None, None)
+        .await
+        .expect(200);
+    drop(held);
+    eventually(Duration::from_secs(5), || async {
+        app.post_event(token, topic, json!({"data": "after"}), None)
+            .await
+            .status
+            == 202
+    })
+    .await
+}
+
 /// A refusal for overload: a problem document, `Retry-After` of a second or more, and a
 /// detail that names what ran out (`why`).
 fn assert_overloaded(answer: &Answer, why: &str) {
@@ -342,18 +359,7 @@ async fn past_the_in_flight_caps_requests_get_a_503_with_retry_after_and_service
     assert_overloaded(&answer, "ANIKA_MAX_REQUESTS_IN_FLIGHT");
     let topics = app.api.get("/v1/topics", &dealer.admin).await;
     assert_eq!(topics.status, 503, "every /v1 route shares the cap");
-    app.api
-        .send(Method::GET, "/healthz", None, None)
-        .await
-        .expect(200);
-    drop(stuck);
-    let served = eventually(Duration::from_secs(5), || async {
-        app.post_event(&dealer.publisher, &topic, json!({"data": 2}), None)
-            .await
-            .status
-            == 202
-    })
-    .await;
+    let served = admitted_again_after(&app, stuck, &dealer.publisher, &topic).await;
     assert!(served, "slots are given back when the requests end");
     assert_eq!(app.events_in_log(&topic).await, 1);
 }
@@ -396,18 +402,7 @@ async fn while_a_queue_stands_the_edge_admits_fewer_at_once_and_refuses_the_rest
     let answer = refused.expect("past the admission limit a request is refused");
     // "queue up": the admission limit refused it, not the cap of 4,096.
     assert_overloaded(&answer, "queue up");
-    app.api
-        .send(Method::GET, "/healthz", None, None)
-        .await
-        .expect(200);
-    drop(stuck);
-    let served = eventually(Duration::from_secs(5), || async {
-        app.post_event(&dealer.publisher, &topic, json!({"data": "after"}), None)
-            .await
-            .status
-            == 202
-    })
-    .await;
+    let served = admitted_again_after(&app, stuck, &dealer.publisher, &topic).await;
     assert!(
         served,
         "once the held requests end, requests are admitted again"
