@@ -1,4 +1,4 @@
-//! Publishing with confirms for retries and dead letters: a message is acked only after this returns Ok.
+//! Publishing with confirms for retries, dead letters and notices, one publish in flight per channel so each learns its own return; a message is acked only after this returns Ok.
 
 use std::sync::{
     Arc,
