@@ -271,7 +271,19 @@ impl Browser {
     /// Signs out with the button every page has.
     pub async fn sign_out(&self) {
         self.press("Sign out").await;
-        self.wait_text("API key").await;
+        // The sign-in page itself, not a text: a signed-in page's navigation links "API
+        // keys", so waiting for "API key" returned before the sign-out was answered, and
+        // the session it ends was sometimes still alive (seen on CI).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.url().await.path() != "/console/sign-in" {
+            assert!(
+                Instant::now() < deadline,
+                "signing out did not lead to the sign-in page; at {}",
+                self.url().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.wait_text("Any operator, admin or publisher key").await;
     }
 
     /// The session cookie's value (HttpOnly: WebDriver sees it, page scripts do not).
