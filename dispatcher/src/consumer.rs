@@ -124,7 +124,7 @@ async fn consume(
     // Stop taking new messages, let the ones in flight finish within the grace period,
     // wait until their outcomes are written and acked, then close: whatever is left
     // unacknowledged goes back to the queue.
-    if let Err(e) = anika_shared::amqp::bounded(
+    if let Err(e) = bounded(
         "basic.cancel",
         channel.basic_cancel(tag, BasicCancelOptions::default()),
     )

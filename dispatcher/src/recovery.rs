@@ -17,7 +17,7 @@
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use anika_shared::{
-    amqp::{Broker, BrokerError, DELIVER_EXCHANGE, dead_letter_queue},
+    amqp::{Broker, BrokerError, DELIVER_EXCHANGE, bounded, dead_letter_queue},
     audit::Changes,
     changes::Change,
     domain::{EventId, PartnerId, SubscriptionId, TopicId},
@@ -234,9 +234,11 @@ async fn move_dead_letters(
         let mut batch = Vec::new();
         while (batch.len() as u64) < want {
             // no_ack false: a message is removed only by the ack after its copy is confirmed.
-            match get
-                .basic_get(queue.as_str().into(), BasicGetOptions::default())
-                .await?
+            match bounded(
+                "basic.get",
+                get.basic_get(queue.as_str().into(), BasicGetOptions::default()),
+            )
+            .await?
             {
                 Some(message) => batch.push(message),
                 None => break,
@@ -248,8 +250,9 @@ async fn move_dead_letters(
         let mut confirms = Vec::with_capacity(batch.len());
         for message in &batch {
             let delivery = &message.delivery;
-            let confirm = publish
-                .basic_publish(
+            let confirm = bounded(
+                "basic.publish",
+                publish.basic_publish(
                     DELIVER_EXCHANGE.into(),
                     routing_key.as_str().into(),
                     // mandatory: if the subscription queue is gone, the copy comes back and
@@ -261,29 +264,37 @@ async fn move_dead_letters(
                     &delivery.data,
                     // A fresh attempt budget: the count starts over.
                     with_attempts(&delivery.properties, 0),
-                )
-                .await?;
+                ),
+            )
+            .await?;
             confirms.push(confirm);
         }
         let mut moved = Vec::with_capacity(batch.len());
         for (message, confirm) in batch.iter().zip(confirms) {
             let tag = message.delivery.delivery_tag;
-            if taken(&confirm.await?) {
+            // Unconfirmed in time: an error, so the channel closes and the message stays.
+            if taken(&bounded("a replayed copy's confirm", confirm).await?) {
                 // multiple false: this message alone; a refused one before it stays.
-                get.basic_ack(tag, BasicAckOptions { multiple: false })
-                    .await?;
+                bounded(
+                    "basic.ack",
+                    get.basic_ack(tag, BasicAckOptions { multiple: false }),
+                )
+                .await?;
                 if let Some(meta) = Meta::read(&message.delivery.properties) {
                     moved.push(meta.event.uuid());
                 }
                 outcome.replayed += 1;
             } else {
                 // requeue true: the refused copy is gone, so the dead letter must stay.
-                get.basic_nack(
-                    tag,
-                    BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    },
+                bounded(
+                    "basic.nack",
+                    get.basic_nack(
+                        tag,
+                        BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        },
+                    ),
                 )
                 .await?;
                 outcome.kept += 1;
@@ -313,7 +324,11 @@ async fn forget_stale_records(
     subscription: SubscriptionId,
 ) -> Result<(), RecoveryError> {
     let before = attempts::clock_now(pool).await?;
-    let left = anika_shared::amqp::message_count(channel, &dead_letter_queue(subscription)).await?;
+    let left = bounded(
+        "a passive queue.declare",
+        anika_shared::amqp::message_count(channel, &dead_letter_queue(subscription)),
+    )
+    .await?;
     if left == 0 {
         attempts::delete_dead_letters_before(pool, subscription.uuid(), before).await?;
     }
@@ -345,12 +360,14 @@ pub async fn purge_dead_letters(
 ) -> Result<u64, RecoveryError> {
     ensure_subscription(pool, subscription).await?;
     let channel = broker.channel().await?;
-    let purged = channel
-        .queue_purge(
+    let purged = bounded(
+        "queue.purge",
+        channel.queue_purge(
             dead_letter_queue(subscription).into(),
             QueuePurgeOptions::default(),
-        )
-        .await?;
+        ),
+    )
+    .await?;
     attempts::delete_dead_letters(pool, subscription.uuid()).await?;
     anika_shared::amqp::close_channel(&channel, "replay").await;
     Ok(u64::from(purged))
@@ -464,8 +481,9 @@ async fn stream_window(
             },
             &event.data.0,
         );
-        let confirm = channel
-            .basic_publish(
+        let confirm = bounded(
+            "basic.publish",
+            channel.basic_publish(
                 DELIVER_EXCHANGE.into(),
                 routing_key.as_str().into(),
                 // mandatory: a missing queue is a refusal, not a silent loss.
@@ -475,8 +493,9 @@ async fn stream_window(
                 },
                 &body,
                 properties(id, topic, 0),
-            )
-            .await?;
+            ),
+        )
+        .await?;
         pending.push_back(confirm);
         published += 1;
         if pending.len() == BATCH {
@@ -504,7 +523,7 @@ async fn settle(
 ) -> Result<(), RecoveryError> {
     while pending.len() > keep {
         let confirm = pending.pop_front().expect("more than `keep` are pending");
-        if taken(&confirm.await?) {
+        if taken(&bounded("a replayed event's confirm", confirm).await?) {
             outcome.enqueued += 1;
         } else {
             outcome.refused += 1;
