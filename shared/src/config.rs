@@ -212,8 +212,8 @@ pub struct Config {
     pub max_requests_in_flight: usize,
     /// `ANIKA_MAX_BODY_BYTES_IN_FLIGHT`: request body bytes held at once; more get a 503.
     pub max_body_bytes_in_flight: usize,
-    /// `ANIKA_SHED_TARGET`: a queue stands when even the fastest `/v1` request of an interval
-    /// took longer (see [`crate::edge`]); zero turns load shedding off.
+    /// `ANIKA_SHED_TARGET`: a queue stands when more than a tenth of the `/v1` requests of an
+    /// interval took longer (see [`crate::edge`]); zero turns load shedding off.
     pub shed_target: Duration,
     /// `ANIKA_SECRET_KEYS`: the main keys that seal signing keys and webhook secrets at rest
     /// (`id:base64key,…`; the first seals, all open). Unset, the roles refuse to start
@@ -450,7 +450,7 @@ pub const SETTINGS: &[Setting] = &[
         default: Some("25ms"),
         unset: "",
         roles: "every role",
-        about: "load shedding: when even the fastest `/v1` request of 100 ms took longer than this, fewer are admitted at once and the rest get 503 with `Retry-After`; `0s` turns it off",
+        about: "load shedding: when more than a tenth of the `/v1` requests of 100 ms took longer than this, fewer are admitted at once and the rest get 503 with `Retry-After`; `0s` turns it off",
     },
     Setting {
         key: "queue_type",
