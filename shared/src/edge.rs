@@ -352,19 +352,75 @@ impl GuardedBody {
     }
 }
 
-/// The middleware: a request slot, then the body under deadline and budget.
+/// The admission limit as the outermost layer of the routes ([`crate::http::finish_with`]):
+/// a request refused because a queue stands costs no request id, span, metrics middleware or
+/// body guard. Under twice its capacity the process refuses about as many requests as it
+/// accepts, on the same cores, so what a refusal costs is taken from the accepted ones.
+#[derive(Clone, Debug)]
+pub struct ShedLayer {
+    limits: EdgeLimits,
+}
+
+impl ShedLayer {
+    /// Refuses `/v1` requests past the admission limit of `limits`.
+    pub fn new(limits: EdgeLimits) -> Self {
+        Self { limits }
+    }
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed {
+            inner,
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+/// The service of [`ShedLayer`].
+#[derive(Clone, Debug)]
+pub struct Shed<S> {
+    inner: S,
+    limits: EdgeLimits,
+}
+
+impl<S> tower::Service<Request> for Shed<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future =
+        futures::future::Either<std::future::Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if request.uri().path().starts_with("/v1/") {
+            let in_flight = self.limits.max_requests - self.limits.requests.available_permits();
+            if !self.limits.queue.admits(in_flight) {
+                metrics::counter!(crate::meters::HTTP_REQUESTS_REFUSED, "reason" => "queue")
+                    .increment(1);
+                return futures::future::Either::Left(std::future::ready(Ok(Problem::overloaded(
+                    "the server is past its capacity: requests queue up; nothing was done, retry shortly",
+                    1,
+                )
+                .into_response())));
+            }
+        }
+        futures::future::Either::Right(self.inner.call(request))
+    }
+}
+
+/// The middleware: a request slot, then the body under deadline and budget (the admission
+/// limit is [`ShedLayer`]'s, outside every other layer).
 pub async fn enforce(State(limits): State<EdgeLimits>, request: Request, next: Next) -> Response {
     if !request.uri().path().starts_with("/v1/") {
         return next.run(request).await;
-    }
-    let in_flight = limits.max_requests - limits.requests.available_permits();
-    if !limits.queue.admits(in_flight) {
-        metrics::counter!(crate::meters::HTTP_REQUESTS_REFUSED, "reason" => "queue").increment(1);
-        return Problem::overloaded(
-            "the server is past its capacity: requests queue up; nothing was done, retry shortly",
-            1,
-        )
-        .into_response();
     }
     let Ok(_slot) = Arc::clone(&limits.requests).try_acquire_owned() else {
         metrics::counter!(crate::meters::HTTP_REQUESTS_REFUSED, "reason" => "in_flight")

@@ -276,10 +276,13 @@ pub fn finish(router: Router) -> Router {
 /// Like [`finish`], with the resource bounds of [`crate::edge`] on every `/v1` route:
 /// a deadline for request bodies, and caps on requests and body bytes in flight.
 pub fn finish_with(router: Router, config: &crate::config::Config) -> Router {
+    let limits = crate::edge::EdgeLimits::new(config);
+    // The admission limit goes outside everything else, so that a refusal costs the least.
     finish(router.layer(middleware::from_fn_with_state(
-        crate::edge::EdgeLimits::new(config),
+        limits.clone(),
         crate::edge::enforce,
     )))
+    .layer(crate::edge::ShedLayer::new(limits))
 }
 
 /// Serves `app` on an already-bound listener until `shutdown` fires, then drains open requests.

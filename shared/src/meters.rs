@@ -8,6 +8,7 @@ pub const HTTP_REQUEST_SECONDS: &str = "anika_http_request_duration_seconds";
 /// Request bodies refused at the edge, by `reason`.
 pub const HTTP_BODIES_REFUSED: &str = "anika_http_bodies_refused_total";
 /// Requests refused at the edge before a handler ran, by `reason` (`queue`, `in_flight`).
+/// A `queue` refusal is answered before the request metrics are taken: it is counted only here.
 pub const HTTP_REQUESTS_REFUSED: &str = "anika_http_requests_refused_total";
 /// Stored secrets that do not open (moved, tampered with, or sealed under a missing main
 /// key), by `column`.
