@@ -15,15 +15,16 @@
 //! by itself. (CoDel's test, the fastest request of the interval, misses the
 //! queue of a group commit: whoever arrives just before a commit is fast
 //! however long the others wait, and under twice its capacity the process
-//! accepted 1.7 times what 64 clients get, at a p99 of a second.) Then the
+//! accepted 1.5 times what 64 clients get, at a p99 near a second.) Then the
 //! number of requests admitted at once is lowered to three quarters of those
 //! in flight (never below [`SHED_FLOOR`]), interval after interval, and new
-//! requests past it get a 503 with `Retry-After` at once; once the queue is
-//! gone it grows back by an eighth per interval. By Little's law the requests in flight are the
-//! queue: bounding them to what the process serves within the target bounds
-//! the latency of what is accepted, whatever the capacity of the machine.
-//! Nothing is refused before an interval has shown a queue, nor while fewer
-//! than [`SHED_FLOOR`] requests are in flight (a subscription's RabbitMQ round trips).
+//! requests past it get a 503 with `Retry-After` at once ([`ShedLayer`]);
+//! once the queue is gone it grows back by an eighth per interval. By
+//! Little's law the requests in flight are the queue: bounding them to what
+//! the process serves within the target bounds the latency of what is
+//! accepted, whatever the capacity of the machine. Nothing is refused before
+//! an interval has shown a queue, nor while fewer than [`SHED_FLOOR`]
+//! requests are in flight (a subscription's RabbitMQ round trips).
 //! `ANIKA_SHED_TARGET=0s` turns shedding off (the test kit does: on a machine
 //! shared by parallel tests, latency measures the machine, not the server).
 //!
