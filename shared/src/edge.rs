@@ -239,6 +239,13 @@ impl EdgeLimits {
     }
 }
 
+impl EdgeLimits {
+    /// `/v1` requests holding a slot now.
+    fn in_flight(&self) -> usize {
+        self.max_requests - self.requests.available_permits()
+    }
+}
+
 /// Body bytes one request holds; given back when the request is done (its last holder drops).
 #[derive(Debug)]
 struct Reservation {
@@ -402,8 +409,7 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         if request.uri().path().starts_with("/v1/") {
-            let in_flight = self.limits.max_requests - self.limits.requests.available_permits();
-            if !self.limits.queue.admits(in_flight) {
+            if !self.limits.queue.admits(self.limits.in_flight()) {
                 metrics::counter!(crate::meters::HTTP_REQUESTS_REFUSED, "reason" => "queue")
                     .increment(1);
                 return futures::future::Either::Left(std::future::ready(Ok(Problem::overloaded(
@@ -453,8 +459,7 @@ pub async fn enforce(State(limits): State<EdgeLimits>, request: Request, next: N
     });
     let started = std::time::Instant::now();
     let mut response = next.run(Request::from_parts(parts, body)).await;
-    let in_flight = limits.max_requests - limits.requests.available_permits();
-    limits.queue.finished(started.elapsed(), in_flight);
+    limits.queue.finished(started.elapsed(), limits.in_flight());
     if reservation.failed.load(Ordering::Acquire) {
         // The rest of the body is still on the wire: the connection cannot carry another request.
         response
@@ -507,6 +512,29 @@ mod tests {
         assert!(queue_stands(1, 1), "the only request was slow");
         // The case CoDel's minimum misses: most wait, a few who came just before a commit don't.
         assert!(queue_stands(1000, 700));
+    }
+
+    #[test]
+    fn a_fast_few_do_not_hide_a_queue_the_rest_waited_in() {
+        let watch = QueueWatch::new(4096, Duration::from_millis(25));
+        std::thread::sleep(SHED_INTERVAL);
+        // Those who arrived just before a group commit were fast; most waited.
+        for _ in 0..5 {
+            watch.finished(Duration::from_millis(2), 1000);
+        }
+        for _ in 0..45 {
+            watch.finished(Duration::from_millis(60), 1000);
+        }
+        std::thread::sleep(SHED_INTERVAL);
+        watch.finished(Duration::from_millis(60), 1000);
+        assert!(
+            watch.standing.load(Ordering::Acquire),
+            "the fastest request of the interval met the target, yet nine in ten waited"
+        );
+        assert!(
+            !watch.admits(750),
+            "the limit fell to three quarters of those in flight"
+        );
     }
 
     #[test]
