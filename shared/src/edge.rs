@@ -408,16 +408,16 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        if request.uri().path().starts_with("/v1/") {
-            if !self.limits.queue.admits(self.limits.in_flight()) {
-                metrics::counter!(crate::meters::HTTP_REQUESTS_REFUSED, "reason" => "queue")
-                    .increment(1);
-                return futures::future::Either::Left(std::future::ready(Ok(Problem::overloaded(
-                    "the server is past its capacity: requests queue up; nothing was done, retry shortly",
-                    1,
-                )
-                .into_response())));
-            }
+        if request.uri().path().starts_with("/v1/")
+            && !self.limits.queue.admits(self.limits.in_flight())
+        {
+            metrics::counter!(crate::meters::HTTP_REQUESTS_REFUSED, "reason" => "queue")
+                .increment(1);
+            return futures::future::Either::Left(std::future::ready(Ok(Problem::overloaded(
+                "the server is past its capacity: requests queue up; nothing was done, retry shortly",
+                1,
+            )
+            .into_response())));
         }
         futures::future::Either::Right(self.inner.call(request))
     }
