@@ -450,7 +450,7 @@ pub const SETTINGS: &[Setting] = &[
         default: Some("25ms"),
         unset: "",
         roles: "every role",
-        about: "load shedding: when more than a tenth of the `/v1` requests of 100 ms took longer than this, fewer are admitted at once and the rest get 503 with `Retry-After`; `0s` turns it off",
+        about: "load shedding: when more than a tenth of the `/v1` requests of 100 ms took longer than this, only what their rate serves within it is admitted at once (rate × target, at least 64) and the rest get 503 with `Retry-After`; `0s` turns it off",
     },
     Setting {
         key: "queue_type",

@@ -16,13 +16,17 @@
 //! queue of a group commit: whoever arrives just before a commit is fast
 //! however long the others wait, and under twice its capacity the process
 //! accepted 1.5 times what 64 clients get, at a p99 near a second.) Then the
-//! number of requests admitted at once is lowered to three quarters of those
-//! in flight (never below [`SHED_FLOOR`]), interval after interval, and new
-//! requests past it get a 503 with `Retry-After` at once ([`ShedLayer`]);
-//! once the queue is gone it grows back by an eighth per interval. By
-//! Little's law the requests in flight are the queue: bounding them to what
-//! the process serves within the target bounds the latency of what is
-//! accepted, whatever the capacity of the machine. Nothing is refused before
+//! number of requests admitted at once is set to what the interval's rate
+//! serves within the target — by Little's law, requests in flight = rate ×
+//! latency, so 7,000/s within 25 ms are 175 — never below [`SHED_FLOOR`], and
+//! new requests past it get a 503 with `Retry-After` at once ([`ShedLayer`]);
+//! once the queue is gone it grows back by an eighth per interval. The cut
+//! is one step, whatever the limit was: cutting by a quarter per interval
+//! took 1.5 s from the cap of 4,096, and under twice the capacity those
+//! seconds of queue made clients open thousands of connections. Bounding the
+//! requests in flight to what the process serves within the target bounds
+//! the latency of what is accepted, whatever the capacity of the machine, and
+//! keeps the group commits as full as that latency allows. Nothing is refused before
 //! an interval has shown a queue, nor while fewer than [`SHED_FLOOR`]
 //! requests are in flight (a subscription's RabbitMQ round trips).
 //! `ANIKA_SHED_TARGET=0s` turns shedding off (the test kit does: on a machine
@@ -178,8 +182,9 @@ impl QueueWatch {
             let slow = self.slow.swap(0, Ordering::AcqRel);
             let standing = queue_stands(finished, slow);
             let limit = self.limit.load(Ordering::Acquire);
+            let rate = finished as f64 * 1e6 / now.saturating_sub(start).max(1) as f64;
             self.limit.store(
-                next_limit(limit, in_flight, standing, self.max),
+                next_limit(limit, rate, self.target_us, standing, self.max),
                 Ordering::Release,
             );
             if standing != self.standing.swap(standing, Ordering::AcqRel) {
@@ -210,12 +215,15 @@ fn queue_stands(finished: u64, slow: u64) -> bool {
     slow * 10 > finished
 }
 
-/// The admission limit after an interval: while a queue stands, three quarters of what is in
-/// flight (or of the limit, if lower); once it drained, an eighth more; within
-/// [`SHED_FLOOR`]..=`max`.
-fn next_limit(limit: usize, in_flight: usize, standing: bool, max: usize) -> usize {
+/// The admission limit after an interval in which requests finished at `rate` per second:
+/// while a queue stands, what that rate serves within the target by Little's law
+/// (`rate × target` in flight: a 7,000/s process with a 25 ms target admits 175), so that
+/// the first interval of an overload cuts the queue at once rather than by a quarter per
+/// interval (which, from the cap of 4,096, took seconds of second-long latencies);
+/// once the queue drained, an eighth more per interval; within [`SHED_FLOOR`]..=`max`.
+fn next_limit(limit: usize, rate: f64, target_us: u64, standing: bool, max: usize) -> usize {
     let next = if standing {
-        in_flight.min(limit) * 3 / 4
+        (rate * target_us as f64 / 1e6) as usize
     } else {
         limit + (limit / 8).max(1)
     };
@@ -367,12 +375,23 @@ impl GuardedBody {
 #[derive(Clone, Debug)]
 pub struct ShedLayer {
     limits: EdgeLimits,
+    refusal: Bytes,
 }
 
 impl ShedLayer {
     /// Refuses `/v1` requests past the admission limit of `limits`.
     pub fn new(limits: EdgeLimits) -> Self {
-        Self { limits }
+        // Serialized once: the process may refuse thousands of requests a second.
+        let refusal = serde_json::to_vec(&Problem::overloaded(
+            "the server is past its capacity: requests queue up; nothing was done, retry shortly",
+            1,
+        ))
+        .map(Bytes::from)
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot serialize the refusal; it goes without a body");
+            Bytes::new()
+        });
+        Self { limits, refusal }
     }
 }
 
@@ -383,6 +402,7 @@ impl<S> tower::Layer<S> for ShedLayer {
         Shed {
             inner,
             limits: self.limits.clone(),
+            refusal: self.refusal.clone(),
         }
     }
 }
@@ -392,6 +412,7 @@ impl<S> tower::Layer<S> for ShedLayer {
 pub struct Shed<S> {
     inner: S,
     limits: EdgeLimits,
+    refusal: Bytes,
 }
 
 impl<S> tower::Service<Request> for Shed<S>
@@ -413,11 +434,16 @@ where
         {
             metrics::counter!(crate::meters::HTTP_REQUESTS_REFUSED, "reason" => "queue")
                 .increment(1);
-            return futures::future::Either::Left(std::future::ready(Ok(Problem::overloaded(
-                "the server is past its capacity: requests queue up; nothing was done, retry shortly",
-                1,
-            )
-            .into_response())));
+            // The same answer as `Problem::overloaded(…).into_response()`, from the bytes made once.
+            let mut refused = Response::new(Body::from(self.refusal.clone()));
+            *refused.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+            let headers = refused.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            );
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return futures::future::Either::Left(std::future::ready(Ok(refused)));
         }
         futures::future::Either::Right(self.inner.call(request))
     }
@@ -475,9 +501,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_standing_queue_lowers_the_limit_and_a_drained_one_raises_it() {
+    fn a_standing_queue_cuts_the_limit_to_what_the_rate_serves_and_a_drained_one_raises_it() {
         let watch = QueueWatch::new(4096, Duration::from_millis(25));
-        watch.finished(Duration::from_millis(80), 1000);
+        // 500 slow requests in an interval of at least 100 ms: at most 5,000/s, which
+        // serves 125 in flight within 25 ms.
+        for _ in 0..499 {
+            watch.finished(Duration::from_millis(60), 1000);
+        }
         assert!(watch.admits(4000), "judged only once an interval is over");
         std::thread::sleep(SHED_INTERVAL);
         watch.finished(Duration::from_millis(60), 1000);
@@ -486,19 +516,22 @@ mod tests {
             "every request of the interval was slow"
         );
         assert!(
-            watch.admits(749) && !watch.admits(750),
-            "three quarters of the 1,000 in flight"
+            !watch.admits(126),
+            "cut at once from 4,096 to what the rate serves within the target"
         );
-        for _ in 0..10 {
-            watch.finished(Duration::from_millis(1), 700);
-        }
+        assert!(watch.admits(SHED_FLOOR - 1), "never below the floor");
+        let limit = watch.limit.load(Ordering::Acquire);
         std::thread::sleep(SHED_INTERVAL);
-        watch.finished(Duration::from_millis(90), 700);
+        watch.finished(Duration::from_millis(1), 100);
         assert!(
             !watch.standing.load(Ordering::Acquire),
-            "one slow request in eleven: the queue drained"
+            "the interval's only request was fast: the queue drained"
         );
-        assert!(watch.admits(842) && !watch.admits(843), "750 and an eighth");
+        assert_eq!(
+            watch.limit.load(Ordering::Acquire),
+            limit + limit / 8,
+            "an eighth more per interval once drained"
+        );
     }
 
     #[test]
@@ -533,7 +566,7 @@ mod tests {
         );
         assert!(
             !watch.admits(750),
-            "the limit fell to three quarters of those in flight"
+            "the limit fell to what the rate serves within the target"
         );
     }
 
@@ -548,22 +581,39 @@ mod tests {
     }
 
     #[test]
+    fn a_standing_queue_admits_what_its_rate_serves_within_the_target() {
+        assert_eq!(
+            next_limit(4096, 7000.0, 25_000, true, 4096),
+            175,
+            "Little's law: 7,000/s within 25 ms are 175 in flight, from the cap in one interval"
+        );
+        assert_eq!(
+            next_limit(100, 7000.0, 25_000, true, 4096),
+            175,
+            "a limit below what the rate serves rises to it: the queue is not ours"
+        );
+    }
+
+    #[test]
     fn the_limit_stays_between_the_floor_and_the_cap() {
         assert_eq!(
-            next_limit(100, 10, true, 4096),
+            next_limit(100, 1000.0, 25_000, true, 4096),
             SHED_FLOOR,
             "never below the floor"
         );
         assert_eq!(
-            next_limit(4096, 4096, false, 4096),
+            next_limit(4096, 7000.0, 25_000, false, 4096),
             4096,
             "never past the cap"
         );
         assert_eq!(
-            next_limit(400, 2000, true, 4096),
-            300,
-            "from the limit when more are in flight"
+            next_limit(4096, 1e9, 25_000, true, 4096),
+            4096,
+            "nor past it while a queue stands"
         );
-        assert_eq!(next_limit(SHED_FLOOR, 0, false, 4096), SHED_FLOOR + 8);
+        assert_eq!(
+            next_limit(SHED_FLOOR, 0.0, 25_000, false, 4096),
+            SHED_FLOOR + 8
+        );
     }
 }
