@@ -15,6 +15,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -247,16 +248,17 @@ async fn record_metrics(request: Request, next: Next) -> Response {
 }
 
 /// Wraps the composed routes with what every role needs: problem fallbacks, metrics,
-/// request ids, tracing, and a panic guard that answers a problem document.
-pub fn finish(router: Router) -> Router {
-    router
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(record_metrics))
-        .layer(CatchPanicLayer::custom(|_| {
-            tracing::error!("a request handler panicked");
-            Problem::internal().into_response()
-        }))
+/// request ids, tracing, a panic guard that answers a problem document, and the resource
+/// bounds of [`crate::edge`] on every `/v1` route (a deadline for request bodies, caps on
+/// requests and body bytes in flight, and the admission limit).
+///
+/// The layers are one [`ServiceBuilder`] stack, applied once: each `Router::layer` boxes the
+/// routes again, and a boxed route is cloned (an allocation) per request and per box.
+pub fn finish_with(router: Router, config: &crate::config::Config) -> Router {
+    let limits = crate::edge::EdgeLimits::new(config);
+    let stack = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -269,20 +271,21 @@ pub fn finish(router: Router) -> Router {
                 })
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
         )
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-}
-
-/// Like [`finish`], with the resource bounds of [`crate::edge`] on every `/v1` route:
-/// a deadline for request bodies, and caps on requests and body bytes in flight.
-pub fn finish_with(router: Router, config: &crate::config::Config) -> Router {
-    let limits = crate::edge::EdgeLimits::new(config);
-    // The admission limit goes outside everything else, so that a refusal costs the least.
-    finish(router.layer(middleware::from_fn_with_state(
-        limits.clone(),
-        crate::edge::enforce,
-    )))
-    .layer(crate::edge::ShedLayer::new(limits))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a request handler panicked");
+            Problem::internal().into_response()
+        }))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn_with_state(
+            limits.clone(),
+            crate::edge::enforce,
+        ));
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(stack)
+        // The admission limit goes outside everything else, so that a refusal costs the least.
+        .layer(crate::edge::ShedLayer::new(limits))
 }
 
 /// Serves `app` on an already-bound listener until `shutdown` fires, then drains open requests.
