@@ -152,6 +152,27 @@ impl Poster {
         }])
     }
 
+    /// Opens `n` connections to every ingest process (concurrent `GET /healthz`), so that
+    /// an open loop over `n` connections does not open them while it is measured.
+    pub async fn connect(&self, n: usize) {
+        let mut tasks = JoinSet::new();
+        for i in 0..n {
+            let http = self.http.clone();
+            let url = pick(&self.singles, i as u64).to_owned();
+            let health = url[..url.find("/v1/").unwrap_or(url.len())].to_owned() + "/healthz";
+            tasks.spawn(async move { http.get(health).send().await.map(|r| r.status()) });
+        }
+        let mut failed = 0;
+        while let Some(done) = tasks.join_next().await {
+            if !matches!(done, Ok(Ok(status)) if status.is_success()) {
+                failed += 1;
+            }
+        }
+        if failed > 0 {
+            eprintln!("opening {n} connections: {failed} failed; the rest are open");
+        }
+    }
+
     /// Posts `size` events in one batch request.
     pub async fn batch(&self, seq: u64, size: usize) -> Result<Vec<Sent>, String> {
         let token = self.token.get().await.map_err(|e| e.to_string())?;
@@ -240,11 +261,32 @@ fn reason(error: &reqwest::Error) -> String {
     }
 }
 
-/// Sends single events at `rate` per second for `duration`, whatever the answers do (open loop).
+/// Sends single events at `rate` per second for `duration`, whatever the answers do (open loop),
+/// with at most [`MAX_OPEN_IN_FLIGHT`] requests in flight.
 pub async fn open_loop(poster: &Poster, rate: u32, duration: Duration) -> Load {
+    open_loop_over(poster, rate, duration, MAX_OPEN_IN_FLIGHT).await
+}
+
+/// [`open_loop`] over `connections` connections opened before the first event, as a fleet
+/// of clients that were already connected: a request finds a free one or waits for it.
+///
+/// Without the bound, one client process that sees the server slow down opens a connection
+/// for every request it cannot place, thousands within a second; the handshakes then queue
+/// in the server's accept queue for seconds, which measures the client's connection storm
+/// rather than the server. A request's wait for a free connection is added to its latency,
+/// so that the bound hides no queue of the server's making (no coordinated omission).
+pub async fn open_loop_over(
+    poster: &Poster,
+    rate: u32,
+    duration: Duration,
+    connections: usize,
+) -> Load {
     let total = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let slots = Arc::new(Semaphore::new(MAX_OPEN_IN_FLIGHT));
+    if connections < MAX_OPEN_IN_FLIGHT {
+        poster.connect(connections).await;
+    }
+    let slots = Arc::new(Semaphore::new(connections));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let collector = tokio::spawn(async move {
         let mut part = Part::default();
@@ -262,13 +304,21 @@ pub async fn open_loop(poster: &Poster, rate: u32, duration: Duration) -> Load {
         if at > tokio::time::Instant::now() {
             tokio::time::sleep_until(at).await;
         }
+        let asked = Instant::now();
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
+        // Waiting for a free connection is the server's doing: it counts.
+        let waited = asked.elapsed();
         let poster = poster.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let result = poster.one(seq).await;
+            let result = poster.one(seq).await.map(|mut sent| {
+                for s in &mut sent {
+                    s.sent = s.sent.checked_sub(waited).unwrap_or(s.sent);
+                }
+                sent
+            });
             drop(permit);
             let _ = tx.send(result);
         });

@@ -123,6 +123,10 @@ pub struct BenchArgs {
     /// How long the overload scenario offers twice the measured capacity.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub overload_duration: Duration,
+    /// Connections the overload scenario's open loop holds, opened before it starts (a fleet
+    /// of clients already connected; a request waits for a free one, and the wait counts).
+    #[arg(long, default_value_t = 1024)]
+    pub overload_connections: usize,
     /// Offer the overload with the subscription paused (resumed for the delivery check), so
     /// that the server's deliveries do not compete with its ingest for the cores.
     #[arg(long)]

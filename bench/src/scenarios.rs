@@ -191,6 +191,31 @@ fn ingest_latencies(accepted: &[Sent]) -> Vec<Duration> {
     accepted.iter().map(|s| s.acked - s.sent).collect()
 }
 
+/// The accepted events of each second of a phase (by when they were sent), as `count / p99 ms`:
+/// whether a tail came from the whole phase or from the seconds the server took to react.
+fn by_second(accepted: &[Sent]) -> String {
+    let Some(start) = first_sent(accepted) else {
+        return String::new();
+    };
+    let mut seconds: Vec<Vec<Duration>> = Vec::new();
+    for s in accepted {
+        let second = (s.sent - start).as_secs() as usize;
+        if seconds.len() <= second {
+            seconds.resize_with(second + 1, Vec::new);
+        }
+        seconds[second].push(s.acked - s.sent);
+    }
+    seconds
+        .into_iter()
+        .map(|latencies| {
+            let n = latencies.len();
+            Percentiles::of(latencies)
+                .map_or_else(|| "0".to_owned(), |p| format!("{n} / {:.0}", p.p99))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn first_sent(accepted: &[Sent]) -> Option<Instant> {
     accepted.iter().map(|s| s.sent).min()
 }
@@ -581,7 +606,13 @@ impl Bench<'_> {
             fixture.set_active(&self.api, false).await?;
         }
         let server_before = self.server_metrics().await.unwrap_or_default();
-        let load = load::open_loop(&poster, offered, self.args.overload_duration).await;
+        let load = load::open_loop_over(
+            &poster,
+            offered,
+            self.args.overload_duration,
+            self.args.overload_connections,
+        )
+        .await;
         let server_after = self.server_metrics().await.unwrap_or_default();
         if paused {
             fixture.set_active(&self.api, true).await?;
@@ -619,6 +650,10 @@ impl Bench<'_> {
         if let Some(p) = Percentiles::of(load.client_lag.clone()) {
             run.add(scenario, "client_lag_p99_ms", p.p99);
         }
+        run.notes.push(format!(
+            "{scenario}: accepted by second of the phase, as count / p99 ms: {}",
+            by_second(&load.accepted)
+        ));
         let (before, after) = (buckets(&server_before), buckets(&server_after));
         for (metric, name) in [
             ("anika_ingest_latency_seconds", "server_ingest"),
