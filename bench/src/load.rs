@@ -152,8 +152,8 @@ impl Poster {
         }])
     }
 
-    /// Opens `n` connections to every ingest process (concurrent `GET /healthz`), so that
-    /// an open loop over `n` connections does not open them while it is measured.
+    /// Opens `n` connections, spread over the ingest processes (concurrent `GET /healthz`),
+    /// so that an open loop over `n` connections does not open them while it is measured.
     pub async fn connect(&self, n: usize) {
         let mut tasks = JoinSet::new();
         for i in 0..n {

@@ -627,6 +627,12 @@ impl Bench<'_> {
         let accepted_per_s = load.accepted.len() as f64 / load.elapsed.as_secs_f64();
         run.add(scenario, "capacity_per_s", capacity);
         run.add(scenario, "offered_per_s", f64::from(offered));
+        // What the client managed to send: below `offered` when every connection was busy.
+        run.add(
+            scenario,
+            "sent_per_s",
+            (load.accepted.len() as u64 + load.failed()) as f64 / load.elapsed.as_secs_f64(),
+        );
         run.add(scenario, "accepted_per_s", accepted_per_s);
         run.add(scenario, "accepted_of_capacity", accepted_per_s / capacity);
         if let Some(p) = Percentiles::of(ingest_latencies(&load.accepted)) {
