@@ -580,40 +580,51 @@ mod tests {
         assert!(watch.admits(4095), "the limit stays at the cap");
     }
 
+    /// `next_limit` with a 25 ms target and a cap of 4,096, for each `(limit, rate, standing,
+    /// expected, why)`.
+    fn check_next_limit(cases: &[(usize, f64, bool, usize, &str)]) {
+        for &(limit, rate, standing, expected, why) in cases {
+            assert_eq!(
+                next_limit(limit, rate, 25_000, standing, 4096),
+                expected,
+                "{why}"
+            );
+        }
+    }
+
     #[test]
     fn a_standing_queue_admits_what_its_rate_serves_within_the_target() {
-        assert_eq!(
-            next_limit(4096, 7000.0, 25_000, true, 4096),
-            175,
-            "Little's law: 7,000/s within 25 ms are 175 in flight, from the cap in one interval"
-        );
-        assert_eq!(
-            next_limit(100, 7000.0, 25_000, true, 4096),
-            175,
-            "a limit below what the rate serves rises to it: the queue is not ours"
-        );
+        check_next_limit(&[
+            (
+                4096,
+                7000.0,
+                true,
+                175,
+                "Little's law: 7,000/s within 25 ms are 175 in flight, from the cap in one interval",
+            ),
+            (
+                100,
+                7000.0,
+                true,
+                175,
+                "a limit below what the rate serves rises to it: the queue is not ours",
+            ),
+        ]);
     }
 
     #[test]
     fn the_limit_stays_between_the_floor_and_the_cap() {
-        assert_eq!(
-            next_limit(100, 1000.0, 25_000, true, 4096),
-            SHED_FLOOR,
-            "never below the floor"
-        );
-        assert_eq!(
-            next_limit(4096, 7000.0, 25_000, false, 4096),
-            4096,
-            "never past the cap"
-        );
-        assert_eq!(
-            next_limit(4096, 1e9, 25_000, true, 4096),
-            4096,
-            "nor past it while a queue stands"
-        );
-        assert_eq!(
-            next_limit(SHED_FLOOR, 0.0, 25_000, false, 4096),
-            SHED_FLOOR + 8
-        );
+        check_next_limit(&[
+            (100, 1000.0, true, SHED_FLOOR, "never below the floor"),
+            (4096, 7000.0, false, 4096, "never past the cap"),
+            (4096, 1e9, true, 4096, "nor past it while a queue stands"),
+            (
+                SHED_FLOOR,
+                0.0,
+                false,
+                SHED_FLOOR + 8,
+                "an eighth more once drained",
+            ),
+        ]);
     }
 }
