@@ -180,9 +180,10 @@ impl QueueWatch {
             // A request counted between the two swaps lands in the next interval: harmless.
             let finished = self.finished.swap(0, Ordering::AcqRel);
             let slow = self.slow.swap(0, Ordering::AcqRel);
-            let standing = queue_stands(finished, slow);
+            let elapsed = Duration::from_micros(now.saturating_sub(start));
+            let standing = queue_stands(finished, slow, elapsed);
             let limit = self.limit.load(Ordering::Acquire);
-            let rate = finished as f64 * 1e6 / now.saturating_sub(start).max(1) as f64;
+            let rate = finished as f64 / elapsed.as_secs_f64().max(1e-6);
             self.limit.store(
                 next_limit(limit, rate, self.target_us, standing, self.max),
                 Ordering::Release,
@@ -209,11 +210,18 @@ impl QueueWatch {
     }
 }
 
-/// Whether an interval in which `finished` requests ended, `slow` of them past the target,
-/// shows a standing queue: more than a tenth were slow (the 90th percentile is past it).
-fn queue_stands(finished: u64, slow: u64) -> bool {
-    slow * 10 > finished
+/// Whether an interval that lasted `elapsed`, in which `finished` requests ended, `slow` of
+/// them past the target, shows a standing queue: more than a tenth were slow (the 90th
+/// percentile is past it). An interval closes only when a request ends, so one longer than
+/// [`IDLE_INTERVAL`] was mostly idle: a standing queue ends requests all the time. Its rate
+/// says nothing of the load, and one slow request after a quiet minute (a cold connection)
+/// would otherwise cut the limit to the floor just as a burst arrives.
+fn queue_stands(finished: u64, slow: u64, elapsed: Duration) -> bool {
+    elapsed <= IDLE_INTERVAL && slow * 10 > finished
 }
+
+/// An interval longer than this was mostly idle (see [`queue_stands`]).
+const IDLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The admission limit after an interval in which requests finished at `rate` per second:
 /// while a queue stands, what that rate serves within the target by Little's law
@@ -536,15 +544,35 @@ mod tests {
 
     #[test]
     fn a_queue_stands_once_more_than_a_tenth_of_an_interval_was_slow() {
-        assert!(!queue_stands(0, 0), "an interval without requests");
+        let interval = SHED_INTERVAL;
         assert!(
-            !queue_stands(10, 1),
+            !queue_stands(0, 0, interval),
+            "an interval without requests"
+        );
+        assert!(
+            !queue_stands(10, 1, interval),
             "a tenth: the 90th percentile meets the target"
         );
-        assert!(queue_stands(10, 2));
-        assert!(queue_stands(1, 1), "the only request was slow");
+        assert!(queue_stands(10, 2, interval));
+        assert!(queue_stands(1, 1, interval), "the only request was slow");
         // The case CoDel's minimum misses: most wait, a few who came just before a commit don't.
-        assert!(queue_stands(1000, 700));
+        assert!(queue_stands(1000, 700, interval));
+    }
+
+    #[test]
+    fn one_slow_request_after_a_quiet_spell_does_not_cut_the_limit() {
+        assert!(
+            !queue_stands(1, 1, Duration::from_secs(60)),
+            "a minute with one request is no queue, however slow it was"
+        );
+        let watch = QueueWatch::new(4096, Duration::from_millis(25));
+        std::thread::sleep(IDLE_INTERVAL + SHED_INTERVAL);
+        watch.finished(Duration::from_millis(60), 1);
+        assert!(!watch.standing.load(Ordering::Acquire));
+        assert!(
+            watch.admits(4095),
+            "the limit stays at the cap for the burst that may follow"
+        );
     }
 
     #[test]
