@@ -376,14 +376,15 @@ impl GuardedBody {
     }
 }
 
-/// The admission limit as the outermost layer of the routes ([`crate::http::finish_with`]):
-/// a request refused because a queue stands costs no request id, span, metrics middleware or
+/// The admission limit, outside the router itself ([`crate::http::finish_with`]): a request
+/// refused because a queue stands costs no routing, request id, span, metrics middleware or
 /// body guard. Under twice its capacity the process refuses about as many requests as it
 /// accepts, on the same cores, so what a refusal costs is taken from the accepted ones.
 #[derive(Clone, Debug)]
 pub struct ShedLayer {
     limits: EdgeLimits,
     refusal: Bytes,
+    refused: metrics::Counter,
 }
 
 impl ShedLayer {
@@ -399,7 +400,13 @@ impl ShedLayer {
             tracing::error!(error = %e, "cannot serialize the refusal; it goes without a body");
             Bytes::new()
         });
-        Self { limits, refusal }
+        // Registered once: `counter!` looks the labelled key up (and allocates a handle) per call.
+        let refused = metrics::counter!(crate::meters::HTTP_REQUESTS_REFUSED, "reason" => "queue");
+        Self {
+            limits,
+            refusal,
+            refused,
+        }
     }
 }
 
@@ -411,6 +418,7 @@ impl<S> tower::Layer<S> for ShedLayer {
             inner,
             limits: self.limits.clone(),
             refusal: self.refusal.clone(),
+            refused: self.refused.clone(),
         }
     }
 }
@@ -421,6 +429,7 @@ pub struct Shed<S> {
     inner: S,
     limits: EdgeLimits,
     refusal: Bytes,
+    refused: metrics::Counter,
 }
 
 impl<S> tower::Service<Request> for Shed<S>
@@ -440,8 +449,7 @@ where
         if request.uri().path().starts_with("/v1/")
             && !self.limits.queue.admits(self.limits.in_flight())
         {
-            metrics::counter!(crate::meters::HTTP_REQUESTS_REFUSED, "reason" => "queue")
-                .increment(1);
+            self.refused.increment(1);
             // The same answer as `Problem::overloaded(…).into_response()`, from the bytes made once.
             let mut refused = Response::new(Body::from(self.refusal.clone()));
             *refused.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;

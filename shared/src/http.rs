@@ -254,7 +254,8 @@ async fn record_metrics(request: Request, next: Next) -> Response {
 ///
 /// The layers are one [`ServiceBuilder`] stack, applied once: each `Router::layer` boxes the
 /// routes again, and a boxed route is cloned (an allocation) per request and per box.
-pub fn finish_with(router: Router, config: &crate::config::Config) -> Router {
+/// The admission limit wraps the router itself, so that a refusal is decided before routing.
+pub fn finish_with(router: Router, config: &crate::config::Config) -> App {
     let limits = crate::edge::EdgeLimits::new(config);
     let stack = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -280,21 +281,26 @@ pub fn finish_with(router: Router, config: &crate::config::Config) -> Router {
             limits.clone(),
             crate::edge::enforce,
         ));
-    router
+    let routes = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(stack)
-        // The admission limit goes outside everything else, so that a refusal costs the least.
-        .layer(crate::edge::ShedLayer::new(limits))
+        .layer(stack);
+    // Outside everything else, routing included: under twice its capacity the process refuses
+    // about as many requests as it accepts, so what a refusal costs is taken from the accepted.
+    tower::Layer::layer(&crate::edge::ShedLayer::new(limits), routes)
 }
+
+/// The service a role serves: its routes behind the admission limit ([`finish_with`]).
+pub type App = crate::edge::Shed<Router>;
 
 /// Serves `app` on an already-bound listener until `shutdown` fires, then drains open requests.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: App,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
+    // Every connection gets a clone of the one service (what `Router` itself does).
+    axum::serve(listener, tower::make::Shared::new(app))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
