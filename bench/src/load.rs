@@ -1,7 +1,7 @@
 //! Load through the public API: open loop at a fixed rate, or closed loop with N clients.
 //!
 //! Every request goes through one pooled `reqwest` client; each in-flight request
-//! is a tokio task. What a request got is kept per task and merged at the end,
+//! is a tokio task. (The overload scenario uses the leaner client of [`super::wire`].) What a request got is kept per task and merged at the end,
 //! so the hot path shares nothing but an atomic progress counter.
 
 use std::{
@@ -77,8 +77,8 @@ impl Part {
 }
 
 #[derive(Deserialize)]
-struct AcceptedOne {
-    id: Uuid,
+pub(crate) struct AcceptedOne {
+    pub(crate) id: Uuid,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +121,21 @@ impl Poster {
         }
     }
 
+    /// The single-event URL of each ingest process.
+    pub fn single_urls(&self) -> &[String] {
+        &self.singles
+    }
+
+    /// A valid access token of the publisher.
+    pub async fn token(&self) -> Result<Arc<str>, crate::CliError> {
+        self.token.get().await
+    }
+
+    /// The `pad` string of every event's `data`.
+    pub fn pad(&self) -> &str {
+        &self.pad
+    }
+
     /// Posts one event; its id and timings if it was accepted.
     pub async fn one(&self, seq: u64) -> Result<Vec<Sent>, String> {
         let token = self.token.get().await.map_err(|e| e.to_string())?;
@@ -150,27 +165,6 @@ impl Poster {
             sent,
             acked,
         }])
-    }
-
-    /// Opens `n` connections, spread over the ingest processes (concurrent `GET /healthz`),
-    /// so that an open loop over `n` connections does not open them while it is measured.
-    pub async fn connect(&self, n: usize) {
-        let mut tasks = JoinSet::new();
-        for i in 0..n {
-            let http = self.http.clone();
-            let url = pick(&self.singles, i as u64).to_owned();
-            let health = url[..url.find("/v1/").unwrap_or(url.len())].to_owned() + "/healthz";
-            tasks.spawn(async move { http.get(health).send().await.map(|r| r.status()) });
-        }
-        let mut failed = 0;
-        while let Some(done) = tasks.join_next().await {
-            if !matches!(done, Ok(Ok(status)) if status.is_success()) {
-                failed += 1;
-            }
-        }
-        if failed > 0 {
-            eprintln!("opening {n} connections: {failed} failed; the rest are open");
-        }
     }
 
     /// Posts `size` events in one batch request.
@@ -264,29 +258,9 @@ fn reason(error: &reqwest::Error) -> String {
 /// Sends single events at `rate` per second for `duration`, whatever the answers do (open loop),
 /// with at most [`MAX_OPEN_IN_FLIGHT`] requests in flight.
 pub async fn open_loop(poster: &Poster, rate: u32, duration: Duration) -> Load {
-    open_loop_over(poster, rate, duration, MAX_OPEN_IN_FLIGHT).await
-}
-
-/// [`open_loop`] over `connections` connections opened before the first event, as a fleet
-/// of clients that were already connected: a request finds a free one or waits for it.
-///
-/// Without the bound, one client process that sees the server slow down opens a connection
-/// for every request it cannot place, thousands within a second; the handshakes then queue
-/// in the server's accept queue for seconds, which measures the client's connection storm
-/// rather than the server. A request's wait for a free connection is added to its latency,
-/// so that the bound hides no queue of the server's making (no coordinated omission).
-pub async fn open_loop_over(
-    poster: &Poster,
-    rate: u32,
-    duration: Duration,
-    connections: usize,
-) -> Load {
     let total = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    if connections < MAX_OPEN_IN_FLIGHT {
-        poster.connect(connections).await;
-    }
-    let slots = Arc::new(Semaphore::new(connections));
+    let slots = Arc::new(Semaphore::new(MAX_OPEN_IN_FLIGHT));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let collector = tokio::spawn(async move {
         let mut part = Part::default();
@@ -308,7 +282,7 @@ pub async fn open_loop_over(
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
-        // Waiting for a free connection is the server's doing: it counts.
+        // Waiting for a free slot is the server's doing: it counts.
         let waited = asked.elapsed();
         let poster = poster.clone();
         let tx = tx.clone();
@@ -341,7 +315,7 @@ pub async fn open_loop_over(
 }
 
 /// Every 5 ms, how late the runtime woke this task, while `on`.
-async fn probe_lag(on: Arc<AtomicBool>) -> Vec<Duration> {
+pub(crate) async fn probe_lag(on: Arc<AtomicBool>) -> Vec<Duration> {
     const EVERY: Duration = Duration::from_millis(5);
     let mut lateness = Vec::new();
     while on.load(Ordering::Relaxed) {

@@ -65,6 +65,7 @@ mod receiver;
 mod report;
 mod scenarios;
 mod server;
+mod wire;
 
 /// What `anika bench` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -127,6 +128,10 @@ pub struct BenchArgs {
     /// of clients already connected; a request waits for a free one, and the wait counts).
     #[arg(long, default_value_t = 1024)]
     pub overload_connections: usize,
+    /// Closed-loop clients that measure the overload scenario's capacity, before and after the
+    /// overload: enough that more add no throughput (64 left the server short of saturation).
+    #[arg(long, default_value_t = 256)]
+    pub overload_clients: usize,
     /// Offer the overload with the subscription paused (resumed for the delivery check), so
     /// that the server's deliveries do not compete with its ingest for the cores.
     #[arg(long)]
