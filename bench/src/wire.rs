@@ -74,8 +74,11 @@ impl Target {
 enum Answer {
     /// 202, with the event's id.
     Accepted(u128),
-    /// Any other status, and whether it said when to retry (whole seconds, at least 1).
-    Refused { status: u16, retry_after: bool },
+    /// Any other status, and when it said to retry (whole seconds, at least 1).
+    Refused {
+        status: u16,
+        retry_after: Option<u64>,
+    },
 }
 
 /// One keep-alive connection and its buffers.
@@ -239,7 +242,7 @@ impl Failure {
 struct Framing {
     status: u16,
     length: usize,
-    retry_after: bool,
+    retry_after: Option<u64>,
     close: bool,
 }
 
@@ -248,7 +251,7 @@ impl Framing {
         let mut framing = Self {
             status: head.code.ok_or(Failure::Malformed)?,
             length: 0,
-            retry_after: false,
+            retry_after: None,
             close: false,
         };
         let mut framed = false;
@@ -261,7 +264,7 @@ impl Framing {
                 // Chunked answers are not ours to expect: say so rather than misread them.
                 return Err(Failure::Malformed);
             } else if header.name.eq_ignore_ascii_case("retry-after") {
-                framing.retry_after = value.trim().parse::<u64>().is_ok_and(|s| s >= 1);
+                framing.retry_after = value.trim().parse::<u64>().ok().filter(|&s| s >= 1);
             } else if header.name.eq_ignore_ascii_case("connection") {
                 framing.close = value.trim().eq_ignore_ascii_case("close");
             }
@@ -282,8 +285,13 @@ struct Tally {
 }
 
 impl Tally {
-    /// Records one request, sent at `sent`.
-    fn record(&mut self, poster: &Poster, sent: Instant, answer: Result<Answer, &'static str>) {
+    /// Records one request, sent at `sent`; the `Retry-After` of a refusal that said one.
+    fn record(
+        &mut self,
+        poster: &Poster,
+        sent: Instant,
+        answer: Result<Answer, &'static str>,
+    ) -> Option<u64> {
         match answer {
             Ok(Answer::Accepted(id)) => {
                 poster.progress.fetch_add(1, Ordering::Relaxed);
@@ -292,12 +300,22 @@ impl Tally {
                     sent,
                     acked: Instant::now(),
                 });
+                None
             }
             Ok(Answer::Refused {
                 status,
                 retry_after,
-            }) => *self.refused.entry((status, retry_after)).or_default() += 1,
-            Err(reason) => *self.failed.entry(reason).or_default() += 1,
+            }) => {
+                *self
+                    .refused
+                    .entry((status, retry_after.is_some()))
+                    .or_default() += 1;
+                retry_after
+            }
+            Err(reason) => {
+                *self.failed.entry(reason).or_default() += 1;
+                None
+            }
         }
     }
 
@@ -317,17 +335,28 @@ impl Tally {
     }
 }
 
-/// Posts one event over `conn` and records it.
-async fn post_one(conn: &mut Conn, poster: &Poster, tally: &mut Tally, seq: u64, sent: Instant) {
+/// Posts one event over `conn` and records it; the `Retry-After` of a refusal that said one.
+async fn post_one(
+    conn: &mut Conn,
+    poster: &Poster,
+    tally: &mut Tally,
+    seq: u64,
+    sent: Instant,
+) -> Option<u64> {
     let answer = match poster.token().await {
         Ok(token) => conn.post(&token, seq, poster.pad()).await,
         Err(_) => Err("no token"),
     };
-    tally.record(poster, sent, answer);
+    tally.record(poster, sent, answer)
 }
 
+/// The longest `Retry-After` a closed-loop client waits.
+const MAX_RETRY_AFTER_WAIT: Duration = Duration::from_secs(5);
+
 /// `clients` connections each post a single event, wait for the answer, and post again
-/// (closed loop), for `duration`.
+/// (closed loop), for `duration`. A client told to retry later waits as long as it was told
+/// (as a client that honours `Retry-After` does): retrying at once would turn a saturated
+/// closed loop into a storm of refusals, and measure that storm rather than the capacity.
 pub async fn closed_loop(
     poster: &Poster,
     clients: usize,
@@ -345,7 +374,13 @@ pub async fn closed_loop(
             let mut tally = Tally::default();
             while started.elapsed() < duration {
                 let seq = seq.fetch_add(1, Ordering::Relaxed);
-                post_one(&mut conn, &poster, &mut tally, seq, Instant::now()).await;
+                if let Some(seconds) =
+                    post_one(&mut conn, &poster, &mut tally, seq, Instant::now()).await
+                {
+                    let left = duration.saturating_sub(started.elapsed());
+                    let told = Duration::from_secs(seconds).min(MAX_RETRY_AFTER_WAIT);
+                    tokio::time::sleep(told.min(left)).await;
+                }
             }
             tally
         });
@@ -401,7 +436,8 @@ pub async fn open_loop(
                 return tally;
             }
             while let Some((seq, sent)) = job_rx.recv().await {
-                post_one(&mut conn, &poster, &mut tally, seq, sent).await;
+                // An open loop offers its rate whatever `Retry-After` says: that is the overload.
+                let _ignored = post_one(&mut conn, &poster, &mut tally, seq, sent).await;
                 if free.send(i).await.is_err() {
                     break;
                 }
@@ -566,7 +602,7 @@ mod tests {
             refused,
             Ok(Answer::Refused {
                 status: 503,
-                retry_after: true
+                retry_after: Some(1)
             })
         ));
         assert_eq!(peers.lock().expect("peers").len(), 1, "one connection");
