@@ -259,7 +259,6 @@ fn reason(error: &reqwest::Error) -> String {
 /// with at most [`MAX_OPEN_IN_FLIGHT`] requests in flight.
 pub async fn open_loop(poster: &Poster, rate: u32, duration: Duration) -> Load {
     let total = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let slots = Arc::new(Semaphore::new(MAX_OPEN_IN_FLIGHT));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let collector = tokio::spawn(async move {
@@ -269,16 +268,9 @@ pub async fn open_loop(poster: &Poster, rate: u32, duration: Duration) -> Load {
         }
         part
     });
-    let probing = Arc::new(AtomicBool::new(true));
-    let probe = tokio::spawn(probe_lag(Arc::clone(&probing)));
-    let started = Instant::now();
-    let start = tokio::time::Instant::now();
+    let schedule = Schedule::start(rate);
     for seq in 0..total {
-        let at = start + interval.mul_f64(seq as f64);
-        if at > tokio::time::Instant::now() {
-            tokio::time::sleep_until(at).await;
-        }
-        let asked = Instant::now();
+        let asked = schedule.due(seq).await;
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
@@ -297,7 +289,7 @@ pub async fn open_loop(poster: &Poster, rate: u32, duration: Duration) -> Load {
             let _ = tx.send(result);
         });
     }
-    let elapsed = started.elapsed();
+    let elapsed = schedule.elapsed();
     drop(tx);
     let mut load = Load {
         elapsed,
@@ -306,16 +298,60 @@ pub async fn open_loop(poster: &Poster, rate: u32, duration: Duration) -> Load {
     if let Ok(part) = collector.await {
         load.merge(part);
     }
-    probing.store(false, Ordering::Relaxed);
-    load.client_lag = probe.await.unwrap_or_else(|e| {
-        eprintln!("the client's lag probe failed: {e}");
-        Vec::new()
-    });
+    load.client_lag = schedule.lag().await;
     load
 }
 
+/// An open loop's clock: event `seq` is due `seq / rate` seconds after the start, and a
+/// probe measures meanwhile how late the bench's own runtime wakes a task.
+pub(crate) struct Schedule {
+    start: tokio::time::Instant,
+    started: Instant,
+    interval: Duration,
+    probing: Arc<AtomicBool>,
+    probe: tokio::task::JoinHandle<Vec<Duration>>,
+}
+
+impl Schedule {
+    /// Starts the clock of `rate` events per second.
+    pub(crate) fn start(rate: u32) -> Self {
+        let probing = Arc::new(AtomicBool::new(true));
+        Self {
+            probe: tokio::spawn(probe_lag(Arc::clone(&probing))),
+            probing,
+            start: tokio::time::Instant::now(),
+            started: Instant::now(),
+            interval: Duration::from_secs_f64(1.0 / f64::from(rate.max(1))),
+        }
+    }
+
+    /// Waits until event `seq` is due; returns when it was asked for (the moment its
+    /// latency counts from: any wait after it, for a slot or a connection, is the server's).
+    pub(crate) async fn due(&self, seq: u64) -> Instant {
+        let at = self.start + self.interval.mul_f64(seq as f64);
+        if at > tokio::time::Instant::now() {
+            tokio::time::sleep_until(at).await;
+        }
+        Instant::now()
+    }
+
+    /// How long the loop has run.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Stops the probe; its lateness samples.
+    pub(crate) async fn lag(self) -> Vec<Duration> {
+        self.probing.store(false, Ordering::Relaxed);
+        self.probe.await.unwrap_or_else(|e| {
+            eprintln!("the client's lag probe failed: {e}");
+            Vec::new()
+        })
+    }
+}
+
 /// Every 5 ms, how late the runtime woke this task, while `on`.
-pub(crate) async fn probe_lag(on: Arc<AtomicBool>) -> Vec<Duration> {
+async fn probe_lag(on: Arc<AtomicBool>) -> Vec<Duration> {
     const EVERY: Duration = Duration::from_millis(5);
     let mut lateness = Vec::new();
     while on.load(Ordering::Relaxed) {

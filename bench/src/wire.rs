@@ -16,7 +16,7 @@ use std::{
     io::Write as _,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -28,7 +28,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::load::{Load, Poster, Sent, WITH_RETRY_AFTER, probe_lag};
+use super::load::{Load, Poster, Schedule, Sent, WITH_RETRY_AFTER};
 
 /// How long one request may take before it counts as a timeout (as the pooled client's).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -414,7 +414,6 @@ pub async fn open_loop(
     let targets = Target::all(poster)?;
     let connections = connections.max(1);
     let total = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
 
     // Each connection task takes one event at a time from its own channel and, once it is
     // answered, says it is free again; the generator hands events only to free connections.
@@ -455,16 +454,9 @@ pub async fn open_loop(
         }
     }
 
-    let probing = Arc::new(AtomicBool::new(true));
-    let probe = tokio::spawn(probe_lag(Arc::clone(&probing)));
-    let started = Instant::now();
-    let start = tokio::time::Instant::now();
+    let schedule = Schedule::start(rate);
     for seq in 0..total {
-        let at = start + interval.mul_f64(seq as f64);
-        if at > tokio::time::Instant::now() {
-            tokio::time::sleep_until(at).await;
-        }
-        let asked = Instant::now();
+        let asked = schedule.due(seq).await;
         while let Ok(i) = free_rx.try_recv() {
             idle.push(i);
         }
@@ -482,7 +474,7 @@ pub async fn open_loop(
             break;
         }
     }
-    let elapsed = started.elapsed();
+    let elapsed = schedule.elapsed();
     // Closing both channels ends each task once its last answer is in: no event was handed
     // to a connection after it said it was free, so none is left unsent.
     drop(jobs);
@@ -497,11 +489,7 @@ pub async fn open_loop(
             Err(e) => eprintln!("an open-loop connection task failed: {e}"),
         }
     }
-    probing.store(false, Ordering::Relaxed);
-    load.client_lag = probe.await.unwrap_or_else(|e| {
-        eprintln!("the client's lag probe failed: {e}");
-        Vec::new()
-    });
+    load.client_lag = schedule.lag().await;
     Ok(load)
 }
 
