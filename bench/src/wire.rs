@@ -622,4 +622,46 @@ mod tests {
             Err("connection failed")
         ));
     }
+
+    #[tokio::test]
+    async fn a_closed_loop_client_told_to_retry_after_a_second_waits_before_it_posts_again() {
+        let posts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = Arc::clone(&posts);
+        let app = Router::new()
+            .route(
+                "/v1/auth/token",
+                post(|| async { axum::Json(serde_json::json!({"access_token": "tok"})) }),
+            )
+            .route(
+                "/v1/topics/{topic}/events",
+                post(move || {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    async {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            [(header::RETRY_AFTER, "1")],
+                        )
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let api = crate::api::Api::new(&base, 4).expect("client");
+        let publisher = crate::api::Credential::login(&api, "key".to_owned())
+            .await
+            .expect("token");
+        let poster = crate::load::Poster::new(&api, uuid::Uuid::new_v4(), publisher, 64);
+
+        let load = super::closed_loop(&poster, 1, std::time::Duration::from_millis(1500))
+            .await
+            .expect("closed loop");
+
+        // At once, then after the second it was told to wait; retrying at once would be thousands.
+        assert_eq!(posts.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(load.failures["HTTP 503 with Retry-After"], 2);
+        assert!(load.accepted.is_empty());
+    }
 }
