@@ -1,8 +1,9 @@
 //! Load through the public API: open loop at a fixed rate, or closed loop with N clients.
 //!
 //! Every request goes through one pooled `reqwest` client; each in-flight request
-//! is a tokio task. (The overload scenario uses the leaner client of [`super::wire`].) What a request got is kept per task and merged at the end,
-//! so the hot path shares nothing but an atomic progress counter.
+//! is a tokio task (the overload scenario uses the leaner client of [`super::wire`]).
+//! What a request got is kept per task and merged at the end, so the hot path shares
+//! nothing but an atomic progress counter.
 
 use std::{
     collections::BTreeMap,
@@ -236,11 +237,19 @@ fn refusal(response: &reqwest::Response) -> String {
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|seconds| seconds >= 1);
+        .and_then(retry_after_seconds);
+    refusal_reason(response.status().as_u16(), retry_after.is_some())
+}
+
+/// A `Retry-After` value the bench counts as usable: whole seconds, at least 1.
+pub(crate) fn retry_after_seconds(value: &str) -> Option<u64> {
+    value.trim().parse().ok().filter(|&seconds| seconds >= 1)
+}
+
+/// The failure reason of a refusal with `status`, which said when to retry or not.
+pub(crate) fn refusal_reason(status: u16, retry_after: bool) -> String {
     format!(
-        "HTTP {}{}",
-        response.status().as_u16(),
+        "HTTP {status}{}",
         if retry_after { WITH_RETRY_AFTER } else { "" }
     )
 }
@@ -306,7 +315,6 @@ pub async fn open_loop(poster: &Poster, rate: u32, duration: Duration) -> Load {
 /// probe measures meanwhile how late the bench's own runtime wakes a task.
 pub(crate) struct Schedule {
     start: tokio::time::Instant,
-    started: Instant,
     interval: Duration,
     probing: Arc<AtomicBool>,
     probe: tokio::task::JoinHandle<Vec<Duration>>,
@@ -320,7 +328,6 @@ impl Schedule {
             probe: tokio::spawn(probe_lag(Arc::clone(&probing))),
             probing,
             start: tokio::time::Instant::now(),
-            started: Instant::now(),
             interval: Duration::from_secs_f64(1.0 / f64::from(rate.max(1))),
         }
     }
@@ -337,7 +344,7 @@ impl Schedule {
 
     /// How long the loop has run.
     pub(crate) fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+        self.start.elapsed()
     }
 
     /// Stops the probe; its lateness samples.

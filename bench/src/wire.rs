@@ -28,7 +28,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::load::{Load, Poster, Schedule, Sent, WITH_RETRY_AFTER};
+use super::load::{Load, Poster, Schedule, Sent, refusal_reason, retry_after_seconds};
 
 /// How long one request may take before it counts as a timeout (as the pooled client's).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,6 +48,9 @@ struct Target {
 impl Target {
     /// The targets of `poster`'s single-event URLs (`http://` only: the bench's server is local).
     fn all(poster: &Poster) -> Result<Vec<Arc<Self>>, String> {
+        if poster.single_urls().is_empty() {
+            return Err("no ingest process to post to".to_owned());
+        }
         poster
             .single_urls()
             .iter()
@@ -264,7 +267,7 @@ impl Framing {
                 // Chunked answers are not ours to expect: say so rather than misread them.
                 return Err(Failure::Malformed);
             } else if header.name.eq_ignore_ascii_case("retry-after") {
-                framing.retry_after = value.trim().parse::<u64>().ok().filter(|&s| s >= 1);
+                framing.retry_after = retry_after_seconds(value);
             } else if header.name.eq_ignore_ascii_case("connection") {
                 framing.close = value.trim().eq_ignore_ascii_case("close");
             }
@@ -323,11 +326,10 @@ impl Tally {
     fn into_load(self, load: &mut Load) {
         load.accepted.extend(self.accepted);
         for ((status, retry_after), n) in self.refused {
-            let reason = format!(
-                "HTTP {status}{}",
-                if retry_after { WITH_RETRY_AFTER } else { "" }
-            );
-            *load.failures.entry(reason).or_default() += n;
+            *load
+                .failures
+                .entry(refusal_reason(status, retry_after))
+                .or_default() += n;
         }
         for (reason, n) in self.failed {
             *load.failures.entry(reason.to_owned()).or_default() += n;

@@ -382,6 +382,13 @@ impl GuardedBody {
 /// accepts, on the same cores, so what a refusal costs is taken from the accepted ones.
 #[derive(Clone, Debug)]
 pub struct ShedLayer {
+    // Behind one `Arc`: hyper clones the service for every request.
+    state: Arc<ShedState>,
+}
+
+/// What [`ShedLayer`] and its services share.
+#[derive(Debug)]
+struct ShedState {
     limits: EdgeLimits,
     refusal: Bytes,
     refused: metrics::Counter,
@@ -403,9 +410,11 @@ impl ShedLayer {
         // Registered once: `counter!` looks the labelled key up (and allocates a handle) per call.
         let refused = metrics::counter!(crate::meters::HTTP_REQUESTS_REFUSED, "reason" => "queue");
         Self {
-            limits,
-            refusal,
-            refused,
+            state: Arc::new(ShedState {
+                limits,
+                refusal,
+                refused,
+            }),
         }
     }
 }
@@ -416,9 +425,7 @@ impl<S> tower::Layer<S> for ShedLayer {
     fn layer(&self, inner: S) -> Shed<S> {
         Shed {
             inner,
-            limits: self.limits.clone(),
-            refusal: self.refusal.clone(),
-            refused: self.refused.clone(),
+            state: Arc::clone(&self.state),
         }
     }
 }
@@ -427,9 +434,7 @@ impl<S> tower::Layer<S> for ShedLayer {
 #[derive(Clone, Debug)]
 pub struct Shed<S> {
     inner: S,
-    limits: EdgeLimits,
-    refusal: Bytes,
-    refused: metrics::Counter,
+    state: Arc<ShedState>,
 }
 
 impl<S> tower::Service<Request> for Shed<S>
@@ -446,12 +451,13 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        let state = &*self.state;
         if request.uri().path().starts_with("/v1/")
-            && !self.limits.queue.admits(self.limits.in_flight())
+            && !state.limits.queue.admits(state.limits.in_flight())
         {
-            self.refused.increment(1);
+            state.refused.increment(1);
             // The same answer as `Problem::overloaded(…).into_response()`, from the bytes made once.
-            let mut refused = Response::new(Body::from(self.refusal.clone()));
+            let mut refused = Response::new(Body::from(state.refusal.clone()));
             *refused.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
             let headers = refused.headers_mut();
             headers.insert(
