@@ -226,6 +226,7 @@ impl App {
         self.tasks.close();
         let drained = tokio::time::timeout(DRAIN, self.tasks.wait()).await.is_ok();
         self.ctx.broker.close().await;
+        self.ctx.publishing.close().await;
         served?;
         if drained {
             Ok(())

@@ -104,7 +104,7 @@ impl State {
             policy: ctx.policy.clone(),
             secrets: Arc::clone(&ctx.secrets),
             sender: deliver::Sender::new(&ctx.config, lookup)?,
-            publisher: publisher::Publisher::new(Arc::clone(&ctx.broker)),
+            publisher: publisher::Publisher::new(Arc::clone(&ctx.publishing)),
             writer,
             slots: fair::FairSlots::new(ctx.config.dispatcher.dispatch_concurrency),
         });

@@ -331,9 +331,11 @@ async fn replay_dead_letters(
     if limit == Some(0) {
         return Err(Problem::invalid_field("/limit", "limit must be at least 1").into());
     }
+    // On the publishing connection: a replay that meets RabbitMQ's flow control must not
+    // hold up the acks of the consumers (see `Context::publishing`).
     let outcome = crate::recovery::replay_dead_letters(
         &state.ctx.pool,
-        &state.ctx.broker,
+        &state.ctx.publishing,
         id,
         limit,
         &|_| {},
@@ -459,7 +461,7 @@ async fn replay_log(
     };
     let outcome = crate::recovery::replay_log(
         &state.ctx.pool,
-        &state.ctx.broker,
+        &state.ctx.publishing,
         &how,
         crate::recovery::LogSlice {
             subscription: id,

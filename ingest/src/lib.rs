@@ -114,7 +114,7 @@ impl State {
         ));
         let running = Running { tasks, shutdown };
         let publish = publisher::start(
-            &ctx.broker,
+            &ctx.publishing,
             pool,
             config.ingest.outbox_relay_after,
             &backlog,
@@ -126,7 +126,7 @@ impl State {
         tasks.spawn(
             relay::Relay {
                 pool: pool.clone(),
-                broker: Arc::clone(&ctx.broker),
+                broker: Arc::clone(&ctx.publishing),
                 interval: config.ingest.outbox_relay_interval,
                 after: config.ingest.outbox_relay_after,
                 backlog: Arc::clone(&backlog),

@@ -347,7 +347,8 @@ pub fn long_string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
-/// One RabbitMQ connection per process, reopened with backoff when it breaks.
+/// One RabbitMQ connection, reopened with backoff when it breaks (a process holds two: see
+/// [`crate::context::Context::publishing`]).
 ///
 /// Callers ask for a channel; if the connection died, the first caller
 /// reconnects (and redeclares the static topology) while the others wait.

@@ -22,8 +22,16 @@ pub struct Context {
     pub config: Arc<Config>,
     /// PostgreSQL.
     pub pool: PgPool,
-    /// RabbitMQ.
+    /// RabbitMQ: consumers, their acks, declarations and operator work.
     pub broker: Arc<Broker>,
+    /// RabbitMQ, a second connection for the process's publishers (ingest's events, the
+    /// outbox relay, the dispatcher's retries and dead letters). RabbitMQ's flow control
+    /// throttles a connection that publishes faster than its queues take in by no longer
+    /// reading its socket, and that holds every channel on it: on one shared connection,
+    /// a partner posting at full speed stalled the acks of every consumer in the process
+    /// (deliveries fell from ~20,000/s to a few hundred while ingest ran), so no
+    /// subscription got more than its prefetch out until the posting stopped.
+    pub publishing: Arc<Broker>,
     /// Access-token verification.
     pub verifier: Arc<Verifier>,
     /// Which webhook targets are allowed.
@@ -73,7 +81,12 @@ impl Context {
             queue_type: config.queue_type,
             retry_schedule: config.retry_schedule.clone(),
         };
-        let broker = Broker::new(config.amqp_url.expose(), name, topology)?;
+        let broker = Broker::new(config.amqp_url.expose(), name, topology.clone())?;
+        let publishing = Broker::new(
+            config.amqp_url.expose(),
+            format!("{name} (publishing)"),
+            topology,
+        )?;
         let verifier = Verifier::new(
             pool.clone(),
             &config.catalog.token_issuer,
@@ -86,6 +99,7 @@ impl Context {
             config: Arc::new(config),
             pool,
             broker,
+            publishing,
             verifier,
             metrics: crate::metrics::install(),
             secrets,

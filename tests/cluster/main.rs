@@ -1,7 +1,8 @@
 //! anika on a three-node RabbitMQ cluster of its own (started by `scripts/cluster` on test
 //! ports): losing a node, restarting every node in turn, losing a dispatcher process, while
 //! events pour in; every event answered 202 is delivered at least once, and an ordered
-//! subscription keeps its order.
+//! subscription keeps its order. And a memory alarm, which blocks every connection that
+//! publishes, holds up no delivery: the consumers have a connection of their own.
 //!
 //! The cluster is shared by the tests of this binary (they run one at a time) and left
 //! running at the end for the next run; `scripts/test` stops it. Each test leaves every
@@ -138,6 +139,34 @@ impl Cluster {
         (node, members)
     }
 
+    /// Messages in `queue` (ready and unacknowledged), as the management API last saw them.
+    async fn messages(&self, vhost: &str, queue: &str) -> u64 {
+        self.api(
+            reqwest::Method::GET,
+            &format!("/api/queues/{vhost}/{queue}"),
+            None,
+        )
+        .await["messages"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// The states of `vhost`'s client connections (`running`, `flow`, `blocked`, …).
+    async fn connection_states(&self, vhost: &str) -> Vec<String> {
+        let list = self
+            .api(
+                reqwest::Method::GET,
+                &format!("/api/vhosts/{vhost}/connections"),
+                None,
+            )
+            .await;
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["state"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     async fn consumers(&self, vhost: &str, queue: &str) -> u64 {
         self.api(
             reqwest::Method::GET,
@@ -147,6 +176,36 @@ impl Cluster {
         .await["consumers"]
             .as_u64()
             .unwrap_or(0)
+    }
+}
+
+/// A memory alarm on node 1 while it lives: the cluster blocks every connection that
+/// publishes, as when memory runs short. Dropping it (a failed test too) clears it.
+struct MemoryAlarm;
+
+impl MemoryAlarm {
+    async fn raise(cluster: &Cluster) -> Self {
+        cluster.script(&["alarm", "1", "on"]).await;
+        Self
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        // Synchronous: a drop cannot await, and the next test needs the alarm gone.
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster");
+        let cleared = std::process::Command::new(script)
+            .args(["alarm", "1", "off"])
+            .envs(
+                CLUSTER
+                    .get()
+                    .into_iter()
+                    .flat_map(|c| c.vars.iter().map(|(k, v)| (*k, v.as_str()))),
+            )
+            .status();
+        if !cleared.as_ref().is_ok_and(|s| s.success()) {
+            eprintln!("could not clear the memory alarm on the test cluster: {cleared:?}");
+        }
     }
 }
 
@@ -409,5 +468,87 @@ async fn an_ordered_subscription_delivers_in_publish_order_across_a_node_kill() 
         accepted.len()
     );
     assert_eq!(first_arrivals, accepted, "delivered out of publish order");
+    on.anika.terminate().await;
+}
+
+#[tokio::test]
+async fn deliveries_go_on_while_rabbitmq_blocks_the_process_publishing() {
+    // RabbitMQ throttles a connection that publishes (flow control, or a resource alarm as
+    // here) by no longer reading its socket. On a connection shared with the consumers,
+    // their acks would wait with it, and no subscription would get past its prefetch.
+    const QUEUED: usize = 500;
+    let _serial = SERIAL.lock().await;
+    let on = OnCluster::start(json!({})).await;
+    let api = &on.anika.api;
+    let subscription = format!("/v1/subscriptions/{}", on.world.subscriptions[0]);
+    api.patch(&subscription, &on.world.admin, json!({"status": "paused"}))
+        .await
+        .expect(200);
+    // More than the consumer's prefetch (200) wait in the queue: delivering them takes acks.
+    let events: Vec<Value> = (0..QUEUED).map(|n| json!({"data": {"n": n}})).collect();
+    api.post(
+        &format!("/v1/topics/{}/events/batch", on.world.topic),
+        &on.world.publisher,
+        json!({ "events": events }),
+    )
+    .await
+    .expect(202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while on.cluster.messages(&on.vhost, &on.queue()).await < QUEUED as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the batch never reached the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let alarm = MemoryAlarm::raise(on.cluster).await;
+    // Stored (202 means durable), and its publish gets the publishing connection blocked.
+    let late = on
+        .world
+        .post(api, json!({"late": true}))
+        .await
+        .expect("an event posted while RabbitMQ blocks publishers is accepted");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !on
+        .cluster
+        .connection_states(&on.vhost)
+        .await
+        .iter()
+        .any(|s| s == "blocked")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "RabbitMQ never blocked the publishing connection"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    api.patch(&subscription, &on.world.admin, json!({"status": "active"}))
+        .await
+        .expect(200);
+    let delivered = on
+        .receiver
+        .wait_for(QUEUED, Duration::from_secs(60))
+        .await
+        .len();
+    assert!(
+        delivered >= QUEUED,
+        "{delivered} of the {QUEUED} queued events delivered while publishing was blocked"
+    );
+
+    drop(alarm);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !on
+        .receiver
+        .received()
+        .iter()
+        .any(|r| r.header("webhook-id") == Some(late.as_str()))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the event posted during the alarm was not delivered after it"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     on.anika.terminate().await;
 }
