@@ -22,10 +22,10 @@ pub struct Context {
     pub config: Arc<Config>,
     /// PostgreSQL.
     pub pool: PgPool,
-    /// RabbitMQ: consumers, their acks, declarations and operator work.
+    /// RabbitMQ: consumers, their acks, declarations and purges.
     pub broker: Arc<Broker>,
     /// RabbitMQ, a second connection for the process's publishers (ingest's events, the
-    /// outbox relay, the dispatcher's retries and dead letters). RabbitMQ's flow control
+    /// outbox relay, the dispatcher's retries and dead letters, replays). RabbitMQ's flow control
     /// throttles a connection that publishes faster than its queues take in by no longer
     /// reading its socket, and that holds every channel on it: on one shared connection,
     /// a partner posting at full speed stalled the acks of every consumer in the process

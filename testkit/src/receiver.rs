@@ -181,6 +181,27 @@ impl Receiver {
             }
         }
     }
+
+    /// Waits until a request with `webhook-id: id` arrived; false if none did within `timeout`.
+    pub async fn wait_for_webhook(&self, id: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state.notify.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a request arriving in between still wakes us.
+            notified.as_mut().enable();
+            if self
+                .received()
+                .iter()
+                .any(|r| r.header("webhook-id") == Some(id))
+            {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
 }
 
 async fn receive(

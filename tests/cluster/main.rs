@@ -139,18 +139,6 @@ impl Cluster {
         (node, members)
     }
 
-    /// Messages in `queue` (ready and unacknowledged), as the management API last saw them.
-    async fn messages(&self, vhost: &str, queue: &str) -> u64 {
-        self.api(
-            reqwest::Method::GET,
-            &format!("/api/queues/{vhost}/{queue}"),
-            None,
-        )
-        .await["messages"]
-            .as_u64()
-            .unwrap_or(0)
-    }
-
     /// The states of `vhost`'s client connections (`running`, `flow`, `blocked`, …).
     async fn connection_states(&self, vhost: &str) -> Vec<String> {
         let list = self
@@ -167,13 +155,15 @@ impl Cluster {
             .collect()
     }
 
-    async fn consumers(&self, vhost: &str, queue: &str) -> u64 {
+    /// A count the management API last saw for `queue`: `consumers`, or `messages` (ready
+    /// and unacknowledged).
+    async fn queue_count(&self, vhost: &str, queue: &str, field: &str) -> u64 {
         self.api(
             reqwest::Method::GET,
             &format!("/api/queues/{vhost}/{queue}"),
             None,
         )
-        .await["consumers"]
+        .await[field]
             .as_u64()
             .unwrap_or(0)
     }
@@ -392,7 +382,12 @@ async fn sigkill_of_one_of_two_dispatcher_processes_under_load_loses_nothing() {
     let on = OnCluster::start(json!({})).await;
     let second = Role::start(&on.env, "dispatcher", &[("ANIKA_AMQP_URL", &on.amqp)]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while on.cluster.consumers(&on.vhost, &on.queue()).await < 2 {
+    while on
+        .cluster
+        .queue_count(&on.vhost, &on.queue(), "consumers")
+        .await
+        < 2
+    {
         assert!(
             Instant::now() < deadline,
             "the second dispatcher never consumed"
@@ -494,7 +489,12 @@ async fn deliveries_go_on_while_rabbitmq_blocks_the_process_publishing() {
     .await
     .expect(202);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while on.cluster.messages(&on.vhost, &on.queue()).await < QUEUED as u64 {
+    while on
+        .cluster
+        .queue_count(&on.vhost, &on.queue(), "messages")
+        .await
+        < QUEUED as u64
+    {
         assert!(
             Instant::now() < deadline,
             "the batch never reached the queue"
@@ -537,18 +537,11 @@ async fn deliveries_go_on_while_rabbitmq_blocks_the_process_publishing() {
     );
 
     drop(alarm);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !on
-        .receiver
-        .received()
-        .iter()
-        .any(|r| r.header("webhook-id") == Some(late.as_str()))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the event posted during the alarm was not delivered after it"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert!(
+        on.receiver
+            .wait_for_webhook(&late, Duration::from_secs(60))
+            .await,
+        "the event posted during the alarm was not delivered after it"
+    );
     on.anika.terminate().await;
 }

@@ -68,17 +68,10 @@ async fn a_dispatcher_reconnects_after_the_broker_drops_its_connections() {
     let second = s.publish(json!({"n": 2})).await.to_string();
     // The first event's ack may have been cut off with the connection: it can
     // come again (at least once), so wait for the second by its id.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !s
-        .receiver
-        .received()
-        .iter()
-        .any(|r| r.header("webhook-id") == Some(second.as_str()))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the event published after the reconnect was not delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        s.receiver
+            .wait_for_webhook(&second, Duration::from_secs(15))
+            .await,
+        "the event published after the reconnect was not delivered"
+    );
 }
