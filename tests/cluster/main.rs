@@ -111,6 +111,11 @@ impl Cluster {
         panic!("no node's management API answered {method} {path}");
     }
 
+    /// `GET path` on the management API of the first node that answers.
+    async fn get(&self, path: &str) -> Value {
+        self.api(reqwest::Method::GET, path, None).await
+    }
+
     async fn create_vhost(&self, vhost: &str) {
         self.api(reqwest::Method::PUT, &format!("/api/vhosts/{vhost}"), None)
             .await;
@@ -124,13 +129,7 @@ impl Cluster {
 
     /// The node (1-based) that leads `queue`'s Raft group, and its member count.
     async fn leader(&self, vhost: &str, queue: &str) -> (usize, usize) {
-        let info = self
-            .api(
-                reqwest::Method::GET,
-                &format!("/api/queues/{vhost}/{queue}"),
-                None,
-            )
-            .await;
+        let info = self.get(&format!("/api/queues/{vhost}/{queue}")).await;
         let leader = info["leader"].as_str().unwrap_or_default();
         let node = (1..=NODES)
             .find(|n| leader == format!("anikatest-{n}@localhost"))
@@ -141,13 +140,7 @@ impl Cluster {
 
     /// The states of `vhost`'s client connections (`running`, `flow`, `blocked`, …).
     async fn connection_states(&self, vhost: &str) -> Vec<String> {
-        let list = self
-            .api(
-                reqwest::Method::GET,
-                &format!("/api/vhosts/{vhost}/connections"),
-                None,
-            )
-            .await;
+        let list = self.get(&format!("/api/vhosts/{vhost}/connections")).await;
         list.as_array()
             .into_iter()
             .flatten()
@@ -158,12 +151,7 @@ impl Cluster {
     /// A count the management API last saw for `queue`: `consumers`, or `messages` (ready
     /// and unacknowledged).
     async fn queue_count(&self, vhost: &str, queue: &str, field: &str) -> u64 {
-        self.api(
-            reqwest::Method::GET,
-            &format!("/api/queues/{vhost}/{queue}"),
-            None,
-        )
-        .await[field]
+        self.get(&format!("/api/queues/{vhost}/{queue}")).await[field]
             .as_u64()
             .unwrap_or(0)
     }
@@ -287,11 +275,7 @@ async fn lost_none(what: &str, on: &OnCluster, poster: Poster) {
             .unwrap();
         let queue = on
             .cluster
-            .api(
-                reqwest::Method::GET,
-                &format!("/api/queues/{}/{}", on.vhost, on.queue()),
-                None,
-            )
+            .get(&format!("/api/queues/{}/{}", on.vhost, on.queue()))
             .await;
         eprintln!(
             "{what}: {} missing; outbox {outbox}; queue {} ready, {} unacked, {} consumers",
