@@ -166,6 +166,23 @@ impl Receiver {
 
     /// Waits until at least `n` requests arrived or `timeout` passed; returns what arrived.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        self.wait_until(timeout, |received| received.len() >= n)
+            .await
+    }
+
+    /// Waits until a request with `webhook-id: id` arrived; false if none did within `timeout`.
+    pub async fn wait_for_webhook(&self, id: &str, timeout: Duration) -> bool {
+        let has =
+            |received: &[Received]| received.iter().any(|r| r.header("webhook-id") == Some(id));
+        has(&self.wait_until(timeout, has).await)
+    }
+
+    /// Waits until what arrived satisfies `done` or `timeout` passed; returns what arrived.
+    async fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.state.notify.notified();
@@ -173,32 +190,11 @@ impl Receiver {
             // Registered before looking, so a request arriving in between still wakes us.
             notified.as_mut().enable();
             let received = self.received();
-            if received.len() >= n {
+            if done(&received) {
                 return received;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return self.received();
-            }
-        }
-    }
-
-    /// Waits until a request with `webhook-id: id` arrived; false if none did within `timeout`.
-    pub async fn wait_for_webhook(&self, id: &str, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.state.notify.notified();
-            tokio::pin!(notified);
-            // Registered before looking, so a request arriving in between still wakes us.
-            notified.as_mut().enable();
-            if self
-                .received()
-                .iter()
-                .any(|r| r.header("webhook-id") == Some(id))
-            {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return false;
             }
         }
     }
